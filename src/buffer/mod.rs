@@ -1,0 +1,270 @@
+//! The durable buffer between ingress and delivery.
+//!
+//! Invariants every backend keeps:
+//! - [`Buffer::enqueue`] returns only after the cases, the dead letters and the dedupe mark are
+//!   durable, and it writes all of them or none of them. A webhook is answered 2xx only after it
+//!   returned `Ok`, so a failed write never turns the provider's retry into a lost event.
+//! - A case leaves the buffer only through [`Buffer::ack`] (the API accepted it) or
+//!   [`Buffer::dead_letter_cases`] (the API refused it), never on claim.
+//! - A claimed case that is not acked within the visibility timeout is handed out again by
+//!   [`Buffer::reclaim`], so a crashed process loses nothing; delivery is at-least-once.
+//!
+//! Backends are a closed set chosen in config, so they are an enum rather than a trait object.
+
+pub mod embedded;
+pub mod redis;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use embedded::EmbeddedBuffer;
+pub use redis::RedisBuffer;
+
+/// The buffer's id for a case (a Redis stream entry id, or the embedded store's sequence).
+pub type CaseId = String;
+
+/// The buffer's id for a dead letter.
+pub type DeadLetterId = String;
+
+/// A label as the Duvo API takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color_hue: Option<u16>,
+}
+
+/// Where a case came from; carried for tracing, metrics and dead-letter replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseMeta {
+    pub source: String,
+    /// File name of the mapping that made the case, and its content hash.
+    pub mapping_file: String,
+    pub mapping_version: String,
+    pub rule: String,
+    pub request_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// Milliseconds since the Unix epoch when the webhook was received.
+    pub received_at_ms: u64,
+}
+
+/// One case ready for the Duvo API, plus its provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    /// The Duvo queue id (a UUID).
+    pub queue: String,
+    /// Name of the API key (from config) that submits this case; `None` is the default key.
+    /// Never the key itself: secrets are not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_name: Option<String>,
+    pub title: String,
+    /// Already JSON-encoded, as the API requires `data` to be a string.
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<Label>,
+    pub meta: CaseMeta,
+}
+
+/// A case as handed out by [`Buffer::claim`] or [`Buffer::reclaim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferedCase {
+    pub id: CaseId,
+    pub record: CaseRecord,
+    /// How many times this case has been handed out, this time included.
+    pub deliveries: u64,
+}
+
+/// Why a dead letter exists and what it takes to replay it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeadLetterKind {
+    /// The mapping could not turn the event into cases; a replay maps the payload again with the
+    /// current mapping file.
+    MappingFailure {
+        /// The verified raw body (UTF-8: it parsed as JSON).
+        payload: String,
+        /// Request headers with credentials removed.
+        headers: Vec<(String, String)>,
+        mapping_file: String,
+        mapping_version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivery_id: Option<String>,
+    },
+    /// The API refused the case; a replay enqueues it again.
+    Refused {
+        case: CaseRecord,
+        status: u16,
+        attempts: u64,
+    },
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    pub source: String,
+    /// Human-readable reason: the mapping error, or the API's error code and message.
+    pub reason: String,
+    pub created_at_ms: u64,
+    #[serde(flatten)]
+    pub kind: DeadLetterKind,
+}
+
+/// A stored dead letter with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: DeadLetterId,
+    pub record: DeadLetterRecord,
+}
+
+/// "This delivery id of this source has been seen" for `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeMark {
+    pub source: String,
+    pub delivery_id: String,
+    pub ttl: Duration,
+}
+
+/// Everything one webhook produces, written atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enqueue {
+    pub dedupe: Option<DedupeMark>,
+    pub cases: Vec<CaseRecord>,
+    pub dead_letters: Vec<DeadLetterRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// Written; ids in the order of the request's cases and dead letters.
+    Stored {
+        case_ids: Vec<CaseId>,
+        dead_letter_ids: Vec<DeadLetterId>,
+    },
+    /// The dedupe mark already existed: nothing was written.
+    Duplicate,
+}
+
+/// Depth and age of one queue's backlog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Cases buffered and not yet acked or dead-lettered (claimed ones included).
+    pub depth: u64,
+    /// Of those, how many are currently claimed by some consumer.
+    pub claimed: u64,
+    /// `received_at_ms` of the oldest buffered case, if any.
+    pub oldest_received_at_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    /// The backend cannot be reached or refused the write (Redis down, disk full). Ingress
+    /// answers 503 with `Retry-After` so the provider retries.
+    #[error("buffer unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded: a bug or foreign data, never retried blindly.
+    #[error("corrupt buffer record {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("no such dead letter: {0}")]
+    NoSuchDeadLetter(String),
+}
+
+/// The configured buffer backend.
+#[derive(Clone)]
+pub enum Buffer {
+    Redis(RedisBuffer),
+    Embedded(EmbeddedBuffer),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Buffer::Redis($b) => $e,
+            Buffer::Embedded($b) => $e,
+        }
+    };
+}
+
+impl Buffer {
+    /// Writes one webhook's cases, dead letters and dedupe mark atomically and durably.
+    pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
+        dispatch!(self, b => b.enqueue(batch).await)
+    }
+
+    /// Queues that hold at least one buffered case.
+    pub async fn queues(&self) -> Result<Vec<String>, BufferError> {
+        dispatch!(self, b => b.queues().await)
+    }
+
+    /// Hands out up to `max` of `queue`'s oldest never-claimed cases to `consumer`.
+    pub async fn claim(&self, queue: &str, consumer: &str, max: usize) -> Result<Vec<BufferedCase>, BufferError> {
+        dispatch!(self, b => b.claim(queue, consumer, max).await)
+    }
+
+    /// Hands `consumer` up to `max` cases of `queue` that another (or a dead) consumer claimed
+    /// more than `min_idle` ago without acking them.
+    pub async fn reclaim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        dispatch!(self, b => b.reclaim(queue, consumer, min_idle, max).await)
+    }
+
+    /// Removes delivered cases. Acking an unknown id is a no-op.
+    pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
+        dispatch!(self, b => b.ack(queue, ids).await)
+    }
+
+    /// Moves refused cases to the dead-letter store: the ack and the insert are one atomic write.
+    pub async fn dead_letter_cases(
+        &self,
+        queue: &str,
+        cases: Vec<(CaseId, DeadLetterRecord)>,
+    ) -> Result<Vec<DeadLetterId>, BufferError> {
+        dispatch!(self, b => b.dead_letter_cases(queue, cases).await)
+    }
+
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, BufferError> {
+        dispatch!(self, b => b.stats(queue).await)
+    }
+
+    /// Dead letters, oldest first, starting after `after` (exclusive), at most `limit`.
+    pub async fn list_dead_letters(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, BufferError> {
+        dispatch!(self, b => b.list_dead_letters(after, limit).await)
+    }
+
+    pub async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, BufferError> {
+        dispatch!(self, b => b.get_dead_letter(id).await)
+    }
+
+    /// Deletes dead letters; returns how many existed.
+    pub async fn remove_dead_letters(&self, ids: &[DeadLetterId]) -> Result<u64, BufferError> {
+        dispatch!(self, b => b.remove_dead_letters(ids).await)
+    }
+
+    /// Atomically re-enqueues `cases` and removes the dead letter they came from, so a replay
+    /// neither loses nor duplicates.
+    pub async fn replay_dead_letter(&self, id: &str, cases: Vec<CaseRecord>) -> Result<Vec<CaseId>, BufferError> {
+        dispatch!(self, b => b.replay_dead_letter(id, cases).await)
+    }
+
+    /// Cheap reachability check for readiness.
+    pub async fn ping(&self) -> Result<(), BufferError> {
+        dispatch!(self, b => b.ping().await)
+    }
+
+    /// Waits until every acknowledged write is on disk; called on graceful shutdown.
+    pub async fn flush(&self) -> Result<(), BufferError> {
+        dispatch!(self, b => b.flush().await)
+    }
+}

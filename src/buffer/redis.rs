@@ -1,0 +1,768 @@
+//! The Redis backend: one Redis Stream per Duvo queue, read through the consumer group `casegate`.
+//!
+//! Key layout (every key carries the hash tag `{<prefix>}`, default prefix `casegate`):
+//! - `{casegate}:q:<queue>`: the queue's stream. Each entry holds one [`CaseRecord`] as JSON in
+//!   the field `r`; the entry id is the [`CaseId`].
+//! - `{casegate}:queues`: set of every queue that was ever written to.
+//! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry.
+//! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
+//!   they increase monotonically and list oldest-first), the record as JSON in the field `r`.
+//!
+//! One hash tag puts a whole deployment in one Cluster slot, so every multi-key write is a single
+//! Lua script, atomic even on Redis Cluster. One slot is enough: throughput is capped by the Duvo
+//! API (about 500 cases/s per API key), far below what one Redis shard serves.
+//!
+//! Who acks when: ingress writes with [`RedisBuffer::enqueue`] (one script: dedupe mark, `XADD`s,
+//! dead letters). The delivery loop claims with `XREADGROUP >`, which puts the entries in the
+//! group's pending list; after the API accepted a case it is acked with `XACK` + `XDEL`, so `XLEN`
+//! is exactly the undelivered depth. Entries claimed but never acked stay pending and are taken
+//! over with `XAUTOCLAIM` once idle longer than the visibility timeout.
+//!
+//! What survives a crash: of casegate, everything (the pending list lives in Redis). Of Redis,
+//! whatever its persistence keeps: run it with `appendonly yes` (AOF). Redis writes the AOF before
+//! it replies, so a killed Redis process loses nothing that was answered; `appendfsync always`
+//! also covers a power loss, `everysec` (the default) may lose the last second of it.
+//!
+//! Needs Redis 7.0 or newer (script flags, `XAUTOCLAIM` listing deleted entries). The connection
+//! is made lazily and re-made after failures, so casegate starts while Redis is down; every
+//! operation answers [`BufferError::Unavailable`] within the operation timeout until Redis is back.
+//! A script whose answer was lost to a timeout may still have run: a webhook answered 503 then
+//! is written again on the provider's retry unless its dedupe mark catches it (at-least-once).
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+
+use super::{
+    BufferError, BufferedCase, CaseId, CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord,
+    Enqueue, EnqueueOutcome, QueueStats,
+};
+
+/// The consumer group every casegate instance reads through.
+const GROUP: &str = "casegate";
+
+/// The stream entry field that holds a record's JSON.
+const FIELD: &str = "r";
+
+/// Writes one webhook (or one replay) atomically. Denied as a whole when Redis is out of memory.
+///
+/// KEYS: 1 queue set, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4.. one stream
+/// per case. ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of
+/// cases n, 4 number of dead letters m, then n queue names, n case records, m dead-letter records.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua
+local ttl = tonumber(ARGV[1])
+if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then
+  return {'missing'}
+end
+if ttl > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then
+  return {'duplicate'}
+end
+local n = tonumber(ARGV[3])
+local m = tonumber(ARGV[4])
+local cases = {}
+for i = 1, n do
+  redis.call('SADD', KEYS[1], ARGV[4 + i])
+  cases[i] = redis.call('XADD', KEYS[3 + i], '*', 'r', ARGV[4 + n + i])
+end
+local dead = {}
+for i = 1, m do
+  dead[i] = redis.call('XADD', KEYS[2], '*', 'r', ARGV[4 + 2 * n + i])
+end
+if ARGV[2] ~= '' then
+  redis.call('XDEL', KEYS[2], ARGV[2])
+end
+return {'stored', cases, dead}
+",
+    )
+});
+
+/// Hands out new entries, creating the group (from the stream's start) on first use.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 count. Returns the entries.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local function read()
+  return redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+end
+local r = read()
+if type(r) == 'table' and r.err then
+  if not string.find(r.err, 'NOGROUP') then
+    return redis.error_reply(r.err)
+  end
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+  r = read()
+  if type(r) == 'table' and r.err then
+    return redis.error_reply(r.err)
+  end
+end
+if not r then
+  return {}
+end
+return r[1][2]
+",
+    )
+});
+
+/// Takes over idle pending entries and reports each one's delivery count.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 min idle ms, 4 count (> 0).
+/// Returns `{id, fields, deliveries}` triples.
+static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local want = tonumber(ARGV[4])
+local out = {}
+local cursor = '0-0'
+for _ = 1, 16 do
+  local r = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want - #out)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'NOGROUP') then
+      return out
+    end
+    return redis.error_reply(r.err)
+  end
+  for _, e in ipairs(r[2]) do
+    if e and e[2] then
+      local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+      local n = 2
+      if p[1] then
+        n = p[1][4]
+      end
+      out[#out + 1] = {e[1], e[2], n}
+    end
+  end
+  cursor = r[1]
+  if cursor == '0-0' or #out >= want then
+    break
+  end
+end
+return out
+",
+    )
+});
+
+/// Acks and deletes entries. KEYS: 1 stream. ARGV: 1 group, 2.. ids.
+static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+for i = 2, #ARGV do
+  redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return #ARGV - 1
+",
+    )
+});
+
+/// Acks and deletes entries and stores their dead letters.
+/// KEYS: 1 stream, 2 dead-letter stream. ARGV: 1 group, then pairs (case id or '', record).
+/// Returns the dead-letter ids.
+static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local out = {}
+for i = 2, #ARGV, 2 do
+  if ARGV[i] ~= '' then
+    redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+  end
+  out[#out + 1] = redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 1])
+end
+return out
+",
+    )
+});
+
+/// Depth, pending count and first entry of a stream, read in one consistent step.
+/// KEYS: 1 stream. ARGV: 1 group. Returns `{depth, claimed, fields of the first entry or nil}`.
+static STATS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=no-writes
+local depth = redis.call('XLEN', KEYS[1])
+local claimed = 0
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1])
+if type(p) == 'table' and not p.err then
+  claimed = p[1]
+end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local oldest = false
+if first[1] then
+  oldest = first[1][2]
+end
+return {depth, claimed, oldest}
+",
+    )
+});
+
+/// Buffer on Redis Streams. Clones share one auto-reconnecting multiplexed connection.
+#[derive(Clone)]
+pub struct RedisBuffer {
+    conn: ConnectionManager,
+    prefix: String,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection carries the URL, password included: never print it.
+        f.debug_struct("RedisBuffer")
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBuffer {
+    /// Prepares a connection to `url` without waiting for it: succeeds while Redis is down.
+    /// Fails only for a malformed URL (the error does not repeat the URL, which may hold a
+    /// password).
+    pub async fn connect(
+        url: &str,
+        key_prefix: &str,
+        op_timeout: Duration,
+    ) -> Result<RedisBuffer, BufferError> {
+        let client = redis::Client::open(url).map_err(|_| {
+            BufferError::Unavailable("invalid redis url (not shown: it may hold a password)".into())
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op_timeout))
+            .set_response_timeout(Some(op_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            BufferError::Unavailable(format!("redis connection setup failed: {:?}", e.kind()))
+        })?;
+        let buffer = RedisBuffer {
+            conn,
+            prefix: key_prefix.to_owned(),
+            op_timeout,
+        };
+        // Start connecting now rather than on the first webhook; a failure here only means the
+        // next operation tries again.
+        let warm = buffer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warm.ping().await {
+                tracing::warn!(error = %e, "redis not reachable yet");
+            }
+        });
+        Ok(buffer)
+    }
+
+    pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
+        let dedupe = batch.dedupe.as_ref().map(|m| {
+            let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            (self.seen_key(&m.source, &m.delivery_id), ttl_ms)
+        });
+        let dead_letters = batch
+            .dead_letters
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        match self
+            .write(dedupe, None, &batch.cases, &dead_letters)
+            .await?
+        {
+            Written::Stored {
+                case_ids,
+                dead_letter_ids,
+            } => Ok(EnqueueOutcome::Stored {
+                case_ids,
+                dead_letter_ids,
+            }),
+            Written::Duplicate => Ok(EnqueueOutcome::Duplicate),
+            Written::Missing => Err(BufferError::Corrupt {
+                id: "enqueue".into(),
+                reason: "the write script reported a missing dead letter".into(),
+            }),
+        }
+    }
+
+    pub async fn queues(&self) -> Result<Vec<String>, BufferError> {
+        let mut conn = self.conn.clone();
+        let set = self.key("queues");
+        let names: Vec<String> = self
+            .timed("queues", async {
+                redis::cmd("SMEMBERS")
+                    .arg(&set)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if names.is_empty() {
+            return Ok(names);
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("XLEN").arg(self.stream_key(name));
+        }
+        let depths: Vec<u64> = self
+            .timed("queues", async { pipe.query_async(&mut conn).await })
+            .await?;
+        let mut queues: Vec<String> = names
+            .into_iter()
+            .zip(depths)
+            .filter(|(_, depth)| *depth > 0)
+            .map(|(name, _)| name)
+            .collect();
+        queues.sort();
+        Ok(queues)
+    }
+
+    pub async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = CLAIM.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(max);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("claim", async { invocation.invoke_async(&mut conn).await })
+            .await?;
+        into_array(reply)
+            .into_iter()
+            .map(|entry| {
+                let (id, record) = decode_entry(entry)?;
+                Ok(BufferedCase {
+                    id,
+                    record,
+                    deliveries: 1,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn reclaim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let min_idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = RECLAIM.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(min_idle_ms)
+            .arg(max);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("reclaim", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        into_array(reply)
+            .into_iter()
+            .map(|triple| {
+                let mut parts = into_array(triple).into_iter();
+                let (Some(id), Some(fields), Some(deliveries)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(unexpected(
+                        "reclaim",
+                        "entry is not an (id, fields, count) triple",
+                    ));
+                };
+                let (id, record) = decode_entry(Value::Array(vec![id, fields]))?;
+                let deliveries = as_u64(&deliveries).unwrap_or(2).max(2);
+                Ok(BufferedCase {
+                    id,
+                    record,
+                    deliveries,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
+        // A malformed id cannot name an entry; sending it would make Redis reject the whole call.
+        let ids: Vec<&CaseId> = ids.iter().filter(|id| is_stream_id(id)).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = ACK.prepare_invoke();
+        invocation.key(self.stream_key(queue)).arg(GROUP).arg(ids);
+        let mut conn = self.conn.clone();
+        let _: Value = self
+            .timed("ack", async { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn dead_letter_cases(
+        &self,
+        queue: &str,
+        cases: Vec<(CaseId, DeadLetterRecord)>,
+    ) -> Result<Vec<DeadLetterId>, BufferError> {
+        if cases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = DEAD_LETTER.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .key(self.key("dlq"))
+            .arg(GROUP);
+        for (id, record) in &cases {
+            let id = if is_stream_id(id) { id.as_str() } else { "" };
+            invocation.arg(id).arg(encode(record)?);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("dead_letter_cases", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        strings(reply, "dead_letter_cases")
+    }
+
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, BufferError> {
+        let mut invocation = STATS.prepare_invoke();
+        invocation.key(self.stream_key(queue)).arg(GROUP);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("stats", async { invocation.invoke_async(&mut conn).await })
+            .await?;
+        let mut parts = into_array(reply).into_iter();
+        let (Some(depth), Some(claimed), Some(oldest)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(unexpected("stats", "not a (depth, claimed, oldest) triple"));
+        };
+        let oldest_received_at_ms = match oldest {
+            Value::Nil => None,
+            fields => {
+                let json = record_field(&self.stream_key(queue), fields)?;
+                Some(
+                    decode::<CaseRecord>(&self.stream_key(queue), &json)?
+                        .meta
+                        .received_at_ms,
+                )
+            }
+        };
+        Ok(QueueStats {
+            depth: as_u64(&depth).ok_or_else(|| unexpected("stats", "depth is not a number"))?,
+            claimed: as_u64(&claimed)
+                .ok_or_else(|| unexpected("stats", "claimed is not a number"))?,
+            oldest_received_at_ms,
+        })
+    }
+
+    pub async fn list_dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BufferError> {
+        let start = match after {
+            None => "-".to_owned(),
+            Some(id) if is_stream_id(id) => format!("({id}"),
+            Some(id) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let dlq = self.key("dlq");
+        let reply: Value = self
+            .timed("list_dead_letters", async {
+                redis::cmd("XRANGE")
+                    .arg(&dlq)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        into_array(reply)
+            .into_iter()
+            .map(decode_dead_letter)
+            .collect()
+    }
+
+    pub async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, BufferError> {
+        if !is_stream_id(id) {
+            return Ok(None);
+        }
+        let mut conn = self.conn.clone();
+        let dlq = self.key("dlq");
+        let reply: Value = self
+            .timed("get_dead_letter", async {
+                redis::cmd("XRANGE")
+                    .arg(&dlq)
+                    .arg(id)
+                    .arg(id)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        into_array(reply)
+            .into_iter()
+            .next()
+            .map(decode_dead_letter)
+            .transpose()
+    }
+
+    pub async fn remove_dead_letters(&self, ids: &[DeadLetterId]) -> Result<u64, BufferError> {
+        let ids: Vec<&DeadLetterId> = ids.iter().filter(|id| is_stream_id(id)).collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.clone();
+        let dlq = self.key("dlq");
+        self.timed("remove_dead_letters", async {
+            redis::cmd("XDEL")
+                .arg(&dlq)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    pub async fn replay_dead_letter(
+        &self,
+        id: &str,
+        cases: Vec<CaseRecord>,
+    ) -> Result<Vec<CaseId>, BufferError> {
+        if !is_stream_id(id) {
+            return Err(BufferError::NoSuchDeadLetter(id.to_owned()));
+        }
+        match self.write(None, Some(id), &cases, &[]).await? {
+            Written::Stored { case_ids, .. } => Ok(case_ids),
+            Written::Missing => Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+            Written::Duplicate => Err(unexpected(
+                "replay_dead_letter",
+                "a replay without dedupe mark was a duplicate",
+            )),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), BufferError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .timed("ping", async {
+                redis::cmd("PING").query_async(&mut conn).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Nothing to do: every acknowledged write already reached Redis, and persisting it is
+    /// Redis's job (AOF, see the module header).
+    pub async fn flush(&self) -> Result<(), BufferError> {
+        Ok(())
+    }
+
+    /// Runs the write script shared by [`Self::enqueue`] and [`Self::replay_dead_letter`].
+    async fn write(
+        &self,
+        dedupe: Option<(String, u64)>,
+        consume_dead_letter: Option<&str>,
+        cases: &[CaseRecord],
+        dead_letters: &[Vec<u8>],
+    ) -> Result<Written, BufferError> {
+        let records = cases.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let mut invocation = WRITE.prepare_invoke();
+        let queue_set = self.key("queues");
+        let (seen_key, ttl_ms) = dedupe.unwrap_or_else(|| (queue_set.clone(), 0));
+        invocation
+            .key(&queue_set)
+            .key(self.key("dlq"))
+            .key(seen_key);
+        for case in cases {
+            invocation.key(self.stream_key(&case.queue));
+        }
+        invocation
+            .arg(ttl_ms)
+            .arg(consume_dead_letter.unwrap_or(""))
+            .arg(cases.len())
+            .arg(dead_letters.len());
+        for case in cases {
+            invocation.arg(&case.queue);
+        }
+        for record in records.iter().chain(dead_letters) {
+            invocation.arg(record.as_slice());
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("enqueue", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        let mut parts = into_array(reply).into_iter();
+        match parts.next().as_ref().and_then(as_string).as_deref() {
+            Some("stored") => {
+                let case_ids = strings(parts.next().unwrap_or(Value::Nil), "enqueue")?;
+                let dead_letter_ids = strings(parts.next().unwrap_or(Value::Nil), "enqueue")?;
+                Ok(Written::Stored {
+                    case_ids,
+                    dead_letter_ids,
+                })
+            }
+            Some("duplicate") => Ok(Written::Duplicate),
+            Some("missing") => Ok(Written::Missing),
+            _ => Err(unexpected("enqueue", "unknown status")),
+        }
+    }
+
+    /// Bounds an operation by the operation timeout and turns its failure into `Unavailable`.
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        future: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, BufferError> {
+        match tokio::time::timeout(self.op_timeout, future).await {
+            Ok(Ok(value)) => Ok(value),
+            // The error text names the failure (refused, timed out, server error), never the
+            // URL.
+            Ok(Err(e)) => Err(BufferError::Unavailable(format!(
+                "redis {operation} failed: {e}"
+            ))),
+            Err(_) => Err(BufferError::Unavailable(format!(
+                "redis {operation} got no answer within {} ms",
+                self.op_timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{{{}}}:{name}", self.prefix)
+    }
+
+    fn stream_key(&self, queue: &str) -> String {
+        format!("{{{}}}:q:{queue}", self.prefix)
+    }
+
+    fn seen_key(&self, source: &str, delivery_id: &str) -> String {
+        format!("{{{}}}:seen:{source}:{delivery_id}", self.prefix)
+    }
+}
+
+/// What the write script did.
+enum Written {
+    Stored {
+        case_ids: Vec<CaseId>,
+        dead_letter_ids: Vec<DeadLetterId>,
+    },
+    Duplicate,
+    Missing,
+}
+
+fn encode(record: &impl serde::Serialize) -> Result<Vec<u8>, BufferError> {
+    serde_json::to_vec(record).map_err(|e| BufferError::Corrupt {
+        id: "(new record)".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// `<ms>-<seq>`, the only form of stream id Redis accepts for an existing entry.
+fn is_stream_id(id: &str) -> bool {
+    id.split_once('-')
+        .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+}
+
+/// Decodes a stream entry `[id, [field, value, ...]]` holding a [`CaseRecord`].
+fn decode_entry(entry: Value) -> Result<(String, CaseRecord), BufferError> {
+    let (id, json) = entry_parts(entry)?;
+    let record = decode(&id, &json)?;
+    Ok((id, record))
+}
+
+fn decode_dead_letter(entry: Value) -> Result<DeadLetter, BufferError> {
+    let (id, json) = entry_parts(entry)?;
+    let record = decode(&id, &json)?;
+    Ok(DeadLetter { id, record })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(id: &str, json: &[u8]) -> Result<T, BufferError> {
+    serde_json::from_slice(json).map_err(|e| BufferError::Corrupt {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn entry_parts(entry: Value) -> Result<(String, Vec<u8>), BufferError> {
+    let mut parts = into_array(entry).into_iter();
+    let id = parts
+        .next()
+        .as_ref()
+        .and_then(as_string)
+        .ok_or_else(|| unexpected("stream entry", "no id"))?;
+    let json = record_field(&id, parts.next().unwrap_or(Value::Nil))?;
+    Ok((id, json))
+}
+
+/// The record JSON out of an entry's `[field, value, ...]` list.
+fn record_field(id: &str, fields: Value) -> Result<Vec<u8>, BufferError> {
+    let corrupt = |reason: String| BufferError::Corrupt {
+        id: id.to_owned(),
+        reason,
+    };
+    let mut fields = into_array(fields).into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if as_string(&name).as_deref() == Some(FIELD) {
+            return match value {
+                Value::BulkString(bytes) => Ok(bytes),
+                other => as_string(&other)
+                    .map(String::into_bytes)
+                    .ok_or_else(|| corrupt("record field is not a string".into())),
+            };
+        }
+    }
+    Err(corrupt(format!("entry has no field `{FIELD}`")))
+}
+
+fn into_array(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn as_string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => as_string(other)?.parse().ok(),
+    }
+}
+
+fn strings(value: Value, operation: &str) -> Result<Vec<String>, BufferError> {
+    into_array(value)
+        .iter()
+        .map(|item| as_string(item).ok_or_else(|| unexpected(operation, "expected an id")))
+        .collect()
+}
+
+fn unexpected(operation: &str, reason: &str) -> BufferError {
+    BufferError::Corrupt {
+        id: format!("redis reply to {operation}"),
+        reason: reason.to_owned(),
+    }
+}

@@ -1,0 +1,424 @@
+//! Configuration: built-in defaults (`config/casegate.toml`, compiled in) → an optional file →
+//! `CASEGATE_*` environment variables → a validated [`Config`].
+//!
+//! The environment is passed in as an [`Env`] so tests never touch the process environment.
+//! Raw structs deny unknown fields, so a typo in a file or a variable name is an error naming the
+//! key instead of a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::env::Env;
+use crate::secret::Secret;
+
+/// The shipped configuration file; also the lowest layer, so it can never drift from the defaults.
+pub const DEFAULTS_TOML: &str = include_str!("../config/casegate.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    mappings: PathBuf,
+    public_url: String,
+    ingress: RawIngress,
+    buffer: RawBuffer,
+    duvo: RawDuvo,
+    admin: RawAdmin,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngress {
+    max_body_bytes: usize,
+    dedupe_ttl_secs: u64,
+    client_timeout_secs: u64,
+    workers: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    backend: String,
+    path: PathBuf,
+    redis_url: String,
+    key_prefix: String,
+    op_timeout_ms: u64,
+    retry_after_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDuvo {
+    base_url: String,
+    api_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: String,
+    level: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub mappings: PathBuf,
+    /// Public base URL without a trailing slash, if configured.
+    pub public_url: Option<String>,
+    pub ingress: IngressConfig,
+    pub buffer: BufferConfig,
+    pub duvo: DuvoConfig,
+    /// The admin API's bearer token; `None` keeps the admin API off.
+    pub admin_token: Option<Secret>,
+    pub log: LogConfig,
+    /// The environment the configuration was loaded with; mapping files resolve `${VAR}`
+    /// against it.
+    pub env: Env,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub max_body_bytes: usize,
+    pub dedupe_ttl: Duration,
+    pub client_timeout: Duration,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BufferBackendKind {
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone)]
+pub struct BufferConfig {
+    pub backend: BufferBackendKind,
+    pub path: PathBuf,
+    /// May hold a password: a [`Secret`], so it is never printed.
+    pub redis_url: Secret,
+    pub key_prefix: String,
+    pub op_timeout: Duration,
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DuvoConfig {
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Command-line overrides, applied above every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub mappings: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given), then `CASEGATE_*` variables from `env`, then
+    /// `overrides`, and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: &Env,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!(
+                    "file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let vars = env
+            .vars()
+            .filter(|(k, _)| k.starts_with("CASEGATE_"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("CASEGATE")
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(vars)),
+        );
+        if let Some(listen) = &overrides.listen {
+            builder = builder
+                .set_override("listen", listen.as_str())
+                .map_err(load_error)?;
+        }
+        if let Some(mappings) = &overrides.mappings {
+            builder = builder
+                .set_override("mappings", mappings.to_string_lossy().as_ref())
+                .map_err(load_error)?;
+        }
+        let raw: RawConfig = builder
+            .build()
+            .map_err(load_error)?
+            .try_deserialize()
+            .map_err(load_error)?;
+        Self::validate(raw, env.clone())
+    }
+
+    fn validate(raw: RawConfig, env: Env) -> Result<Config, ConfigError> {
+        let listen = raw.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            reason: format!("{:?} is not an address such as 0.0.0.0:8080", raw.listen),
+        })?;
+        let public_url = match raw.public_url.trim().trim_end_matches('/') {
+            "" => None,
+            url if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.to_string())
+            }
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "public_url",
+                    reason: format!("{other:?} must start with http:// or https://"),
+                });
+            }
+        };
+        if raw.ingress.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "ingress.max_body_bytes",
+                reason: "must be above 0".into(),
+            });
+        }
+        let backend = match raw.buffer.backend.as_str() {
+            "embedded" => BufferBackendKind::Embedded,
+            "redis" => BufferBackendKind::Redis,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "buffer.backend",
+                    reason: format!("{other:?} is not one of \"embedded\", \"redis\""),
+                });
+            }
+        };
+        if !raw.buffer.redis_url.starts_with("redis://")
+            && !raw.buffer.redis_url.starts_with("rediss://")
+        {
+            // Never echo the URL: it may carry a password.
+            return Err(ConfigError::Invalid {
+                key: "buffer.redis_url",
+                reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        if raw.buffer.key_prefix.is_empty() || raw.buffer.key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid {
+                key: "buffer.key_prefix",
+                reason: "must be non-empty and free of braces (it becomes the hash tag)".into(),
+            });
+        }
+        let base_url = raw.duvo.base_url.trim_end_matches('/').to_string();
+        if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
+            return Err(ConfigError::Invalid {
+                key: "duvo.base_url",
+                reason: format!("{base_url:?} must start with http:// or https://"),
+            });
+        }
+        let format = match raw.log.format.as_str() {
+            "auto" => LogFormat::Auto,
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "log.format",
+                    reason: format!("{other:?} is not one of \"auto\", \"json\", \"text\""),
+                });
+            }
+        };
+        let non_empty = |s: String| (!s.is_empty()).then(|| Secret::new(s));
+        Ok(Config {
+            listen,
+            mappings: raw.mappings,
+            public_url,
+            ingress: IngressConfig {
+                max_body_bytes: raw.ingress.max_body_bytes,
+                dedupe_ttl: Duration::from_secs(raw.ingress.dedupe_ttl_secs),
+                client_timeout: Duration::from_secs(raw.ingress.client_timeout_secs.max(1)),
+                workers: raw.ingress.workers,
+            },
+            buffer: BufferConfig {
+                backend,
+                path: raw.buffer.path,
+                redis_url: Secret::new(raw.buffer.redis_url),
+                key_prefix: raw.buffer.key_prefix,
+                op_timeout: Duration::from_millis(raw.buffer.op_timeout_ms.max(1)),
+                retry_after: Duration::from_secs(raw.buffer.retry_after_secs.max(1)),
+            },
+            duvo: DuvoConfig {
+                base_url,
+                api_key: non_empty(raw.duvo.api_key),
+            },
+            admin_token: non_empty(raw.admin.token),
+            log: LogConfig {
+                format,
+                level: raw.log.level,
+            },
+            env,
+        })
+    }
+}
+
+fn load_error(error: config::ConfigError) -> ConfigError {
+    ConfigError::Load(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(
+            None,
+            &Env::from_pairs(pairs.iter().copied()),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_shipped_file() {
+        let config = load_env(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.mappings, PathBuf::from("mappings"));
+        assert_eq!(config.ingress.max_body_bytes, 5 * 1024 * 1024);
+        assert_eq!(config.ingress.dedupe_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.buffer.backend, BufferBackendKind::Embedded);
+        assert_eq!(config.duvo.base_url, "https://api.duvo.ai/v2");
+        assert!(config.duvo.api_key.is_none());
+        assert!(config.admin_token.is_none());
+    }
+
+    #[test]
+    fn the_documented_environment_variables_override_settings() {
+        let config = load_env(&[
+            ("CASEGATE_LISTEN", "0.0.0.0:9000"),
+            ("CASEGATE_MAPPINGS", "/etc/casegate/mappings"),
+            ("CASEGATE_BUFFER__BACKEND", "redis"),
+            ("CASEGATE_BUFFER__REDIS_URL", "redis://:pw@10.0.0.1:6380/2"),
+            ("CASEGATE_BUFFER__PATH", "/var/lib/casegate/buf.redb"),
+            ("CASEGATE_DUVO__BASE_URL", "http://127.0.0.1:7000/v1/"),
+            ("CASEGATE_DUVO__API_KEY", "dv_secret"),
+            ("CASEGATE_ADMIN__TOKEN", "admin-secret"),
+            ("CASEGATE_INGRESS__MAX_BODY_BYTES", "1024"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.mappings, PathBuf::from("/etc/casegate/mappings"));
+        assert_eq!(config.buffer.backend, BufferBackendKind::Redis);
+        assert_eq!(
+            config.buffer.redis_url.expose(),
+            "redis://:pw@10.0.0.1:6380/2"
+        );
+        assert_eq!(
+            config.buffer.path,
+            PathBuf::from("/var/lib/casegate/buf.redb")
+        );
+        assert_eq!(config.duvo.base_url, "http://127.0.0.1:7000/v1");
+        assert_eq!(config.duvo.api_key.as_ref().unwrap().expose(), "dv_secret");
+        assert_eq!(
+            config.admin_token.as_ref().unwrap().expose(),
+            "admin-secret"
+        );
+        assert_eq!(config.ingress.max_body_bytes, 1024);
+    }
+
+    #[test]
+    fn an_unknown_environment_key_is_an_error_naming_it() {
+        let error = load_env(&[("CASEGATE_BUFFER__BACKEDN", "redis")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("backedn"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("casegate.toml");
+        std::fs::write(&file, "[buffer]\nbackend = \"redis\"\nretries = 3\n").unwrap();
+        let error = Config::load(Some(&file), &Env::default(), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("retries"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key_and_never_echo_a_redis_password() {
+        let cases = [
+            ("CASEGATE_BUFFER__BACKEND", "postgres", "buffer.backend"),
+            ("CASEGATE_LISTEN", "nowhere", "listen"),
+            ("CASEGATE_LOG__FORMAT", "xml", "log.format"),
+            (
+                "CASEGATE_BUFFER__REDIS_URL",
+                "http://:hunter2@host",
+                "buffer.redis_url",
+            ),
+            ("CASEGATE_DUVO__BASE_URL", "api.duvo.ai", "duvo.base_url"),
+            ("CASEGATE_PUBLIC_URL", "hooks.example.com", "public_url"),
+        ];
+        for (key, value, named) in cases {
+            let error = load_env(&[(key, value)]).unwrap_err().to_string();
+            assert!(error.contains(named), "{key}={value}: {error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn command_line_overrides_win_over_the_environment() {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            mappings: Some("m".into()),
+        };
+        let env = Env::from_pairs([("CASEGATE_LISTEN", "0.0.0.0:9000")]);
+        let config = Config::load(None, &env, &overrides).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(config.mappings, PathBuf::from("m"));
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let error = Config::load(
+            Some(Path::new("/nonexistent/casegate.toml")),
+            &Env::default(),
+            &Overrides::default(),
+        );
+        assert!(error.unwrap_err().to_string().contains("does not exist"));
+    }
+}

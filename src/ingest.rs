@@ -1,0 +1,342 @@
+//! The ingest step: from a received request to durably buffered cases.
+//!
+//! Order of checks, cheapest and least revealing first: unknown source (404), content type
+//! (415), body size (413, enforced by the HTTP layer while streaming), authenticity (401, over
+//! the raw bytes), then parsing (400). Only then is the payload mapped and written; the answer
+//! is 2xx only after [`Buffer::enqueue`] returned, and the dedupe mark is written in the same
+//! atomic write as the cases, so a failed write leaves the provider's retry free to succeed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+
+use crate::buffer::{
+    Buffer, BufferError, CaseId, DeadLetterId, DeadLetterKind, DeadLetterRecord, DedupeMark,
+    Enqueue, EnqueueOutcome,
+};
+use crate::inbound::InboundRequest;
+use crate::mapping::{CompiledMapping, EventInput, MappingSet};
+use crate::verify::{Verified, VerifyError};
+
+/// A source of wall-clock time, injected so tests can pin it.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(SystemTime::now)
+}
+
+/// How the body carries its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `application/json` or any `application/*+json`.
+    Json,
+    /// `application/x-www-form-urlencoded` with the JSON in a `payload` field (Slack, some
+    /// legacy senders).
+    FormPayload,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no mapping for source `{0}`")]
+    UnknownSource(String),
+    #[error(
+        "content type {0:?} is not supported: send application/json (or a form with a JSON `payload` field)"
+    )]
+    UnsupportedMediaType(String),
+    #[error("body is larger than the {limit} byte limit")]
+    PayloadTooLarge { limit: usize },
+    #[error("the body was not received within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("the body could not be read: {0}")]
+    BodyRead(String),
+    #[error("the request is not authentic: {0}")]
+    Unauthorized(#[from] VerifyError),
+    #[error("body is not valid UTF-8 (byte {0})")]
+    InvalidUtf8(usize),
+    #[error("body is not valid JSON: {message} at line {line} column {column}")]
+    MalformedJson {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("body nests deeper than the JSON parser allows (at line {line} column {column})")]
+    TooDeep { line: usize, column: usize },
+    #[error("form body has no `payload` field holding the JSON event")]
+    MissingFormPayload,
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+}
+
+/// What happened to an accepted webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Cases (and, for a mapping failure, a dead letter) are durably buffered.
+    Accepted {
+        case_ids: Vec<CaseId>,
+        dead_letter_ids: Vec<DeadLetterId>,
+    },
+    /// No rule matched: acknowledged, counted, no case.
+    Filtered,
+    /// The delivery id was seen within its TTL: nothing written.
+    Duplicate,
+    /// A sender's unsigned set-up ping (WooCommerce on webhook creation): answered 200 so the
+    /// sender saves the webhook, nothing written.
+    Ping,
+}
+
+/// Turns verified requests into buffered cases with the current mapping set.
+#[derive(Clone)]
+pub struct Ingestor {
+    mappings: Arc<ArcSwap<MappingSet>>,
+    buffer: Buffer,
+    default_dedupe_ttl: Duration,
+    clock: Clock,
+}
+
+impl Ingestor {
+    pub fn new(
+        mappings: Arc<ArcSwap<MappingSet>>,
+        buffer: Buffer,
+        default_dedupe_ttl: Duration,
+        clock: Clock,
+    ) -> Self {
+        Ingestor {
+            mappings,
+            buffer,
+            default_dedupe_ttl,
+            clock,
+        }
+    }
+
+    /// The mapping serving `source` right now (a reload never changes it under a request).
+    pub fn mapping(&self, source: &str) -> Result<Arc<CompiledMapping>, IngestError> {
+        self.mappings
+            .load()
+            .get(source)
+            .cloned()
+            .ok_or_else(|| IngestError::UnknownSource(source.to_string()))
+    }
+
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// Verifies, parses, maps and buffers one request.
+    pub async fn ingest(
+        &self,
+        mapping: &CompiledMapping,
+        format: BodyFormat,
+        request: InboundRequest,
+        request_id: &str,
+    ) -> Result<IngestOutcome, IngestError> {
+        let now = (self.clock)();
+        let verified = match mapping.verifier.verify(request, now) {
+            Err(VerifyError::UnsignedPing) => return Ok(IngestOutcome::Ping),
+            verified => verified?,
+        };
+        let payload = parse_payload(verified.get().body.as_ref(), format)?;
+        let received_at_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let batch = self.map(mapping, &verified, &payload, request_id, received_at_ms);
+        match self.buffer.enqueue(batch).await? {
+            EnqueueOutcome::Duplicate => Ok(IngestOutcome::Duplicate),
+            EnqueueOutcome::Stored {
+                case_ids,
+                dead_letter_ids,
+            } if case_ids.is_empty() && dead_letter_ids.is_empty() => Ok(IngestOutcome::Filtered),
+            EnqueueOutcome::Stored {
+                case_ids,
+                dead_letter_ids,
+            } => Ok(IngestOutcome::Accepted {
+                case_ids,
+                dead_letter_ids,
+            }),
+        }
+    }
+
+    /// Builds the atomic write for one event: its cases, or its dead letter when the mapping
+    /// fails, plus the dedupe mark. A filtered event still gets its mark, so a resend of it is
+    /// a duplicate too.
+    fn map(
+        &self,
+        mapping: &CompiledMapping,
+        verified: &Verified<InboundRequest>,
+        payload: &Value,
+        request_id: &str,
+        received_at_ms: u64,
+    ) -> Enqueue {
+        let request = verified.get();
+        let delivery_id = mapping.delivery_id_of(payload, &request.headers);
+        let input = EventInput {
+            payload,
+            headers: &request.headers,
+            request_id,
+            delivery_id: delivery_id.as_deref(),
+            received_at_ms,
+        };
+        let dedupe = delivery_id.clone().map(|delivery_id| DedupeMark {
+            source: mapping.source.clone(),
+            delivery_id,
+            ttl: mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl),
+        });
+        match mapping.apply(&input) {
+            Ok(cases) => Enqueue {
+                dedupe,
+                cases,
+                dead_letters: Vec::new(),
+            },
+            Err(failure) => {
+                tracing::warn!(source = %mapping.source, rule = %failure.rule, request_id, "mapping failed; event dead-lettered");
+                let credentials = mapping.verifier.credential_headers();
+                let headers = request
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| !credentials.iter().any(|c| c.eq_ignore_ascii_case(name)))
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                let dead_letter = DeadLetterRecord {
+                    source: mapping.source.clone(),
+                    reason: failure.to_string(),
+                    created_at_ms: received_at_ms,
+                    kind: DeadLetterKind::MappingFailure {
+                        payload: String::from_utf8_lossy(&request.body).into_owned(),
+                        headers,
+                        mapping_file: mapping.file.clone(),
+                        mapping_version: mapping.version.clone(),
+                        rule: Some(failure.rule),
+                        request_id: Some(request_id.to_string()),
+                        delivery_id,
+                    },
+                };
+                Enqueue {
+                    dedupe,
+                    cases: Vec::new(),
+                    dead_letters: vec![dead_letter],
+                }
+            }
+        }
+    }
+}
+
+/// Which body format a `Content-Type` announces.
+pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, IngestError> {
+    let raw = content_type.unwrap_or("");
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        e if e.starts_with("application/") && e.ends_with("+json") => Ok(BodyFormat::Json),
+        "application/x-www-form-urlencoded" => Ok(BodyFormat::FormPayload),
+        _ => Err(IngestError::UnsupportedMediaType(
+            raw.chars().take(100).collect(),
+        )),
+    }
+}
+
+/// Parses the verified body into JSON, with errors that say where.
+pub fn parse_payload(body: &[u8], format: BodyFormat) -> Result<Value, IngestError> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(IngestError::InvalidUtf8(e.valid_up_to()));
+    }
+    match format {
+        BodyFormat::Json => parse_json(body),
+        BodyFormat::FormPayload => {
+            let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+                .map_err(|e| IngestError::BodyRead(format!("form body: {e}")))?;
+            let payload = fields
+                .into_iter()
+                .find(|(k, _)| k == "payload")
+                .ok_or(IngestError::MissingFormPayload)?;
+            parse_json(payload.1.as_bytes())
+        }
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, IngestError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        if e.to_string().starts_with("recursion limit exceeded") {
+            IngestError::TooDeep { line, column }
+        } else {
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
+            IngestError::MalformedJson {
+                line,
+                column,
+                message,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_table() {
+        let cases = [
+            (Some("application/json"), Some(BodyFormat::Json)),
+            (
+                Some("application/json; charset=utf-8"),
+                Some(BodyFormat::Json),
+            ),
+            (Some("Application/JSON"), Some(BodyFormat::Json)),
+            (Some("application/cloudevents+json"), Some(BodyFormat::Json)),
+            (
+                Some("application/x-www-form-urlencoded"),
+                Some(BodyFormat::FormPayload),
+            ),
+            (Some("text/plain"), None),
+            (Some("application/xml"), None),
+            (None, None),
+        ];
+        for (content_type, expected) in cases {
+            assert_eq!(body_format(content_type).ok(), expected, "{content_type:?}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_say_where() {
+        match parse_payload(b"{\"a\":\n  tru}", BodyFormat::Json).unwrap_err() {
+            IngestError::MalformedJson { line, column, .. } => assert_eq!((line, column), (2, 6)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            parse_payload(b"", BodyFormat::Json),
+            Err(IngestError::MalformedJson { .. })
+        ));
+        assert!(matches!(
+            parse_payload(b"{\"a\":\"\xff\"}", BodyFormat::Json),
+            Err(IngestError::InvalidUtf8(6))
+        ));
+        let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(
+            parse_payload(bomb.as_bytes(), BodyFormat::Json),
+            Err(IngestError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn a_form_body_carries_its_json_in_the_payload_field() {
+        let body = b"token=x&payload=%7B%22type%22%3A%22block_actions%22%7D";
+        let value = parse_payload(body, BodyFormat::FormPayload).unwrap();
+        assert_eq!(value, serde_json::json!({"type": "block_actions"}));
+        assert!(matches!(
+            parse_payload(b"token=x", BodyFormat::FormPayload),
+            Err(IngestError::MissingFormPayload)
+        ));
+    }
+}

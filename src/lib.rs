@@ -1,0 +1,150 @@
+//! casegate: a webhook ingestion gateway. Webhooks walk one road:
+//! ingress ([`http`]) → verify ([`verify`]) → map ([`mapping`]) → buffer ([`buffer`]) → deliver.
+//!
+//! [`run`] takes an already-bound listener and a shutdown future, so tests start the real
+//! server on port 0 and stop it cleanly.
+
+#[path = "stubs/buffer.rs"]
+pub mod buffer;
+pub mod cli;
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod http;
+pub mod inbound;
+pub mod ingest;
+pub mod mapping;
+pub mod sandbox;
+pub mod secret;
+pub mod telemetry;
+pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use arc_swap::ArcSwap;
+
+use buffer::{Buffer, BufferError, EmbeddedBuffer, RedisBuffer};
+use config::{BufferBackendKind, BufferConfig, Config};
+use http::AppState;
+use ingest::{Clock, Ingestor};
+use mapping::{MappingLoadError, MappingSet};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("mappings in {dir} failed to load:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Mappings {
+        dir: String,
+        errors: Vec<MappingLoadError>,
+    },
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the configured buffer backend.
+pub async fn open_buffer(config: &BufferConfig) -> Result<Buffer, BufferError> {
+    Ok(match config.backend {
+        BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open(&config.path)?),
+        BufferBackendKind::Redis => Buffer::Redis(
+            RedisBuffer::connect(
+                config.redis_url.expose(),
+                &config.key_prefix,
+                config.op_timeout,
+            )
+            .await?,
+        ),
+    })
+}
+
+/// Compiles the mapping directory and logs a warning for every source that is unauthenticated
+/// or runs on a development default secret.
+pub fn load_mappings(config: &Config) -> Result<MappingSet, RunError> {
+    let set = MappingSet::load_dir(&config.mappings, &config.env).map_err(|errors| {
+        RunError::Mappings {
+            dir: config.mappings.display().to_string(),
+            errors,
+        }
+    })?;
+    for mapping in set.iter() {
+        if mapping.verifier.is_none() {
+            tracing::warn!(source = %mapping.source, "source accepts unauthenticated webhooks (verify.scheme: none)");
+        } else if mapping.verifier.uses_default_secret() {
+            tracing::warn!(source = %mapping.source, scheme = mapping.verifier.scheme_name(), "source runs on a development default secret; set its environment variable");
+        }
+    }
+    Ok(set)
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish and flushes the buffer.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    run_with_clock(config, listener, shutdown, ingest::system_clock()).await
+}
+
+/// [`run`] with an injected clock (tests pin time to sign with old timestamps).
+pub async fn run_with_clock(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    clock: Clock,
+) -> Result<(), RunError> {
+    let mappings = load_mappings(&config)?;
+    tracing::info!(sources = mappings.len(), dir = %config.mappings.display(), "mappings loaded");
+    let buffer = open_buffer(&config.buffer).await?;
+    let mappings = Arc::new(ArcSwap::from_pointee(mappings));
+    let state = AppState {
+        ingestor: Ingestor::new(mappings, buffer.clone(), config.ingress.dedupe_ttl, clock),
+        max_body_bytes: config.ingress.max_body_bytes,
+        client_timeout: config.ingress.client_timeout,
+        public_url: config.public_url.clone(),
+        retry_after: config.buffer.retry_after,
+        mappings_loaded: Arc::new(AtomicBool::new(true)),
+    };
+    let address = listener.local_addr()?;
+    let mut server = actix_web::HttpServer::new(move || http::build_app(state.clone()))
+        .client_request_timeout(config.ingress.client_timeout)
+        .client_disconnect_timeout(std::time::Duration::from_secs(5))
+        .disable_signals()
+        .shutdown_timeout(30);
+    if config.ingress.workers > 0 {
+        server = server.workers(config.ingress.workers);
+    }
+    let server = server.listen(listener)?.run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        handle.stop(true).await;
+    });
+    tracing::info!(%address, "casegate listening");
+    server.await?;
+    buffer.flush().await?;
+    tracing::info!("casegate stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,594 @@
+//! Mapping files: how a verified webhook becomes cases, without code.
+//!
+//! A file is parsed ([`model`]), compiled once at load ([`CompiledMapping::compile`]: every path
+//! and template parsed, secrets and queue ids resolved, limits checked), and then applied to each
+//! event ([`CompiledMapping::apply`]), which allocates only the cases it returns. A whole
+//! directory is compiled into a [`MappingSet`] before it replaces the previous one, so no request
+//! ever sees a half-loaded set.
+
+pub mod condition;
+pub mod model;
+pub mod path;
+pub mod set;
+pub mod template;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::buffer::{CaseMeta, CaseRecord, Label};
+use crate::env::{Env, interpolate};
+use crate::inbound::Headers;
+use crate::verify::Verifier;
+use condition::Condition;
+use model::{ExampleSpec, FieldRef, MappingFile, RuleSpec};
+use path::{CompiledPath, Scope};
+use template::{Expr, Missing, Template, truncate_chars};
+
+pub use set::MappingSet;
+
+/// The API's limit on case titles, in characters.
+pub const MAX_TITLE_CHARS: usize = 500;
+
+/// Why a mapping file could not be loaded. Each variant names the file; the message never holds
+/// a secret's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingLoadError {
+    #[error("{file}: {message}")]
+    Io { file: String, message: String },
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {}{field}: {message}", rule.as_ref().map(|r| format!("rule `{r}`: ")).unwrap_or_default())]
+    Invalid {
+        file: String,
+        rule: Option<String>,
+        field: String,
+        message: String,
+    },
+}
+
+/// Why one event could not be mapped; the event goes to the dead-letter store with this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule `{rule}`: {message}")]
+pub struct MapFailure {
+    pub rule: String,
+    pub message: String,
+}
+
+/// Reads one value from a request header or the payload.
+#[derive(Debug, Clone)]
+pub enum FieldGetter {
+    Header(String),
+    Path(CompiledPath),
+}
+
+impl FieldGetter {
+    /// Every value found, as text (a path may match several nodes).
+    pub fn values(&self, headers: &Headers, scope: Scope<'_>) -> Vec<String> {
+        match self {
+            FieldGetter::Header(name) => headers
+                .get(name)
+                .map(|v| vec![v.to_string()])
+                .unwrap_or_default(),
+            FieldGetter::Path(path) => path
+                .select(scope)
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .collect(),
+        }
+    }
+
+    fn is_element_relative(&self) -> bool {
+        matches!(self, FieldGetter::Path(p) if p.is_element_relative())
+    }
+}
+
+/// The case data, compiled.
+#[derive(Debug, Clone)]
+enum DataTemplate {
+    /// A bare path: the selected JSON value (as text when filters are applied).
+    Path(Expr),
+    /// Text with interpolations.
+    Text(Template),
+    Object(Vec<(String, DataTemplate)>),
+    Array(Vec<DataTemplate>),
+    Literal(Value),
+}
+
+#[derive(Debug, Clone)]
+struct CompiledLabel {
+    key: String,
+    value: Template,
+    color_hue: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    name: String,
+    events: Vec<String>,
+    filter: Option<Condition>,
+    queue: String,
+    api_key: Option<String>,
+    for_each: Option<CompiledPath>,
+    title: Template,
+    data: DataTemplate,
+    include_headers: Vec<String>,
+    include_meta: bool,
+    labels: Vec<CompiledLabel>,
+}
+
+/// One source's compiled mapping.
+#[derive(Debug, Clone)]
+pub struct CompiledMapping {
+    pub source: String,
+    /// File name, for provenance and errors.
+    pub file: String,
+    /// First 12 hex digits of the file's SHA-256: recorded in every case it makes.
+    pub version: String,
+    pub verifier: Verifier,
+    pub delivery_id: Option<FieldGetter>,
+    pub event_type: Option<FieldGetter>,
+    pub dedupe_ttl: Option<Duration>,
+    rules: Vec<CompiledRule>,
+    pub examples: Vec<ExampleSpec>,
+    /// Directory of the mapping file, for examples' `payload_file`.
+    pub dir: PathBuf,
+}
+
+/// What the mapper needs to know about one event besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct EventInput<'a> {
+    pub payload: &'a Value,
+    pub headers: &'a Headers,
+    pub request_id: &'a str,
+    pub delivery_id: Option<&'a str>,
+    pub received_at_ms: u64,
+}
+
+impl CompiledMapping {
+    /// Parses and compiles one mapping file's text.
+    pub fn compile(
+        path: &Path,
+        text: &str,
+        env: &Env,
+    ) -> Result<CompiledMapping, MappingLoadError> {
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let raw: MappingFile = serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            MappingLoadError::Syntax {
+                file: file.clone(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        let invalid =
+            |rule: Option<&str>, field: &str, message: String| MappingLoadError::Invalid {
+                file: file.clone(),
+                rule: rule.map(str::to_string),
+                field: field.to_string(),
+                message,
+            };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let source = raw.source.clone().unwrap_or(stem);
+        if source.is_empty()
+            || !source
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                None,
+                "source",
+                format!("{source:?} may hold only letters, digits, `-` and `_`"),
+            ));
+        }
+        let verifier = raw
+            .verify
+            .build(env)
+            .map_err(|e| invalid(None, "verify", e.to_string()))?;
+        let delivery_id = raw
+            .delivery_id
+            .as_ref()
+            .map(|f| compile_field_ref(f).map_err(|m| invalid(None, "delivery_id", m)))
+            .transpose()?;
+        let event_type = raw
+            .event_type
+            .as_ref()
+            .map(|f| compile_field_ref(f).map_err(|m| invalid(None, "event_type", m)))
+            .transpose()?;
+        if raw.rules.is_empty() {
+            return Err(invalid(
+                None,
+                "rules",
+                "a mapping needs at least one rule".into(),
+            ));
+        }
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for rule in &raw.rules {
+            if rules.iter().any(|r: &CompiledRule| r.name == rule.name) {
+                return Err(invalid(
+                    Some(&rule.name),
+                    "name",
+                    "two rules share this name".into(),
+                ));
+            }
+            rules.push(
+                compile_rule(rule, env)
+                    .map_err(|(field, message)| invalid(Some(&rule.name), &field, message))?,
+            );
+        }
+        let digest = Sha256::digest(text.as_bytes());
+        Ok(CompiledMapping {
+            source,
+            file: file.clone(),
+            version: hex::encode(digest)[..12].to_string(),
+            verifier,
+            delivery_id,
+            event_type,
+            dedupe_ttl: raw.dedupe_ttl_secs.map(Duration::from_secs),
+            rules,
+            examples: raw.examples,
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        })
+    }
+
+    /// The delivery id of an event, if the mapping names one and the event carries it.
+    pub fn delivery_id_of(&self, payload: &Value, headers: &Headers) -> Option<String> {
+        let getter = self.delivery_id.as_ref()?;
+        getter
+            .values(headers, Scope::of(payload))
+            .into_iter()
+            .next()
+            .filter(|id| !id.is_empty())
+    }
+
+    /// The event type(s) at payload level, for logs and metrics.
+    pub fn event_types_of(&self, payload: &Value, headers: &Headers) -> Vec<String> {
+        self.event_type
+            .as_ref()
+            .map(|g| g.values(headers, Scope::of(payload)))
+            .unwrap_or_default()
+    }
+
+    /// Names of the rules, in file order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// Maps one event. An empty list means no rule matched (the event is filtered out). Any
+    /// failing rule fails the whole event, so a replay after a fix cannot duplicate cases that
+    /// other rules already made.
+    pub fn apply(&self, input: &EventInput<'_>) -> Result<Vec<CaseRecord>, MapFailure> {
+        let root = input.payload;
+        let event_level_types = match &self.event_type {
+            Some(getter) if !getter.is_element_relative() => {
+                Some(getter.values(input.headers, Scope::of(root)))
+            }
+            _ => None,
+        };
+        let mut cases = Vec::new();
+        for rule in &self.rules {
+            let fail = |message: String| MapFailure {
+                rule: rule.name.clone(),
+                message,
+            };
+            let elements: Vec<&Value> = match &rule.for_each {
+                None => vec![root],
+                Some(path) => match path.select(Scope::of(root)).as_slice() {
+                    [Value::Array(items)] => items.iter().collect(),
+                    nodes => nodes.to_vec(),
+                },
+            };
+            for element in elements {
+                let scope = Scope { root, element };
+                let types = match (&event_level_types, &self.event_type) {
+                    (Some(types), _) => types.clone(),
+                    (None, Some(getter)) => getter.values(input.headers, scope),
+                    (None, None) => Vec::new(),
+                };
+                if !rule.matches(&types, scope) {
+                    continue;
+                }
+                let event_type = types.first().cloned();
+                cases.push(
+                    self.build_case(rule, scope, input, event_type)
+                        .map_err(fail)?,
+                );
+            }
+        }
+        Ok(cases)
+    }
+
+    fn build_case(
+        &self,
+        rule: &CompiledRule,
+        scope: Scope<'_>,
+        input: &EventInput<'_>,
+        event_type: Option<String>,
+    ) -> Result<CaseRecord, String> {
+        let title = rule
+            .title
+            .render(scope, Missing::Fail)
+            .map_err(|e| format!("title: {e}"))?;
+        let title = title.trim();
+        if title.is_empty() {
+            return Err("title: rendered empty (the API requires a title)".into());
+        }
+        let title = truncate_chars(title, MAX_TITLE_CHARS);
+        let mut data = rule.data.render(scope).map_err(|e| format!("data: {e}"))?;
+        if !rule.include_headers.is_empty() || rule.include_meta {
+            let mut object = match data {
+                Value::Object(object) => object,
+                other => Map::from_iter([("data".to_string(), other)]),
+            };
+            if !rule.include_headers.is_empty() {
+                let credentials = self.verifier.credential_headers();
+                let headers: Map<String, Value> = rule
+                    .include_headers
+                    .iter()
+                    .filter(|name| !credentials.iter().any(|c| c.eq_ignore_ascii_case(name)))
+                    .filter_map(|name| {
+                        input
+                            .headers
+                            .get(name)
+                            .map(|v| (name.clone(), Value::String(v.into())))
+                    })
+                    .collect();
+                object.insert("_headers".into(), Value::Object(headers));
+            }
+            if rule.include_meta {
+                object.insert(
+                    "_casegate".into(),
+                    serde_json::json!({
+                        "source": self.source,
+                        "event_type": event_type,
+                        "delivery_id": input.delivery_id,
+                        "request_id": input.request_id,
+                        "received_at_ms": input.received_at_ms,
+                    }),
+                );
+            }
+            data = Value::Object(object);
+        }
+        let labels = rule
+            .labels
+            .iter()
+            .filter_map(|label| {
+                let value = label.value.render(scope, Missing::Empty).ok()?;
+                let value = value.trim();
+                (!value.is_empty()).then(|| Label {
+                    key: label.key.clone(),
+                    value: value.to_string(),
+                    color_hue: label.color_hue,
+                })
+            })
+            .collect();
+        Ok(CaseRecord {
+            queue: rule.queue.clone(),
+            api_key_name: rule.api_key.clone(),
+            title,
+            data: data.to_string(),
+            labels,
+            meta: CaseMeta {
+                source: self.source.clone(),
+                mapping_file: self.file.clone(),
+                mapping_version: self.version.clone(),
+                rule: rule.name.clone(),
+                request_id: input.request_id.to_string(),
+                delivery_id: input.delivery_id.map(str::to_string),
+                event_type,
+                received_at_ms: input.received_at_ms,
+            },
+        })
+    }
+}
+
+impl CompiledRule {
+    fn matches(&self, event_types: &[String], scope: Scope<'_>) -> bool {
+        let event_ok = self.events.is_empty()
+            || event_types
+                .iter()
+                .any(|t| self.events.iter().any(|pattern| event_matches(pattern, t)));
+        event_ok && self.filter.as_ref().is_none_or(|f| f.eval(scope))
+    }
+}
+
+fn event_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => pattern == event_type,
+    }
+}
+
+impl DataTemplate {
+    fn compile(value: &Value) -> Result<DataTemplate, String> {
+        Ok(match value {
+            Value::String(text)
+                if !text.contains("{{") && (text.starts_with('$') || text.starts_with('@')) =>
+            {
+                DataTemplate::Path(Expr::parse(text).map_err(|e| e.to_string())?)
+            }
+            Value::String(text) => {
+                DataTemplate::Text(Template::parse(text).map_err(|e| e.to_string())?)
+            }
+            Value::Object(map) => DataTemplate::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        DataTemplate::compile(v)
+                            .map(|t| (k.clone(), t))
+                            .map_err(|e| format!("{k}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Array(items) => DataTemplate::Array(
+                items
+                    .iter()
+                    .map(DataTemplate::compile)
+                    .collect::<Result<_, _>>()?,
+            ),
+            literal => DataTemplate::Literal(literal.clone()),
+        })
+    }
+
+    fn render(&self, scope: Scope<'_>) -> Result<Value, String> {
+        Ok(match self {
+            DataTemplate::Path(expr) if expr.has_filters() => Value::String(
+                expr.render(scope, Missing::Fail)
+                    .map_err(|e| e.to_string())?,
+            ),
+            DataTemplate::Path(expr) => expr.value(scope).ok_or_else(|| {
+                format!(
+                    "path {} matched nothing and has no default (add `?? null` to allow that)",
+                    expr.path.as_str()
+                )
+            })?,
+            DataTemplate::Text(template) => Value::String(
+                template
+                    .render(scope, Missing::Fail)
+                    .map_err(|e| e.to_string())?,
+            ),
+            DataTemplate::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, t)| {
+                        t.render(scope)
+                            .map(|v| (k.clone(), v))
+                            .map_err(|e| format!("{k}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataTemplate::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|t| t.render(scope))
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataTemplate::Literal(value) => value.clone(),
+        })
+    }
+}
+
+fn compile_field_ref(field: &FieldRef) -> Result<FieldGetter, String> {
+    match (&field.header, &field.path) {
+        (Some(header), None) if !header.trim().is_empty() => {
+            Ok(FieldGetter::Header(header.trim().to_string()))
+        }
+        (None, Some(path)) => CompiledPath::parse(path)
+            .map(FieldGetter::Path)
+            .map_err(|e| e.to_string()),
+        _ => Err("give exactly one of `header` or `path`".into()),
+    }
+}
+
+fn compile_rule(rule: &RuleSpec, env: &Env) -> Result<CompiledRule, (String, String)> {
+    let at = |field: &str| {
+        let field = field.to_string();
+        move |message: String| (field.clone(), message)
+    };
+    let queue = interpolate(&rule.queue, env)
+        .map_err(|e| e.to_string())
+        .map_err(at("queue"))?
+        .value;
+    if !is_uuid(&queue) {
+        return Err(at("queue")(format!(
+            "{queue:?} is not a queue id (a UUID such as 4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d)"
+        )));
+    }
+    let (events, filter) = match &rule.when {
+        Some(when) => (
+            when.event.clone().map(|e| e.into_vec()).unwrap_or_default(),
+            when.filter
+                .as_ref()
+                .map(|f| f.compile())
+                .transpose()
+                .map_err(|e| e.to_string())
+                .map_err(at("when.filter"))?,
+        ),
+        None => (Vec::new(), None),
+    };
+    let for_each = rule
+        .for_each
+        .as_deref()
+        .map(CompiledPath::parse)
+        .transpose()
+        .map_err(|e| e.to_string())
+        .map_err(at("for_each"))?;
+    let title = Template::parse(&rule.title)
+        .map_err(|e| e.to_string())
+        .map_err(at("title"))?;
+    if title.is_literal() && rule.title.trim().is_empty() {
+        return Err(at("title")("is empty (the API requires a title)".into()));
+    }
+    let data = DataTemplate::compile(rule.data.as_ref().unwrap_or(&Value::String("@".into())))
+        .map_err(at("data"))?;
+    let mut labels = Vec::with_capacity(rule.labels.len());
+    for (i, label) in rule.labels.iter().enumerate() {
+        if let Some(hue) = label.color_hue.filter(|h| *h > 360) {
+            return Err(at(&format!("labels[{i}].color_hue"))(format!(
+                "{hue} is outside 0-360"
+            )));
+        }
+        let value = Template::parse(&label.value)
+            .map_err(|e| e.to_string())
+            .map_err(at(&format!("labels[{i}].value")))?;
+        labels.push(CompiledLabel {
+            key: label.key.clone(),
+            value,
+            color_hue: label.color_hue,
+        });
+    }
+    let include = rule.include.clone().unwrap_or_default();
+    let api_key = rule
+        .api_key
+        .as_deref()
+        .map(|k| interpolate(k, env).map(|i| i.value))
+        .transpose()
+        .map_err(|e| e.to_string())
+        .map_err(at("api_key"))?;
+    Ok(CompiledRule {
+        name: rule.name.clone(),
+        events,
+        filter,
+        queue: queue.to_ascii_lowercase(),
+        api_key,
+        for_each,
+        title,
+        data,
+        include_headers: include.headers,
+        include_meta: include.meta,
+        labels,
+    })
+}
+
+/// The Duvo API's queue id pattern: 8-4-4-4-12 hex digits.
+pub fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests;

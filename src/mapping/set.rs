@@ -1,0 +1,97 @@
+//! A directory of mapping files, compiled as one set.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{CompiledMapping, MappingLoadError};
+use crate::env::Env;
+
+/// Every source's compiled mapping, keyed by source name. Immutable: a reload builds a new set.
+#[derive(Debug, Clone, Default)]
+pub struct MappingSet {
+    by_source: HashMap<String, Arc<CompiledMapping>>,
+}
+
+impl MappingSet {
+    /// Compiles every `*.yaml` / `*.yml` file in `dir`. Returns every error found, not just the
+    /// first, so `casegate check` can report them all at once.
+    pub fn load_dir(dir: &Path, env: &Env) -> Result<MappingSet, Vec<MappingLoadError>> {
+        let io_error = |e: std::io::Error| {
+            vec![MappingLoadError::Io {
+                file: dir.display().to_string(),
+                message: e.to_string(),
+            }]
+        };
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io_error)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect();
+        files.sort();
+        let mut errors = Vec::new();
+        let mut by_source: HashMap<String, Arc<CompiledMapping>> = HashMap::new();
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Err(e) => errors.push(MappingLoadError::Io {
+                    file: file.display().to_string(),
+                    message: e.to_string(),
+                }),
+                Ok(text) => match CompiledMapping::compile(&file, &text, env) {
+                    Err(e) => errors.push(e),
+                    Ok(mapping) => {
+                        if let Some(other) = by_source.get(&mapping.source) {
+                            errors.push(MappingLoadError::Invalid {
+                                file: mapping.file.clone(),
+                                rule: None,
+                                field: "source".into(),
+                                message: format!(
+                                    "source `{}` is already defined by {}",
+                                    mapping.source, other.file
+                                ),
+                            });
+                        } else {
+                            by_source.insert(mapping.source.clone(), Arc::new(mapping));
+                        }
+                    }
+                },
+            }
+        }
+        if errors.is_empty() {
+            Ok(MappingSet { by_source })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn from_mappings(mappings: impl IntoIterator<Item = CompiledMapping>) -> MappingSet {
+        MappingSet {
+            by_source: mappings
+                .into_iter()
+                .map(|m| (m.source.clone(), Arc::new(m)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, source: &str) -> Option<&Arc<CompiledMapping>> {
+        self.by_source.get(source)
+    }
+
+    /// Mappings sorted by source name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<CompiledMapping>> {
+        let mut all: Vec<_> = self.by_source.values().collect();
+        all.sort_by(|a, b| a.source.cmp(&b.source));
+        all.into_iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_source.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_source.is_empty()
+    }
+}

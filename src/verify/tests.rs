@@ -1,0 +1,466 @@
+//! Tests that cut across schemes: parsing `verify:` blocks, building them, redaction, the
+//! `Verified` typestate, sign→verify for every scheme, and a property test that no input panics.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::test_support::*;
+use super::*;
+
+const SECRET: &str = "S3cretValue-do-not-leak";
+/// base64("S3cretValue-do-not-leak!") for Standard Webhooks.
+const WHSEC: &str = "whsec_UzNjcmV0VmFsdWUtZG8tbm90LWxlYWsh";
+
+/// One spec per scheme, all with [`SECRET`] (or its Standard Webhooks form) first.
+fn every_scheme() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "shopify",
+            format!("{{ scheme: shopify, secrets: [{SECRET}] }}"),
+        ),
+        (
+            "stripe",
+            format!("{{ scheme: stripe, secrets: [{SECRET}] }}"),
+        ),
+        (
+            "github",
+            format!("{{ scheme: github, secrets: [{SECRET}] }}"),
+        ),
+        (
+            "hubspot",
+            format!("{{ scheme: hubspot, secrets: [{SECRET}], versions: [v3, v2, v1] }}"),
+        ),
+        (
+            "standard-webhooks",
+            format!("{{ scheme: standard-webhooks, secrets: [{WHSEC}] }}"),
+        ),
+        ("slack", format!("{{ scheme: slack, secrets: [{SECRET}] }}")),
+        (
+            "zendesk",
+            format!("{{ scheme: zendesk, secrets: [{SECRET}] }}"),
+        ),
+        (
+            "woocommerce",
+            format!("{{ scheme: woocommerce, secrets: [{SECRET}] }}"),
+        ),
+        (
+            "hmac",
+            format!(
+                r#"{{ scheme: hmac, secrets: [{SECRET}], header: X-Signature, encoding: base64, prefix: "v1=",
+                   signed_content: "{{timestamp}}:{{method}}:{{url}}:{{body}}", timestamp_header: X-Timestamp }}"#
+            ),
+        ),
+        (
+            "basic",
+            format!("{{ scheme: basic, username: {SECRET}, secrets: [{SECRET}] }}"),
+        ),
+        (
+            "token",
+            format!("{{ scheme: token, header: X-Webhook-Token, secrets: [{SECRET}] }}"),
+        ),
+        ("none", "{ scheme: none }".to_string()),
+    ]
+}
+
+fn parse(yaml: &str) -> Result<VerifySpec, String> {
+    serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+}
+
+fn build(yaml: &str, env: &Env) -> Result<Verifier, VerifySpecError> {
+    parse(yaml).expect("parses").build(env)
+}
+
+// ---- parsing -------------------------------------------------------------------------------
+
+#[test]
+fn every_example_block_from_the_mapping_docs_parses() {
+    let examples = [
+        r#"{ scheme: shopify, secrets: ["${SHOPIFY_SECRET:-dev-secret}"] }"#,
+        "{ scheme: stripe, secrets: [whsec_x], tolerance_secs: 300 }",
+        "{ scheme: hubspot, secrets: [x], versions: [v3, v2] }",
+        r#"{ scheme: hmac, secrets: [x], header: X-Signature, algorithm: sha256, encoding: hex,
+             prefix: "sha256=", signed_content: "{timestamp}.{body}", timestamp_header: X-Timestamp,
+             tolerance_secs: 300 }"#,
+        r#"{ scheme: basic, username: "u", secrets: [p] }"#,
+        "{ scheme: token, header: X-Webhook-Token, secrets: [t] }",
+        "{ scheme: none }",
+    ];
+    for yaml in examples {
+        let spec = parse(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        spec.build(&Env::default())
+            .unwrap_or_else(|e| panic!("{yaml}: {e}"));
+    }
+}
+
+#[test]
+fn defaults_are_a_five_minute_window_and_hubspot_v3_only() {
+    assert_eq!(
+        parse("{ scheme: stripe, secrets: [s] }").unwrap(),
+        VerifySpec::Stripe(StripeSpec {
+            secrets: vec!["s".into()],
+            tolerance_secs: 300
+        })
+    );
+    assert_eq!(
+        parse("{ scheme: hubspot, secrets: [s] }").unwrap(),
+        VerifySpec::Hubspot(HubspotSpec {
+            secrets: vec!["s".into()],
+            versions: vec![HubspotVersion::V3],
+            tolerance_secs: DEFAULT_TOLERANCE_SECS,
+        })
+    );
+}
+
+#[test]
+fn unknown_fields_and_schemes_are_refused_when_parsing() {
+    for yaml in [
+        "{ scheme: shopify, secrets: [s], tolerance_secs: 10 }",
+        "{ scheme: shopify, secret: s }",
+        "{ scheme: none, secrets: [s] }",
+        "{ scheme: sha256-magic, secrets: [s] }",
+        "{ secrets: [s] }",
+        "{ scheme: hubspot, secrets: [s], versions: [v4] }",
+    ] {
+        assert!(parse(yaml).is_err(), "{yaml} should not parse");
+    }
+}
+
+// ---- building ------------------------------------------------------------------------------
+
+#[test]
+fn secrets_are_resolved_from_the_environment() {
+    let env = Env::from_pairs([("GH_SECRET", "It's a Secret to Everybody")]);
+    let v = build("{ scheme: github, secrets: ['${GH_SECRET}'] }", &env).unwrap();
+    let req = request(
+        &[(
+            "X-Hub-Signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )],
+        b"Hello, World!",
+    );
+    assert!(v.verify(req, at(0)).is_ok());
+    assert!(!v.uses_default_secret());
+}
+
+#[test]
+fn a_missing_variable_names_the_field_and_the_variable() {
+    let err = build(
+        "{ scheme: shopify, secrets: [ok, '${SHOPIFY_SECRET}'] }",
+        &Env::default(),
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(message.starts_with("verify.secrets[1]: "), "{message}");
+    assert!(message.contains("SHOPIFY_SECRET"), "{message}");
+}
+
+#[test]
+fn a_default_fallback_is_flagged_for_the_startup_warning() {
+    let yaml = "{ scheme: shopify, secrets: ['${SHOPIFY_SECRET:-dev-secret}'] }";
+    assert!(build(yaml, &Env::default()).unwrap().uses_default_secret());
+    let env = Env::from_pairs([("SHOPIFY_SECRET", "real")]);
+    assert!(!build(yaml, &env).unwrap().uses_default_secret());
+}
+
+#[test]
+fn an_empty_secret_list_or_an_empty_secret_is_refused() {
+    assert_eq!(
+        build("{ scheme: slack, secrets: [] }", &Env::default()).unwrap_err(),
+        VerifySpecError::NoSecrets {
+            field: "verify.secrets".into()
+        }
+    );
+    let env = Env::from_pairs([("EMPTY", "")]);
+    assert_eq!(
+        build("{ scheme: slack, secrets: [a, '${EMPTY}'] }", &env).unwrap_err(),
+        VerifySpecError::EmptySecret {
+            field: "verify.secrets[1]".into()
+        }
+    );
+    assert_eq!(
+        build("{ scheme: basic, username: '', secrets: [p] }", &env).unwrap_err(),
+        VerifySpecError::EmptySecret {
+            field: "verify.username".into()
+        }
+    );
+}
+
+#[test]
+fn every_scheme_reports_its_name_and_credential_headers() {
+    for (name, yaml) in every_scheme() {
+        let v = build(&yaml, &Env::default()).unwrap();
+        assert_eq!(v.scheme_name(), name);
+        assert_eq!(v.is_none(), name == "none");
+        let headers = v.credential_headers();
+        assert!(
+            headers.contains(&"authorization".to_string()),
+            "{name}: {headers:?}"
+        );
+        assert!(
+            headers.iter().all(|h| *h == h.to_ascii_lowercase()),
+            "{name}: {headers:?}"
+        );
+    }
+    let v = build(
+        "{ scheme: hmac, secrets: [s], header: X-Acme-Sig }",
+        &Env::default(),
+    )
+    .unwrap();
+    assert_eq!(v.credential_headers(), ["authorization", "x-acme-sig"]);
+    let v = build("{ scheme: hubspot, secrets: [s] }", &Env::default()).unwrap();
+    assert_eq!(
+        v.credential_headers(),
+        [
+            "authorization",
+            "x-hubspot-signature-v3",
+            "x-hubspot-signature"
+        ]
+    );
+}
+
+// ---- redaction -----------------------------------------------------------------------------
+
+/// The secret in any form it might leak: as configured, decoded, or hex-encoded.
+fn leaks(text: &str) -> bool {
+    let decoded = "S3cretValue-do-not-leak!";
+    [
+        SECRET,
+        WHSEC,
+        decoded,
+        &hex::encode(SECRET),
+        &hex::encode(decoded),
+    ]
+    .iter()
+    .any(|form| text.contains(form))
+}
+
+#[test]
+fn debug_output_never_contains_a_secret() {
+    for (name, yaml) in every_scheme() {
+        let v = build(&yaml, &Env::default()).unwrap();
+        let debug = format!("{v:?} {v:#?}");
+        assert!(!leaks(&debug), "{name}: {debug}");
+    }
+}
+
+#[test]
+fn error_messages_never_contain_a_secret_or_the_expected_signature() {
+    for (name, yaml) in every_scheme() {
+        let v = build(&yaml, &Env::default()).unwrap();
+        let mut good = request(&[("X-Event", "e")], b"{\"a\":1}");
+        v.sign(&mut good, at(1_700_000_000));
+        let signature_values: Vec<String> = v
+            .credential_headers()
+            .iter()
+            .filter_map(|h| good.headers.get(h).map(str::to_string))
+            .collect();
+        let mut attempts = vec![with_body(good.clone(), b"tampered"), request(&[], b"{}")];
+        for header in v.credential_headers() {
+            attempts.push(with_header(good.clone(), &header, "garbled"));
+            attempts.push(with_header(good.clone(), &header, SECRET));
+        }
+        for attempt in attempts {
+            if let Err(err) = v.verify(attempt, at(1_700_000_000 + 10_000)) {
+                let message = format!("{err} {err:?}");
+                assert!(!leaks(&message), "{name}: {message}");
+                for signature in &signature_values {
+                    assert!(!message.contains(signature.as_str()), "{name}: {message}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn build_errors_never_contain_a_secret() {
+    let env = Env::from_pairs([("GOOD", SECRET)]);
+    for yaml in [
+        "{ scheme: standard-webhooks, secrets: ['${GOOD}'] }",
+        "{ scheme: standard-webhooks, secrets: [S3cretValue-do-not-leak] }",
+        "{ scheme: basic, username: 'S3cretValue-do-not-leak:x', secrets: [p] }",
+        "{ scheme: hubspot, secrets: ['${GOOD}'], versions: [] }",
+    ] {
+        let err = build(yaml, &env).unwrap_err();
+        let message = format!("{err} {err:?}");
+        assert!(!leaks(&message), "{yaml}: {message}");
+    }
+}
+
+// ---- codes ---------------------------------------------------------------------------------
+
+#[test]
+fn error_codes_are_stable() {
+    let cases = [
+        (
+            VerifyError::MissingHeader("x".into()),
+            "missing_signature_header",
+        ),
+        (
+            VerifyError::BadFormat {
+                header: "x".into(),
+                reason: "y".into(),
+            },
+            "malformed_signature_header",
+        ),
+        (VerifyError::StaleTimestamp, "stale_timestamp"),
+        (VerifyError::FutureTimestamp, "future_timestamp"),
+        (VerifyError::Mismatch, "signature_mismatch"),
+        (
+            VerifyError::MissingCredentials("authorization".into()),
+            "missing_credentials",
+        ),
+        (VerifyError::BadCredentials, "bad_credentials"),
+        (VerifyError::UnsignedPing, "unsigned_ping"),
+    ];
+    for (err, code) in cases {
+        assert_eq!(err.code(), code, "{err}");
+    }
+}
+
+// ---- none and the typestate ----------------------------------------------------------------
+
+#[test]
+fn scheme_none_accepts_anything_and_signs_nothing() {
+    let v = build("{ scheme: none }", &Env::default()).unwrap();
+    let mut req = request(&[], b"whatever");
+    v.sign(&mut req, at(0));
+    assert_eq!(req.headers.iter().count(), 0);
+    let verified = v.verify(req, at(0)).unwrap();
+    assert_eq!(&verified.get().body[..], b"whatever");
+}
+
+#[test]
+fn a_verified_request_hands_back_exactly_what_was_received() {
+    let v = verifier(&format!("{{ scheme: github, secrets: [{SECRET}] }}"));
+    let mut req = request(&[("X-GitHub-Event", "push")], b"payload");
+    v.sign(&mut req, at(0));
+    let verified = v.verify(req, at(0)).unwrap();
+    assert_eq!(verified.get().headers.get("x-github-event"), Some("push"));
+    let inner = verified.into_inner();
+    assert_eq!(&inner.body[..], b"payload");
+    let replayed = Verified::previously_verified(inner);
+    assert_eq!(replayed.get().method, "POST");
+}
+
+#[test]
+fn verifiers_and_verified_requests_can_be_shared_across_worker_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Verifier>();
+    assert_send_sync::<Verified<InboundRequest>>();
+    assert_send_sync::<VerifyError>();
+    assert_send_sync::<VerifySpecError>();
+}
+
+// ---- sign → verify -------------------------------------------------------------------------
+
+#[test]
+fn sign_then_verify_round_trips_for_every_scheme() {
+    let now = at(1_700_000_000) + Duration::from_millis(456);
+    for (name, yaml) in every_scheme() {
+        let v = build(&yaml, &Env::default()).unwrap();
+        let mut req = request(&[("Content-Type", "application/json")], br#"{"order":1}"#);
+        req.url = "https://public.example.com/in/acme?x=a%3Ab".to_string();
+        v.sign(&mut req, now);
+        let before = req.clone();
+        let verified = v.verify(req, now).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(verified.get().body, before.body, "{name}");
+        // Signing twice replaces the headers instead of stacking stale ones.
+        let mut twice = before.clone();
+        v.sign(&mut twice, now + Duration::from_secs(1));
+        for header in v.credential_headers() {
+            assert!(
+                twice.headers.get_all(&header).count() <= 1,
+                "{name}: {header}"
+            );
+        }
+        assert!(
+            v.verify(twice, now + Duration::from_secs(1)).is_ok(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_signed_request_is_rejected_by_every_other_secret() {
+    for (name, yaml) in every_scheme() {
+        if name == "none" {
+            continue;
+        }
+        let signer = build(&yaml, &Env::default()).unwrap();
+        let other_yaml = yaml
+            .replace(SECRET, "another-secret")
+            .replace(WHSEC, "whsec_YW5vdGhlcg==");
+        let other = build(&other_yaml, &Env::default()).unwrap();
+        let mut req = request(&[], b"{}");
+        signer.sign(&mut req, at(1_700_000_000));
+        assert!(other.verify(req, at(1_700_000_000)).is_err(), "{name}");
+    }
+}
+
+// ---- no input panics -----------------------------------------------------------------------
+
+/// Every header any scheme reads.
+const ALL_HEADERS: &[&str] = &[
+    "x-shopify-hmac-sha256",
+    "stripe-signature",
+    "x-hub-signature-256",
+    "x-hubspot-signature-v3",
+    "x-hubspot-request-timestamp",
+    "x-hubspot-signature",
+    "x-hubspot-signature-version",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "svix-id",
+    "svix-timestamp",
+    "svix-signature",
+    "x-slack-signature",
+    "x-slack-request-timestamp",
+    "x-zendesk-webhook-signature",
+    "x-zendesk-webhook-signature-timestamp",
+    "x-wc-webhook-signature",
+    "x-signature",
+    "x-timestamp",
+    "authorization",
+    "x-webhook-token",
+];
+
+/// Header values that look almost right, mixed with arbitrary bytes (decoded lossily, as the
+/// HTTP layer does for non-UTF-8 values).
+fn header_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..80)
+            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        "(t=|v1=|v0=|v1,|sha256=|Basic |Bearer )?[0-9a-zA-Z+/=,. :%-]{0,90}",
+        "[0-9]{0,25}",
+        Just("18446744073709551615".to_string()),
+        Just("9999-12-31T23:59:59Z".to_string()),
+        Just("t=18446744073709551615,v1=00".to_string()),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn no_header_value_body_url_or_clock_makes_any_scheme_panic(
+        values in proptest::collection::vec(proptest::option::of(header_value()), ALL_HEADERS.len()),
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+        url in "[ -~]{0,60}",
+        now_secs in prop_oneof![Just(1_700_000_000u64), any::<u64>().prop_map(|s| s % 400_000_000_000)],
+    ) {
+        let headers: Vec<(&str, &str)> = ALL_HEADERS
+            .iter()
+            .zip(&values)
+            .filter_map(|(name, value)| value.as_deref().map(|v| (*name, v)))
+            .collect();
+        let mut req = request(&headers, &body);
+        req.url = url;
+        let now = at(now_secs);
+        for (_, yaml) in every_scheme() {
+            let v = build(&yaml, &Env::default()).unwrap();
+            let _ = v.verify(req.clone(), now);
+            let mut signed = req.clone();
+            v.sign(&mut signed, now);
+        }
+    }
+}

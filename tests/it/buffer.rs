@@ -1,0 +1,941 @@
+//! The buffer contract, run unchanged against both backends: a real `redis-server` spawned per
+//! test (never the machine's Redis) and a redb file in a temp dir. Each contract test is an async
+//! fn taking a [`Fixture`]; `contract!` turns it into `buffer::redis::<name>` and
+//! `buffer::embedded::<name>`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use casegate::buffer::{
+    Buffer, BufferError, CaseId, CaseMeta, CaseRecord, DeadLetterId, DeadLetterKind,
+    DeadLetterRecord, DedupeMark, EmbeddedBuffer, Enqueue, EnqueueOutcome, QueueStats, RedisBuffer,
+};
+
+use crate::support::redis_server::RedisServer;
+
+const QUEUE_A: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a01";
+const QUEUE_B: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a02";
+
+/// Short, so a down Redis fails tests fast; long enough for a loaded CI machine.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The visibility timeout the reclaim tests use.
+const IDLE: Duration = Duration::from_millis(300);
+
+enum Backend {
+    Redis(RedisServer),
+    Embedded(tempfile::TempDir),
+}
+
+/// A buffer under test plus what it takes to crash it and bring it back on the same data.
+struct Fixture {
+    backend: Backend,
+    buffer: Buffer,
+}
+
+impl Fixture {
+    async fn redis() -> Fixture {
+        let backend = Backend::Redis(RedisServer::start().await);
+        let buffer = open(&backend).await;
+        Fixture { backend, buffer }
+    }
+
+    async fn embedded() -> Fixture {
+        let backend = Backend::Embedded(tempfile::tempdir().expect("temp dir"));
+        let buffer = open(&backend).await;
+        Fixture { backend, buffer }
+    }
+
+    /// Kills casegate (drops the buffer without ceremony) and, for Redis, SIGKILLs the server,
+    /// then restarts both on the same data.
+    async fn crash_and_restart(self) -> Fixture {
+        let Fixture {
+            mut backend,
+            buffer,
+        } = self;
+        drop(buffer);
+        if let Backend::Redis(server) = &mut backend {
+            server.restart().await;
+        }
+        let buffer = open(&backend).await;
+        Fixture { backend, buffer }
+    }
+}
+
+async fn open(backend: &Backend) -> Buffer {
+    match backend {
+        Backend::Redis(server) => Buffer::Redis(
+            RedisBuffer::connect(&server.url(), "casegate", OP_TIMEOUT)
+                .await
+                .expect("connect to redis"),
+        ),
+        // A nested path: opening creates the missing directories.
+        Backend::Embedded(dir) => Buffer::Embedded(
+            EmbeddedBuffer::open(&dir.path().join("state").join("buffer.redb"))
+                .expect("open embedded buffer"),
+        ),
+    }
+}
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Fixture::redis().await).await;
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Fixture::embedded().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    enqueue_returns_an_id_for_every_case_and_dead_letter,
+    claim_hands_out_the_oldest_cases_first_and_at_most_max,
+    a_claimed_case_is_not_handed_out_twice,
+    an_acked_case_is_gone_and_acking_an_unknown_id_is_a_no_op,
+    reclaim_hands_over_the_cases_of_a_dead_consumer_only_after_the_idle_time,
+    a_repeated_delivery_is_a_duplicate_and_writes_nothing,
+    the_same_delivery_id_from_another_source_is_not_a_duplicate,
+    a_dedupe_mark_expires_after_its_ttl,
+    concurrent_repeats_of_one_delivery_store_it_once,
+    a_multi_case_multi_queue_enqueue_is_written_whole,
+    dead_letters_can_be_listed_read_removed_and_replayed,
+    dead_lettering_cases_acks_them_and_stores_their_dead_letters,
+    stats_report_depth_claims_and_the_oldest_case,
+    nothing_acknowledged_is_lost_across_a_crash,
+    concurrent_enqueues_get_distinct_ids_and_each_case_is_claimed_exactly_once,
+);
+
+async fn enqueue_returns_an_id_for_every_case_and_dead_letter(f: Fixture) {
+    let batch = Enqueue {
+        dedupe: None,
+        cases: vec![case(QUEUE_A, "one", 1), case(QUEUE_A, "two", 2)],
+        dead_letters: vec![dead_letter("unmapped")],
+    };
+    let (case_ids, dead_letter_ids) = store(&f.buffer, batch).await;
+    assert_eq!(case_ids.len(), 2);
+    assert_eq!(dead_letter_ids.len(), 1);
+    assert_ne!(case_ids[0], case_ids[1]);
+
+    let claimed = f.buffer.claim(QUEUE_A, "c1", 10).await.unwrap();
+    assert_eq!(ids(&claimed), case_ids);
+    assert_eq!(claimed[0].record, case(QUEUE_A, "one", 1));
+    assert!(claimed.iter().all(|c| c.deliveries == 1));
+    let letter = f
+        .buffer
+        .get_dead_letter(&dead_letter_ids[0])
+        .await
+        .unwrap()
+        .expect("stored dead letter");
+    assert_eq!(letter.record, dead_letter("unmapped"));
+    f.buffer.flush().await.unwrap();
+    f.buffer.ping().await.unwrap();
+}
+
+async fn claim_hands_out_the_oldest_cases_first_and_at_most_max(f: Fixture) {
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        expected.extend(store_cases(&f.buffer, vec![case(QUEUE_A, &format!("case {n}"), n)]).await);
+    }
+    store_cases(&f.buffer, vec![case(QUEUE_B, "other queue", 0)]).await;
+
+    let first = f.buffer.claim(QUEUE_A, "c1", 3).await.unwrap();
+    assert_eq!(ids(&first), expected[..3]);
+    assert_eq!(titles(&first), ["case 0", "case 1", "case 2"]);
+    let rest = f.buffer.claim(QUEUE_A, "c1", 3).await.unwrap();
+    assert_eq!(ids(&rest), expected[3..]);
+    assert!(f.buffer.claim(QUEUE_A, "c1", 3).await.unwrap().is_empty());
+    assert!(
+        f.buffer
+            .claim("never-written", "c1", 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(f.buffer.claim(QUEUE_B, "c1", 0).await.unwrap().is_empty());
+}
+
+async fn a_claimed_case_is_not_handed_out_twice(f: Fixture) {
+    let all = store_cases(&f.buffer, (0..5).map(|n| case(QUEUE_A, "c", n)).collect()).await;
+    let by_one = f.buffer.claim(QUEUE_A, "consumer-1", 3).await.unwrap();
+    let by_two = f.buffer.claim(QUEUE_A, "consumer-2", 10).await.unwrap();
+    assert_eq!(ids(&by_one), all[..3]);
+    assert_eq!(ids(&by_two), all[3..]);
+    assert!(
+        f.buffer
+            .claim(QUEUE_A, "consumer-3", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn an_acked_case_is_gone_and_acking_an_unknown_id_is_a_no_op(f: Fixture) {
+    let all = store_cases(&f.buffer, (0..3).map(|n| case(QUEUE_A, "c", n)).collect()).await;
+    let claimed = f.buffer.claim(QUEUE_A, "c1", 3).await.unwrap();
+    f.buffer.ack(QUEUE_A, &ids(&claimed)[..2]).await.unwrap();
+    f.buffer
+        .ack(
+            QUEUE_A,
+            &[
+                "not-an-id".to_owned(),
+                "999999-0".to_owned(),
+                "424242".to_owned(),
+            ],
+        )
+        .await
+        .unwrap();
+    f.buffer.ack("never-written", &all).await.unwrap();
+
+    let stats = f.buffer.stats(QUEUE_A).await.unwrap();
+    assert_eq!((stats.depth, stats.claimed), (1, 1));
+    tokio::time::sleep(IDLE).await;
+    let back = f
+        .buffer
+        .reclaim(QUEUE_A, "c2", Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&back), all[2..]);
+
+    f.buffer.ack(QUEUE_A, &all).await.unwrap();
+    assert_eq!(
+        f.buffer.stats(QUEUE_A).await.unwrap(),
+        QueueStats::default()
+    );
+    assert!(f.buffer.queues().await.unwrap().is_empty());
+}
+
+async fn reclaim_hands_over_the_cases_of_a_dead_consumer_only_after_the_idle_time(f: Fixture) {
+    let all = store_cases(&f.buffer, (0..3).map(|n| case(QUEUE_A, "c", n)).collect()).await;
+    let dead = f.buffer.claim(QUEUE_A, "dead-consumer", 2).await.unwrap();
+    assert_eq!(ids(&dead), all[..2]);
+
+    assert!(
+        f.buffer
+            .reclaim(QUEUE_A, "c2", IDLE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "reclaimed before the idle time"
+    );
+    tokio::time::sleep(IDLE + Duration::from_millis(100)).await;
+    let taken = f.buffer.reclaim(QUEUE_A, "c2", IDLE, 10).await.unwrap();
+    assert_eq!(ids(&taken), all[..2]);
+    assert!(
+        taken.iter().all(|c| c.deliveries >= 2),
+        "deliveries: {taken:?}"
+    );
+    assert_eq!(taken[0].record, case(QUEUE_A, "c", 0));
+
+    // The takeover restarts the idle clock, and the unclaimed case is not reclaimable.
+    assert!(
+        f.buffer
+            .reclaim(QUEUE_A, "c3", IDLE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&f.buffer.claim(QUEUE_A, "c3", 10).await.unwrap()),
+        all[2..]
+    );
+    assert!(
+        f.buffer
+            .reclaim(QUEUE_A, "c3", IDLE, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_repeated_delivery_is_a_duplicate_and_writes_nothing(f: Fixture) {
+    let first = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(60))),
+        cases: vec![case(QUEUE_A, "first", 1)],
+        dead_letters: vec![],
+    };
+    store(&f.buffer, first).await;
+    let repeat = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(60))),
+        cases: vec![case(QUEUE_A, "again", 2), case(QUEUE_B, "again", 2)],
+        dead_letters: vec![dead_letter("again")],
+    };
+    assert_eq!(
+        f.buffer.enqueue(repeat).await.unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 1);
+    assert_eq!(f.buffer.stats(QUEUE_B).await.unwrap().depth, 0);
+    assert_eq!(f.buffer.queues().await.unwrap(), [QUEUE_A]);
+    assert!(
+        f.buffer
+            .list_dead_letters(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn the_same_delivery_id_from_another_source_is_not_a_duplicate(f: Fixture) {
+    for source in ["github", "stripe"] {
+        let batch = Enqueue {
+            dedupe: Some(mark(source, "delivery-1", Duration::from_secs(60))),
+            cases: vec![case(QUEUE_A, source, 1)],
+            dead_letters: vec![],
+        };
+        assert!(matches!(
+            f.buffer.enqueue(batch).await.unwrap(),
+            EnqueueOutcome::Stored { .. }
+        ));
+    }
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
+}
+
+async fn a_dedupe_mark_expires_after_its_ttl(f: Fixture) {
+    let ttl = Duration::from_millis(300);
+    let batch = || Enqueue {
+        dedupe: Some(mark("github", "delivery-1", ttl)),
+        cases: vec![case(QUEUE_A, "c", 1)],
+        dead_letters: vec![],
+    };
+    store(&f.buffer, batch()).await;
+    assert_eq!(
+        f.buffer.enqueue(batch()).await.unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+    tokio::time::sleep(ttl * 2).await;
+    assert!(matches!(
+        f.buffer.enqueue(batch()).await.unwrap(),
+        EnqueueOutcome::Stored { .. }
+    ));
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
+}
+
+/// For the embedded backend these land in the same commit group, so a repeat must be caught
+/// against an earlier request of its own group.
+async fn concurrent_repeats_of_one_delivery_store_it_once(f: Fixture) {
+    let tasks: Vec<_> = (0..50)
+        .map(|n| {
+            let buffer = f.buffer.clone();
+            tokio::spawn(async move {
+                let batch = Enqueue {
+                    dedupe: Some(mark("github", "same-delivery", Duration::from_secs(60))),
+                    cases: vec![case(QUEUE_A, "c", n)],
+                    dead_letters: vec![],
+                };
+                buffer.enqueue(batch).await.unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), EnqueueOutcome::Stored { .. }) {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 1);
+}
+
+async fn a_multi_case_multi_queue_enqueue_is_written_whole(f: Fixture) {
+    let batch = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(60))),
+        cases: vec![
+            case(QUEUE_A, "a1", 1),
+            case(QUEUE_B, "b1", 1),
+            case(QUEUE_A, "a2", 1),
+        ],
+        dead_letters: vec![dead_letter("one"), dead_letter("two")],
+    };
+    let (case_ids, dead_letter_ids) = store(&f.buffer, batch).await;
+
+    let a = f.buffer.claim(QUEUE_A, "c", 10).await.unwrap();
+    let b = f.buffer.claim(QUEUE_B, "c", 10).await.unwrap();
+    assert_eq!(titles(&a), ["a1", "a2"]);
+    assert_eq!(titles(&b), ["b1"]);
+    assert_eq!(ids(&a), [case_ids[0].clone(), case_ids[2].clone()]);
+    assert_eq!(ids(&b), [case_ids[1].clone()]);
+    let queues: BTreeSet<String> = f.buffer.queues().await.unwrap().into_iter().collect();
+    assert_eq!(
+        queues,
+        BTreeSet::from([QUEUE_A.to_owned(), QUEUE_B.to_owned()])
+    );
+    let letters = f.buffer.list_dead_letters(None, 10).await.unwrap();
+    assert_eq!(
+        letters.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+        dead_letter_ids
+    );
+}
+
+async fn dead_letters_can_be_listed_read_removed_and_replayed(f: Fixture) {
+    let batch = Enqueue {
+        dedupe: None,
+        cases: vec![],
+        dead_letters: vec![
+            dead_letter("first"),
+            dead_letter("second"),
+            dead_letter("third"),
+        ],
+    };
+    let (_, dl) = store(&f.buffer, batch).await;
+    let later = f
+        .buffer
+        .dead_letter_cases(QUEUE_A, vec![("1-0".into(), dead_letter("fourth"))])
+        .await
+        .unwrap();
+    let all: Vec<DeadLetterId> = dl.iter().chain(&later).cloned().collect();
+
+    let listed = f.buffer.list_dead_letters(None, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+        all,
+        "oldest first"
+    );
+    assert_eq!(
+        listed
+            .iter()
+            .map(|l| l.record.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["first", "second", "third", "fourth"]
+    );
+    let page = f.buffer.list_dead_letters(None, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+        all[..2]
+    );
+    let next = f
+        .buffer
+        .list_dead_letters(Some(&page[1].id), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+        all[2..]
+    );
+    assert!(
+        f.buffer
+            .list_dead_letters(Some(&all[3]), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.buffer
+            .list_dead_letters(None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let got = f
+        .buffer
+        .get_dead_letter(&all[1])
+        .await
+        .unwrap()
+        .expect("second dead letter");
+    assert_eq!(got.record, dead_letter("second"));
+    assert!(
+        f.buffer
+            .get_dead_letter("no-such-id")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert_eq!(
+        f.buffer
+            .remove_dead_letters(&[all[0].clone(), "no-such-id".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(f.buffer.get_dead_letter(&all[0]).await.unwrap().is_none());
+    assert_eq!(
+        f.buffer
+            .remove_dead_letters(&[all[0].clone()])
+            .await
+            .unwrap(),
+        0
+    );
+
+    let replayed = f
+        .buffer
+        .replay_dead_letter(&all[1], vec![case(QUEUE_B, "replayed", 7)])
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert!(f.buffer.get_dead_letter(&all[1]).await.unwrap().is_none());
+    let claimed = f.buffer.claim(QUEUE_B, "c", 10).await.unwrap();
+    assert_eq!(ids(&claimed), replayed);
+    assert_eq!(claimed[0].record, case(QUEUE_B, "replayed", 7));
+
+    // The dead letter is gone, so a second replay writes nothing.
+    let again = f
+        .buffer
+        .replay_dead_letter(&all[1], vec![case(QUEUE_B, "again", 8)])
+        .await;
+    assert!(
+        matches!(again, Err(BufferError::NoSuchDeadLetter(_))),
+        "{again:?}"
+    );
+    let bogus = f
+        .buffer
+        .replay_dead_letter("no-such-id", vec![case(QUEUE_B, "again", 8)])
+        .await;
+    assert!(
+        matches!(bogus, Err(BufferError::NoSuchDeadLetter(_))),
+        "{bogus:?}"
+    );
+    assert_eq!(f.buffer.stats(QUEUE_B).await.unwrap().depth, 1);
+    let left = f.buffer.list_dead_letters(None, 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+        all[2..]
+    );
+}
+
+async fn dead_lettering_cases_acks_them_and_stores_their_dead_letters(f: Fixture) {
+    let all = store_cases(&f.buffer, (0..3).map(|n| case(QUEUE_A, "c", n)).collect()).await;
+    f.buffer.claim(QUEUE_A, "c1", 3).await.unwrap();
+    let refused = vec![
+        (all[0].clone(), dead_letter("refused 0")),
+        (all[2].clone(), dead_letter("refused 2")),
+    ];
+    let dl = f.buffer.dead_letter_cases(QUEUE_A, refused).await.unwrap();
+    assert_eq!(dl.len(), 2);
+
+    let stats = f.buffer.stats(QUEUE_A).await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.claimed, stats.oldest_received_at_ms),
+        (1, 1, Some(1))
+    );
+    let letters = f.buffer.list_dead_letters(None, 10).await.unwrap();
+    assert_eq!(letters.iter().map(|l| l.id.clone()).collect::<Vec<_>>(), dl);
+    assert_eq!(letters[1].record, dead_letter("refused 2"));
+
+    tokio::time::sleep(IDLE).await;
+    let back = f
+        .buffer
+        .reclaim(QUEUE_A, "c2", Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&back),
+        all[1..2],
+        "dead-lettered cases are not handed out again"
+    );
+}
+
+async fn stats_report_depth_claims_and_the_oldest_case(f: Fixture) {
+    assert_eq!(
+        f.buffer.stats(QUEUE_A).await.unwrap(),
+        QueueStats::default()
+    );
+    let all = store_cases(
+        &f.buffer,
+        (1..=3).map(|n| case(QUEUE_A, "c", n * 1000)).collect(),
+    )
+    .await;
+    let expect = |depth, claimed, oldest| QueueStats {
+        depth,
+        claimed,
+        oldest_received_at_ms: Some(oldest),
+    };
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap(), expect(3, 0, 1000));
+    f.buffer.claim(QUEUE_A, "c1", 2).await.unwrap();
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap(), expect(3, 2, 1000));
+    f.buffer.ack(QUEUE_A, &all[..1]).await.unwrap();
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap(), expect(2, 1, 2000));
+    assert_eq!(
+        f.buffer.stats(QUEUE_B).await.unwrap(),
+        QueueStats::default()
+    );
+}
+
+async fn nothing_acknowledged_is_lost_across_a_crash(f: Fixture) {
+    let batch = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(600))),
+        cases: (0..5).map(|n| case(QUEUE_A, "c", n)).collect(),
+        dead_letters: vec![dead_letter("kept")],
+    };
+    let (all, dl) = store(&f.buffer, batch).await;
+    let claimed = f.buffer.claim(QUEUE_A, "before-crash", 3).await.unwrap();
+    f.buffer.ack(QUEUE_A, &ids(&claimed)[..1]).await.unwrap();
+
+    let f = f.crash_and_restart().await;
+
+    // Cases claimed before the crash come back through reclaim (Redis keeps the claim) or claim
+    // (the embedded store forgets claims); either way each unacked case exactly once.
+    let mut back = ids(&f
+        .buffer
+        .reclaim(QUEUE_A, "after-crash", Duration::ZERO, 10)
+        .await
+        .unwrap());
+    back.extend(ids(&f
+        .buffer
+        .claim(QUEUE_A, "after-crash", 10)
+        .await
+        .unwrap()));
+    back.sort_by_key(|id| all.iter().position(|a| a == id));
+    assert_eq!(back, all[1..]);
+    assert_eq!(
+        f.buffer
+            .get_dead_letter(&dl[0])
+            .await
+            .unwrap()
+            .map(|l| l.record),
+        Some(dead_letter("kept"))
+    );
+    let repeat = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(600))),
+        ..Enqueue::default()
+    };
+    assert_eq!(
+        f.buffer.enqueue(repeat).await.unwrap(),
+        EnqueueOutcome::Duplicate,
+        "dedupe mark survives"
+    );
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 4);
+}
+
+async fn concurrent_enqueues_get_distinct_ids_and_each_case_is_claimed_exactly_once(f: Fixture) {
+    let tasks: Vec<_> = (0..200)
+        .map(|n| {
+            let buffer = f.buffer.clone();
+            tokio::spawn(async move {
+                let batch = Enqueue {
+                    dedupe: Some(mark(
+                        "github",
+                        &format!("delivery-{n}"),
+                        Duration::from_secs(60),
+                    )),
+                    cases: vec![case(QUEUE_A, &format!("case {n}"), n)],
+                    dead_letters: vec![],
+                };
+                store(&buffer, batch).await.0
+            })
+        })
+        .collect();
+    let mut enqueued = HashSet::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            assert!(enqueued.insert(id.clone()), "id {id} handed out twice");
+        }
+    }
+    assert_eq!(enqueued.len(), 200);
+
+    let claimers: Vec<_> = (0..4)
+        .map(|n| {
+            let buffer = f.buffer.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = buffer
+                        .claim(QUEUE_A, &format!("consumer-{n}"), 17)
+                        .await
+                        .unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(ids(&batch));
+                }
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for claimer in claimers {
+        claimed.extend(claimer.await.unwrap());
+    }
+    assert_eq!(claimed.len(), 200, "each case claimed exactly once");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), enqueued);
+}
+
+// Redis only: what happens while the server is away.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_makes_enqueue_fail_fast_and_the_same_buffer_recovers_when_it_is_back() {
+    let mut server = RedisServer::start().await;
+    let op_timeout = Duration::from_millis(500);
+    let buffer = RedisBuffer::connect(&server.url(), "casegate", op_timeout)
+        .await
+        .unwrap();
+    let before = store_cases_redis(&buffer, case(QUEUE_A, "before", 1)).await;
+
+    server.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let outcome = buffer.enqueue(single(case(QUEUE_A, "while down", 2))).await;
+        assert!(
+            matches!(outcome, Err(BufferError::Unavailable(_))),
+            "{outcome:?}"
+        );
+        assert!(
+            started.elapsed() < op_timeout + Duration::from_millis(500),
+            "took {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        assert!(matches!(
+            buffer.ping().await,
+            Err(BufferError::Unavailable(_))
+        ));
+        assert!(
+            started.elapsed() < op_timeout + Duration::from_millis(500),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    server.restart().await;
+    let after = eventually(|| buffer.enqueue(single(case(QUEUE_A, "after", 3)))).await;
+    let EnqueueOutcome::Stored { case_ids, .. } = after else {
+        panic!("not stored: {after:?}")
+    };
+    let claimed = buffer.claim(QUEUE_A, "c", 10).await.unwrap();
+    assert_eq!(
+        ids(&claimed),
+        [before, case_ids[0].clone()],
+        "nothing written while down, nothing lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_makes_operations_time_out_instead_of_hanging() {
+    let server = RedisServer::start().await;
+    let op_timeout = Duration::from_millis(500);
+    let buffer = RedisBuffer::connect(&server.url(), "casegate", op_timeout)
+        .await
+        .unwrap();
+    store_cases_redis(&buffer, case(QUEUE_A, "before", 1)).await;
+
+    server.freeze();
+    let started = Instant::now();
+    let outcome = buffer
+        .enqueue(single(case(QUEUE_A, "while frozen", 2)))
+        .await;
+    assert!(
+        matches!(outcome, Err(BufferError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < op_timeout + Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    let claimed = buffer.claim(QUEUE_A, "c", 10).await;
+    assert!(
+        matches!(claimed, Err(BufferError::Unavailable(_))),
+        "{claimed:?}"
+    );
+
+    server.thaw();
+    eventually(|| buffer.ping()).await;
+    // The enqueue that timed out may still have run once Redis woke up: at-least-once.
+    let claimed = eventually(|| buffer.claim(QUEUE_A, "c", 10)).await;
+    assert!(!claimed.is_empty());
+    assert_eq!(claimed[0].record.title, "before");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_buffer_connects_while_redis_is_down_and_works_once_it_is_up() {
+    let mut server = RedisServer::start().await;
+    server.stop();
+    let op_timeout = Duration::from_millis(500);
+    let buffer = RedisBuffer::connect(&server.url(), "casegate", op_timeout)
+        .await
+        .expect("connect never waits");
+    let started = Instant::now();
+    assert!(matches!(
+        buffer.ping().await,
+        Err(BufferError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < op_timeout + Duration::from_millis(500));
+
+    server.restart().await;
+    eventually(|| buffer.ping()).await;
+    store_cases_redis(&buffer, case(QUEUE_A, "c", 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_errors_never_show_the_url_password() {
+    let server = RedisServer::start().await;
+    let port = server.port();
+    drop(server);
+    let url = format!("redis://:s3cret-pass@127.0.0.1:{port}/");
+    let buffer = RedisBuffer::connect(&url, "casegate", Duration::from_millis(300))
+        .await
+        .unwrap();
+    let error = buffer.ping().await.unwrap_err().to_string();
+    assert!(!error.contains("s3cret"), "{error}");
+    assert!(!format!("{buffer:?}").contains("s3cret"));
+    let error = RedisBuffer::connect("redis://:s3cret-pass@[bad", "casegate", OP_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_share_one_hash_tag() {
+    let server = RedisServer::start().await;
+    let buffer = RedisBuffer::connect(&server.url(), "tenant-7", OP_TIMEOUT)
+        .await
+        .unwrap();
+    let batch = Enqueue {
+        dedupe: Some(mark("github", "d-1", Duration::from_secs(60))),
+        cases: vec![case(QUEUE_A, "c", 1)],
+        dead_letters: vec![dead_letter("x")],
+    };
+    buffer.enqueue(batch).await.unwrap();
+    let keys = redis_cli(&server, &["--scan"]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "{tenant-7}:dlq".to_owned(),
+            "{tenant-7}:q:".to_owned() + QUEUE_A,
+            "{tenant-7}:queues".to_owned(),
+            "{tenant-7}:seen:github:d-1".to_owned(),
+        ]
+    );
+}
+
+// Embedded only.
+
+#[tokio::test]
+async fn the_embedded_buffer_is_unavailable_where_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let error = EmbeddedBuffer::open(&blocker.join("buffer.redb")).unwrap_err();
+    assert!(matches!(error, BufferError::Unavailable(_)), "{error:?}");
+
+    let path = dir.path().join("buffer.redb");
+    let open = EmbeddedBuffer::open(&path).unwrap();
+    let error = EmbeddedBuffer::open(&path).unwrap_err();
+    assert!(
+        matches!(error, BufferError::Unavailable(_)),
+        "a second opener must not share the file: {error:?}"
+    );
+    drop(open);
+    EmbeddedBuffer::open(&path).expect("reopens once the first is dropped");
+}
+
+fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Retries an operation until it succeeds (the first call after a restart may still see the old,
+/// dead connection), for at most 10 s.
+async fn eventually<T, Fut>(mut op: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, BufferError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() > deadline => panic!("still failing after 10 s: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn store_cases_redis(buffer: &RedisBuffer, case: CaseRecord) -> CaseId {
+    match buffer.enqueue(single(case)).await.unwrap() {
+        EnqueueOutcome::Stored { mut case_ids, .. } => case_ids.remove(0),
+        EnqueueOutcome::Duplicate => panic!("no dedupe mark, yet a duplicate"),
+    }
+}
+
+fn single(case: CaseRecord) -> Enqueue {
+    Enqueue {
+        dedupe: None,
+        cases: vec![case],
+        dead_letters: vec![],
+    }
+}
+
+async fn store(buffer: &Buffer, batch: Enqueue) -> (Vec<CaseId>, Vec<DeadLetterId>) {
+    match buffer.enqueue(batch).await.unwrap() {
+        EnqueueOutcome::Stored {
+            case_ids,
+            dead_letter_ids,
+        } => (case_ids, dead_letter_ids),
+        EnqueueOutcome::Duplicate => panic!("unexpected duplicate"),
+    }
+}
+
+/// Enqueues each case as its own webhook, in order.
+async fn store_cases(buffer: &Buffer, cases: Vec<CaseRecord>) -> Vec<CaseId> {
+    let mut ids = Vec::new();
+    for case in cases {
+        ids.extend(store(buffer, single(case)).await.0);
+    }
+    ids
+}
+
+fn ids(cases: &[casegate::buffer::BufferedCase]) -> Vec<CaseId> {
+    cases.iter().map(|c| c.id.clone()).collect()
+}
+
+fn titles(cases: &[casegate::buffer::BufferedCase]) -> Vec<&str> {
+    cases.iter().map(|c| c.record.title.as_str()).collect()
+}
+
+fn mark(source: &str, delivery_id: &str, ttl: Duration) -> DedupeMark {
+    DedupeMark {
+        source: source.into(),
+        delivery_id: delivery_id.into(),
+        ttl,
+    }
+}
+
+fn case(queue: &str, title: &str, received_at_ms: u64) -> CaseRecord {
+    CaseRecord {
+        queue: queue.into(),
+        api_key_name: None,
+        title: title.into(),
+        data: r#"{"n":1}"#.into(),
+        labels: vec![],
+        meta: CaseMeta {
+            source: "github".into(),
+            mapping_file: "github.yaml".into(),
+            mapping_version: "abc123".into(),
+            rule: "issues".into(),
+            request_id: "req-1".into(),
+            delivery_id: Some("delivery-1".into()),
+            event_type: Some("issues".into()),
+            received_at_ms,
+        },
+    }
+}
+
+fn dead_letter(reason: &str) -> DeadLetterRecord {
+    DeadLetterRecord {
+        source: "github".into(),
+        reason: reason.into(),
+        created_at_ms: 1,
+        kind: DeadLetterKind::Refused {
+            case: case(QUEUE_A, "refused", 1),
+            status: 422,
+            attempts: 1,
+        },
+    }
+}
