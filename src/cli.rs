@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, Overrides};
 use crate::env::Env;
 use crate::inbound::Headers;
+use crate::mapping::examples::run_examples;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};
 
 #[derive(Debug, Parser)]
@@ -65,30 +66,47 @@ pub fn load_config(
     Config::load(file, &Env::from_process(), overrides)
 }
 
-/// `casegate check`: prints every error, one per line, and returns failure if there is any.
+/// `casegate check`: compiles every mapping and runs its examples; prints every error, one per
+/// line, and returns failure if there is any.
 pub fn check(dir: &Path, env: &Env) -> ExitCode {
-    match MappingSet::load_dir(dir, env) {
-        Ok(set) => {
-            for mapping in set.iter() {
-                println!(
-                    "ok   {} (source `{}`, version {}, {} rules)",
-                    mapping.file,
-                    mapping.source,
-                    mapping.version,
-                    mapping.rule_names().count()
-                );
-            }
-            println!("{} mapping file(s) OK", set.len());
-            ExitCode::SUCCESS
-        }
+    let set = match MappingSet::load_dir(dir, env) {
+        Ok(set) => set,
         Err(errors) => {
             for error in &errors {
                 eprintln!("error {error}");
             }
             eprintln!("{} error(s)", errors.len());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for mapping in set.iter() {
+        let results = run_examples(mapping);
+        let failures: Vec<_> = results.iter().filter_map(|r| r.failure.as_deref().map(|f| (&r.name, f))).collect();
+        if failures.is_empty() {
+            println!(
+                "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed)",
+                mapping.file,
+                mapping.source,
+                mapping.version,
+                mapping.rule_names().count(),
+                results.len()
+            );
+        }
+        for (name, failure) in failures {
+            failed += 1;
+            eprintln!("FAIL  {}: example `{name}`", mapping.file);
+            for line in failure.lines() {
+                eprintln!("      {line}");
+            }
         }
     }
+    if failed > 0 {
+        eprintln!("{failed} example(s) failed");
+        return ExitCode::FAILURE;
+    }
+    println!("{} mapping file(s) OK", set.len());
+    ExitCode::SUCCESS
 }
 
 /// `casegate try`: maps one payload and prints the cases as JSON.

@@ -4,7 +4,6 @@
 //! [`run`] takes an already-bound listener and a shutdown future, so tests start the real
 //! server on port 0 and stop it cleanly.
 
-#[path = "stubs/buffer.rs"]
 pub mod buffer;
 pub mod cli;
 pub mod config;

@@ -3,18 +3,23 @@
 //! Key layout (every key carries the hash tag `{<prefix>}`, default prefix `casegate`):
 //! - `{casegate}:q:<queue>`: the queue's stream. Each entry holds one [`CaseRecord`] as JSON in
 //!   the field `r`; the entry id is the [`CaseId`].
-//! - `{casegate}:queues`: set of every queue that was ever written to.
+//! - `{casegate}:queues`: set of every queue that was ever written to (never pruned;
+//!   [`RedisBuffer::queues`] skips the empty ones).
 //! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry.
+//!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
+//!   names.
 //! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
 //!   they increase monotonically and list oldest-first), the record as JSON in the field `r`.
 //!
 //! One hash tag puts a whole deployment in one Cluster slot, so every multi-key write is a single
 //! Lua script, atomic even on Redis Cluster. One slot is enough: throughput is capped by the Duvo
-//! API (about 500 cases/s per API key), far below what one Redis shard serves.
+//! API (about 500 cases/s per API key), far below what one Redis shard serves. (The connection
+//! itself is a plain, non-cluster one: the layout is ready for Cluster, the client is not yet.)
 //!
 //! Who acks when: ingress writes with [`RedisBuffer::enqueue`] (one script: dedupe mark, `XADD`s,
 //! dead letters). The delivery loop claims with `XREADGROUP >`, which puts the entries in the
-//! group's pending list; after the API accepted a case it is acked with `XACK` + `XDEL`, so `XLEN`
+//! group's pending list (the claim script creates the group on `NOGROUP`, from id `0` with
+//! `MKSTREAM`, so entries written before the first claim are not skipped); after the API accepted a case it is acked with `XACK` + `XDEL`, so `XLEN`
 //! is exactly the undelivered depth. Entries claimed but never acked stay pending and are taken
 //! over with `XAUTOCLAIM` once idle longer than the visibility timeout.
 //!
@@ -23,7 +28,9 @@
 //! it replies, so a killed Redis process loses nothing that was answered; `appendfsync always`
 //! also covers a power loss, `everysec` (the default) may lose the last second of it.
 //!
-//! Needs Redis 7.0 or newer (script flags, `XAUTOCLAIM` listing deleted entries). The connection
+//! Needs Redis 7.0 or newer (script flags, `XAUTOCLAIM` listing deleted entries). The write
+//! script is refused as a whole when Redis is out of memory (ingress answers 503); the claim, ack
+//! and dead-letter scripts are allowed to run then, so delivery can still drain the backlog. The connection
 //! is made lazily and re-made after failures, so casegate starts while Redis is down; every
 //! operation answers [`BufferError::Unavailable`] within the operation timeout until Redis is back.
 //! A script whose answer was lost to a timeout may still have run: a webhook answered 503 then

@@ -7,6 +7,7 @@
 //! ever sees a half-loaded set.
 
 pub mod condition;
+pub mod examples;
 pub mod model;
 pub mod path;
 pub mod set;
