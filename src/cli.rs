@@ -82,7 +82,10 @@ pub fn check(dir: &Path, env: &Env) -> ExitCode {
     let mut failed = 0;
     for mapping in set.iter() {
         let results = run_examples(mapping);
-        let failures: Vec<_> = results.iter().filter_map(|r| r.failure.as_deref().map(|f| (&r.name, f))).collect();
+        let failures: Vec<_> = results
+            .iter()
+            .filter_map(|r| r.failure.as_deref().map(|f| (&r.name, f)))
+            .collect();
         if failures.is_empty() {
             println!(
                 "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed)",

@@ -108,15 +108,7 @@ pub async fn run_with_clock(
         mappings_loaded: Arc::new(AtomicBool::new(true)),
     };
     let address = listener.local_addr()?;
-    let mut server = actix_web::HttpServer::new(move || http::build_app(state.clone()))
-        .client_request_timeout(config.ingress.client_timeout)
-        .client_disconnect_timeout(std::time::Duration::from_secs(5))
-        .disable_signals()
-        .shutdown_timeout(30);
-    if config.ingress.workers > 0 {
-        server = server.workers(config.ingress.workers);
-    }
-    let server = server.listen(listener)?.run();
+    let server = http_server(state, &config, listener)?;
     let handle = server.handle();
     tokio::spawn(async move {
         shutdown.await;
@@ -128,6 +120,23 @@ pub async fn run_with_clock(
     buffer.flush().await?;
     tracing::info!("casegate stopped");
     Ok(())
+}
+
+/// Builds the actix server (kept out of the async fn: the builder is not `Send`).
+fn http_server(
+    state: AppState,
+    config: &Config,
+    listener: std::net::TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let mut server = actix_web::HttpServer::new(move || http::build_app(state.clone()))
+        .client_request_timeout(config.ingress.client_timeout)
+        .client_disconnect_timeout(std::time::Duration::from_secs(5))
+        .disable_signals()
+        .shutdown_timeout(30);
+    if config.ingress.workers > 0 {
+        server = server.workers(config.ingress.workers);
+    }
+    Ok(server.listen(listener)?.run())
 }
 
 /// Resolves on SIGTERM or SIGINT.

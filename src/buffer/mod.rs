@@ -204,7 +204,12 @@ impl Buffer {
     }
 
     /// Hands out up to `max` of `queue`'s oldest never-claimed cases to `consumer`.
-    pub async fn claim(&self, queue: &str, consumer: &str, max: usize) -> Result<Vec<BufferedCase>, BufferError> {
+    pub async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
         dispatch!(self, b => b.claim(queue, consumer, max).await)
     }
 
@@ -239,7 +244,11 @@ impl Buffer {
     }
 
     /// Dead letters, oldest first, starting after `after` (exclusive), at most `limit`.
-    pub async fn list_dead_letters(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, BufferError> {
+    pub async fn list_dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BufferError> {
         dispatch!(self, b => b.list_dead_letters(after, limit).await)
     }
 
@@ -254,7 +263,11 @@ impl Buffer {
 
     /// Atomically re-enqueues `cases` and removes the dead letter they came from, so a replay
     /// neither loses nor duplicates.
-    pub async fn replay_dead_letter(&self, id: &str, cases: Vec<CaseRecord>) -> Result<Vec<CaseId>, BufferError> {
+    pub async fn replay_dead_letter(
+        &self,
+        id: &str,
+        cases: Vec<CaseRecord>,
+    ) -> Result<Vec<CaseId>, BufferError> {
         dispatch!(self, b => b.replay_dead_letter(id, cases).await)
     }
 

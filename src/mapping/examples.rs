@@ -21,7 +21,10 @@ pub fn run_examples(mapping: &CompiledMapping) -> Vec<ExampleResult> {
     mapping
         .examples
         .iter()
-        .map(|example| ExampleResult { name: example.name.clone(), failure: run_one(mapping, example).err() })
+        .map(|example| ExampleResult {
+            name: example.name.clone(),
+            failure: run_one(mapping, example).err(),
+        })
         .collect()
 }
 
@@ -30,12 +33,18 @@ fn run_one(mapping: &CompiledMapping, example: &ExampleSpec) -> Result<(), Strin
         (Some(payload), None) => payload.clone(),
         (None, Some(file)) => {
             let path = mapping.dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("payload_file {}: {e}", path.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("payload_file {}: not JSON: {e}", path.display()))?
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("payload_file {}: {e}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| format!("payload_file {}: not JSON: {e}", path.display()))?
         }
         _ => return Err("give exactly one of `payload` or `payload_file`".into()),
     };
-    let headers: Headers = example.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let headers: Headers = example
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     let delivery_id = mapping.delivery_id_of(&payload, &headers);
     let input = EventInput {
         payload: &payload,
@@ -46,9 +55,15 @@ fn run_one(mapping: &CompiledMapping, example: &ExampleSpec) -> Result<(), Strin
     };
     match (mapping.apply(&input), &example.expect_error) {
         (Err(failure), Some(expected)) if failure.to_string().contains(expected.as_str()) => Ok(()),
-        (Err(failure), Some(expected)) => Err(format!("- error containing {expected:?}\n+ error {:?}", failure.to_string())),
+        (Err(failure), Some(expected)) => Err(format!(
+            "- error containing {expected:?}\n+ error {:?}",
+            failure.to_string()
+        )),
         (Err(failure), None) => Err(format!("mapping failed: {failure}")),
-        (Ok(cases), Some(expected)) => Err(format!("- error containing {expected:?}\n+ {} case(s)", cases.len())),
+        (Ok(cases), Some(expected)) => Err(format!(
+            "- error containing {expected:?}\n+ {} case(s)",
+            cases.len()
+        )),
         (Ok(cases), None) => compare(&example.expect, &cases),
     }
 }
@@ -56,7 +71,12 @@ fn run_one(mapping: &CompiledMapping, example: &ExampleSpec) -> Result<(), Strin
 fn compare(expected: &[ExpectedCase], actual: &[CaseRecord]) -> Result<(), String> {
     let mut diff = Vec::new();
     if expected.len() != actual.len() {
-        diff.push(format!("- {} case(s)\n+ {} case(s): {:?}", expected.len(), actual.len(), actual.iter().map(|c| &c.title).collect::<Vec<_>>()));
+        diff.push(format!(
+            "- {} case(s)\n+ {} case(s): {:?}",
+            expected.len(),
+            actual.len(),
+            actual.iter().map(|c| &c.title).collect::<Vec<_>>()
+        ));
     }
     for (i, (want, got)) in expected.iter().zip(actual).enumerate() {
         let mut field = |name: &str, want: String, got: String| {
@@ -75,11 +95,16 @@ fn compare(expected: &[ExpectedCase], actual: &[CaseRecord]) -> Result<(), Strin
             field("labels", to_json(labels), to_json(&got.labels));
         }
         if let Some(data) = &want.data {
-            let got_data: Value = serde_json::from_str(&got.data).unwrap_or(Value::String(got.data.clone()));
+            let got_data: Value =
+                serde_json::from_str(&got.data).unwrap_or(Value::String(got.data.clone()));
             diff.extend(json_diff(&format!("case {i} data"), data, &got_data));
         }
     }
-    if diff.is_empty() { Ok(()) } else { Err(diff.join("\n")) }
+    if diff.is_empty() {
+        Ok(())
+    } else {
+        Err(diff.join("\n"))
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -125,7 +150,11 @@ mod tests {
         let results = run_examples(&mapping(
             "  - {name: one, payload: {n: 1, l: x}, expect: [{title: T 1, rule: r, data: {n: 1}, labels: [{key: k, value: x}]}]}\n  - {name: filtered, payload: {}, expect: []}\n  - {name: failing, payload: {boom: 1}, expect_error: '$.missing'}\n",
         ));
-        assert_eq!(results.iter().filter(|r| r.failure.is_some()).count(), 0, "{results:?}");
+        assert_eq!(
+            results.iter().filter(|r| r.failure.is_some()).count(),
+            0,
+            "{results:?}"
+        );
         assert_eq!(results.len(), 3);
     }
 
@@ -138,7 +167,19 @@ mod tests {
         assert!(wrong.contains("case 0 title:\n- T 2\n+ T 1"), "{wrong}");
         assert!(wrong.contains("case 0 data.n:\n- 2\n+ 1"), "{wrong}");
         assert!(wrong.contains("data.extra:\n- true\n+ (absent)"), "{wrong}");
-        assert!(results[1].failure.as_deref().unwrap().contains("- 1 case(s)\n+ 0 case(s)"));
-        assert!(results[2].failure.as_deref().unwrap().contains("error containing \"boom\""));
+        assert!(
+            results[1]
+                .failure
+                .as_deref()
+                .unwrap()
+                .contains("- 1 case(s)\n+ 0 case(s)")
+        );
+        assert!(
+            results[2]
+                .failure
+                .as_deref()
+                .unwrap()
+                .contains("error containing \"boom\"")
+        );
     }
 }

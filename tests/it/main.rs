@@ -1,0 +1,6 @@
+//! casegate's integration tests: one binary, real servers on loopback port 0, real Redis
+//! instances spawned per test, real signatures.
+
+mod buffer;
+mod ingress;
+mod support;
