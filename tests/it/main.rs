@@ -3,4 +3,5 @@
 
 mod buffer;
 mod ingress;
+mod serve;
 mod support;
