@@ -26,6 +26,7 @@ struct RawConfig {
     ingress: RawIngress,
     buffer: RawBuffer,
     duvo: RawDuvo,
+    delivery: RawDelivery,
     admin: RawAdmin,
     log: RawLog,
 }
@@ -55,6 +56,27 @@ struct RawBuffer {
 struct RawDuvo {
     base_url: String,
     api_key: String,
+    connect_timeout_secs: u64,
+    request_timeout_secs: u64,
+    #[serde(default)]
+    api_keys: std::collections::HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    enabled: bool,
+    rate: u32,
+    window_secs: u64,
+    margin_ms: u64,
+    max_batch: usize,
+    max_request_bytes: usize,
+    linger_ms: u64,
+    poll_interval_ms: u64,
+    visibility_timeout_secs: u64,
+    backoff_base_ms: u64,
+    backoff_max_secs: u64,
+    probe_interval_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +102,7 @@ pub struct Config {
     pub ingress: IngressConfig,
     pub buffer: BufferConfig,
     pub duvo: DuvoConfig,
+    pub delivery: DeliverySettings,
     /// The admin API's bearer token; `None` keeps the admin API off.
     pub admin_token: Option<Secret>,
     pub log: LogConfig,
@@ -118,6 +141,27 @@ pub struct BufferConfig {
 pub struct DuvoConfig {
     pub base_url: String,
     pub api_key: Option<Secret>,
+    /// Named keys for rules that say `api_key: <name>`.
+    pub api_keys: std::collections::HashMap<String, Secret>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Delivery pacing and retries (see `[delivery]` in `config/casegate.toml`).
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub enabled: bool,
+    pub rate: u32,
+    pub window: Duration,
+    pub margin: Duration,
+    pub max_batch: usize,
+    pub max_request_bytes: usize,
+    pub linger: Duration,
+    pub poll_interval: Duration,
+    pub visibility_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub probe_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +297,16 @@ impl Config {
                 reason: format!("{base_url:?} must start with http:// or https://"),
             });
         }
+        let delivery = raw.delivery;
+        if delivery.rate == 0 || delivery.window_secs == 0 {
+            return Err(ConfigError::Invalid { key: "delivery.rate", reason: "rate and window_secs must be above 0".into() });
+        }
+        if !(1..=100).contains(&delivery.max_batch) {
+            return Err(ConfigError::Invalid {
+                key: "delivery.max_batch",
+                reason: format!("{} is outside 1-100 (the API takes at most 100 cases per request)", delivery.max_batch),
+            });
+        }
         let format = match raw.log.format.as_str() {
             "auto" => LogFormat::Auto,
             "json" => LogFormat::Json,
@@ -286,6 +340,23 @@ impl Config {
             duvo: DuvoConfig {
                 base_url,
                 api_key: non_empty(raw.duvo.api_key),
+                api_keys: raw.duvo.api_keys.into_iter().filter_map(|(k, v)| non_empty(v).map(|v| (k, v))).collect(),
+                connect_timeout: Duration::from_secs(raw.duvo.connect_timeout_secs.max(1)),
+                request_timeout: Duration::from_secs(raw.duvo.request_timeout_secs.max(1)),
+            },
+            delivery: DeliverySettings {
+                enabled: delivery.enabled,
+                rate: delivery.rate,
+                window: Duration::from_secs(delivery.window_secs),
+                margin: Duration::from_millis(delivery.margin_ms),
+                max_batch: delivery.max_batch,
+                max_request_bytes: delivery.max_request_bytes.max(1024),
+                linger: Duration::from_millis(delivery.linger_ms),
+                poll_interval: Duration::from_millis(delivery.poll_interval_ms.max(1)),
+                visibility_timeout: Duration::from_secs(delivery.visibility_timeout_secs.max(1)),
+                backoff_base: Duration::from_millis(delivery.backoff_base_ms.max(1)),
+                backoff_max: Duration::from_secs(delivery.backoff_max_secs.max(1)),
+                probe_interval: Duration::from_secs(delivery.probe_interval_secs.max(1)),
             },
             admin_token: non_empty(raw.admin.token),
             log: LogConfig {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use serde_json::Value;
 
 use crate::buffer::{
@@ -93,6 +94,8 @@ pub struct Ingestor {
     buffer: Buffer,
     default_dedupe_ttl: Duration,
     clock: Clock,
+    /// Poked after cases were written, so local delivery starts without waiting for its poll.
+    wake: Option<Arc<Notify>>,
 }
 
 impl Ingestor {
@@ -102,12 +105,13 @@ impl Ingestor {
         default_dedupe_ttl: Duration,
         clock: Clock,
     ) -> Self {
-        Ingestor {
-            mappings,
-            buffer,
-            default_dedupe_ttl,
-            clock,
-        }
+        Ingestor { mappings, buffer, default_dedupe_ttl, clock, wake: None }
+    }
+
+    /// Wakes `wake` after every write that stored cases.
+    pub fn with_waker(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// The mapping serving `source` right now (a reload never changes it under a request).
@@ -148,13 +152,12 @@ impl Ingestor {
                 case_ids,
                 dead_letter_ids,
             } if case_ids.is_empty() && dead_letter_ids.is_empty() => Ok(IngestOutcome::Filtered),
-            EnqueueOutcome::Stored {
-                case_ids,
-                dead_letter_ids,
-            } => Ok(IngestOutcome::Accepted {
-                case_ids,
-                dead_letter_ids,
-            }),
+            EnqueueOutcome::Stored { case_ids, dead_letter_ids } => {
+                if let Some(wake) = self.wake.as_ref().filter(|_| !case_ids.is_empty()) {
+                    wake.notify_one();
+                }
+                Ok(IngestOutcome::Accepted { case_ids, dead_letter_ids })
+            }
         }
     }
 

@@ -654,6 +654,12 @@ impl RedisBuffer {
         format!("{{{}}}:{name}", self.prefix)
     }
 
+    /// The shared connection and a key under this deployment's hash tag, for other state that
+    /// lives beside the buffer (the delivery rate limiter shared by every replica).
+    pub fn connection_for(&self, name: &str) -> (ConnectionManager, String, Duration) {
+        (self.conn.clone(), self.key(name), self.op_timeout)
+    }
+
     fn stream_key(&self, queue: &str) -> String {
         format!("{{{}}}:q:{queue}", self.prefix)
     }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::path::{CompiledPath, PathError, Scope};
 
 /// A condition as written in a mapping file.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionSpec {
     /// True when every listed condition is true.
@@ -22,15 +22,24 @@ pub struct ConditionSpec {
     pub not: Option<Box<ConditionSpec>>,
     /// The JSONPath a test reads (`$` payload, `@` for_each element).
     pub path: Option<String>,
+    /// True when a value at `path` equals this (numbers compare numerically).
     pub eq: Option<Value>,
+    /// True when no value at `path` equals this.
     pub ne: Option<Value>,
+    /// `true`: some non-null value is at `path`; `false`: none is.
     pub exists: Option<bool>,
+    /// True when a value at `path` equals one of these.
     #[serde(rename = "in")]
     pub in_list: Option<Vec<Value>>,
+    /// True when no value at `path` equals any of these.
     pub not_in: Option<Vec<Value>>,
+    /// The first value at `path` (a number or numeric string) is greater than this.
     pub gt: Option<f64>,
+    /// ... greater than or equal to this.
     pub gte: Option<f64>,
+    /// ... less than this.
     pub lt: Option<f64>,
+    /// ... less than or equal to this.
     pub lte: Option<f64>,
 }
 

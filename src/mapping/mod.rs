@@ -10,6 +10,8 @@ pub mod condition;
 pub mod examples;
 pub mod model;
 pub mod path;
+pub mod reload;
+pub mod schema;
 pub mod set;
 pub mod template;
 
@@ -28,7 +30,9 @@ use model::{ExampleSpec, FieldRef, MappingFile, RuleSpec};
 use path::{CompiledPath, Scope};
 use template::{Expr, Missing, Template, truncate_chars};
 
-pub use set::MappingSet;
+pub use reload::{MappingReloader, ReloadStatus, ReloadTask};
+pub use schema::mapping_schema;
+pub use set::{MappingSet, SourceVersion};
 
 /// The API's limit on case titles, in characters.
 pub const MAX_TITLE_CHARS: usize = 500;
@@ -591,5 +595,7 @@ pub fn is_uuid(text: &str) -> bool {
             .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

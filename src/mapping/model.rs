@@ -15,7 +15,7 @@ use super::condition::ConditionSpec;
 use crate::verify::VerifySpec;
 
 /// One mapping file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MappingFile {
     /// The `{source}` in `POST /hooks/{source}`; defaults to the file name without extension.
@@ -43,19 +43,22 @@ pub struct MappingFile {
 }
 
 /// A value read from a request header or the payload (exactly one of the two).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRef {
+    /// A request header's name (case-insensitive), e.g. `X-Shopify-Topic`.
     pub header: Option<String>,
+    /// A JSONPath into the payload (`$...`), or into the `for_each` element (`@...`).
     pub path: Option<String>,
 }
 
 /// One rule: which events, which queue, and how to build each case.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Names the rule in errors, metrics and dead letters.
     pub name: String,
+    /// Which events the rule applies to; every event when absent.
     #[serde(default)]
     pub when: Option<WhenSpec>,
     /// The Duvo queue id (a UUID; may be `${ENV}`).
@@ -75,22 +78,25 @@ pub struct RuleSpec {
     /// Extra context added to the data object.
     #[serde(default)]
     pub include: Option<IncludeSpec>,
+    /// Labels attached to each case.
     #[serde(default)]
     pub labels: Vec<LabelSpec>,
 }
 
 /// Which events a rule applies to; both parts must match when both are given.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhenSpec {
     /// Event type(s) to accept; a trailing `*` matches a prefix (`contact.*`).
     #[serde(default)]
     pub event: Option<OneOrMany>,
+    /// A condition on payload values (`all`, `any`, `not`, or `path` with one test).
     #[serde(default)]
     pub filter: Option<ConditionSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One string or a list of strings.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -107,7 +113,7 @@ impl OneOrMany {
 }
 
 /// Context copied into the case data.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncludeSpec {
     /// Request headers to copy under `_headers` (credential headers are never copied).
@@ -118,20 +124,25 @@ pub struct IncludeSpec {
     pub meta: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A label on the case, e.g. `{key: currency, value: '{{ $.currency }}', color_hue: 140}`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSpec {
+    /// The label's name.
     pub key: String,
     /// Template; a label whose value renders empty is left out.
     pub value: String,
+    /// Hue of the label's colour, 0-360.
     #[serde(default)]
+    #[schemars(range(max = 360))]
     pub color_hue: Option<u16>,
 }
 
 /// A sample request and what it must produce.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExampleSpec {
+    /// What the example shows, printed by `casegate check`.
     pub name: String,
     /// The payload inline...
     #[serde(default)]
@@ -139,6 +150,7 @@ pub struct ExampleSpec {
     /// ...or in a JSON file, relative to the mapping file.
     #[serde(default)]
     pub payload_file: Option<PathBuf>,
+    /// Request headers sent with the payload.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// The cases expected, in order; empty means the event is filtered out.
@@ -150,17 +162,22 @@ pub struct ExampleSpec {
 }
 
 /// Fields of an expected case; the ones left out are not compared.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedCase {
+    /// The rule that made the case.
     #[serde(default)]
     pub rule: Option<String>,
+    /// The queue id, after `${ENV}` interpolation.
     #[serde(default)]
     pub queue: Option<String>,
+    /// The rendered title.
     pub title: String,
     /// Compared with the case data decoded from its JSON string.
     #[serde(default)]
     pub data: Option<Value>,
+    /// The labels, in order (labels that rendered empty are left out).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<LabelSpec>>")]
     pub labels: Option<Vec<crate::buffer::Label>>,
 }

@@ -1,11 +1,18 @@
 //! A directory of mapping files, compiled as one set.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use super::{CompiledMapping, MappingLoadError};
 use crate::env::Env;
+
+/// Which file serves a source, and the first 12 hex digits of its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceVersion {
+    pub file: String,
+    pub version: String,
+}
 
 /// Every source's compiled mapping, keyed by source name. Immutable: a reload builds a new set.
 #[derive(Debug, Clone, Default)]
@@ -93,5 +100,41 @@ impl MappingSet {
 
     pub fn is_empty(&self) -> bool {
         self.by_source.is_empty()
+    }
+
+    /// Logs a warning for every source that accepts unauthenticated webhooks or runs on a
+    /// development default secret. Called after the first load and after every reload.
+    pub fn warn_about_weak_sources(&self) {
+        for mapping in self.iter() {
+            if mapping.verifier.is_none() {
+                tracing::warn!(
+                    source = %mapping.source,
+                    "source accepts unauthenticated webhooks (verify.scheme: none)"
+                );
+            } else if mapping.verifier.uses_default_secret() {
+                tracing::warn!(
+                    source = %mapping.source,
+                    scheme = mapping.verifier.scheme_name(),
+                    "source runs on a development default secret; set its environment variable"
+                );
+            }
+        }
+    }
+
+    /// Each source's mapping file and version, sorted by source: what a reload changed, and what
+    /// the status endpoint shows.
+    pub fn versions(&self) -> BTreeMap<String, SourceVersion> {
+        self.by_source
+            .values()
+            .map(|m| {
+                (
+                    m.source.clone(),
+                    SourceVersion {
+                        file: m.file.clone(),
+                        version: m.version.clone(),
+                    },
+                )
+            })
+            .collect()
     }
 }

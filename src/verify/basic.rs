@@ -21,7 +21,7 @@ use crate::secret::Secret;
 const HEADER: &str = "Authorization";
 
 /// `verify: { scheme: basic, username: "...", secrets: [passwords...] }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicSpec {
     /// May contain `${ENV}` references.

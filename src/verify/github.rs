@@ -13,7 +13,7 @@ const PREFIX: &str = "sha256=";
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &[SIGNATURE_HEADER, "X-Hub-Signature"];
 
 /// `verify: { scheme: github, secrets: [...] }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GithubSpec {
     /// Webhook secrets; any one matching accepts the request (rotation).

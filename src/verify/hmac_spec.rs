@@ -34,7 +34,7 @@ use super::{
 };
 
 /// The hash under the HMAC.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HmacAlgorithm {
     /// Only for providers that still use it; prefer sha256.
@@ -45,7 +45,7 @@ pub enum HmacAlgorithm {
 }
 
 /// How the signature bytes are written in the header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SignatureEncoding {
     /// Either case is accepted; `sign` writes lower case.
@@ -62,14 +62,17 @@ fn body_template() -> String {
 }
 
 /// `verify: { scheme: hmac, ... }`; see the module documentation.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacSpec {
+    /// Shared secrets used as HMAC keys; any one matching accepts the request (rotation).
     pub secrets: Vec<String>,
     /// The header carrying the signature.
     pub header: String,
+    /// The hash under the HMAC; default sha256.
     #[serde(default)]
     pub algorithm: HmacAlgorithm,
+    /// How the signature bytes are written; default hex.
     #[serde(default)]
     pub encoding: SignatureEncoding,
     /// Text before the encoded signature, e.g. `sha256=`; matched case-insensitively.
@@ -81,6 +84,7 @@ pub struct HmacSpec {
     /// The header carrying a Unix-seconds timestamp, checked against `tolerance_secs`.
     #[serde(default)]
     pub timestamp_header: Option<String>,
+    /// How far the timestamp may be from now, in either direction.
     #[serde(default = "default_tolerance_secs")]
     pub tolerance_secs: u64,
 }

@@ -32,7 +32,7 @@ const VERSION_HEADER: &str = "X-HubSpot-Signature-Version";
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &[V3_SIGNATURE_HEADER, LEGACY_SIGNATURE_HEADER];
 
 /// A HubSpot signature version, written `v1`, `v2` or `v3`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HubspotVersion {
     V1,
@@ -55,7 +55,7 @@ fn default_versions() -> Vec<HubspotVersion> {
 }
 
 /// `verify: { scheme: hubspot, secrets: [...], versions: [v3, v2], tolerance_secs: 300 }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubspotSpec {
     /// App client secrets.

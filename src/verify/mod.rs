@@ -65,7 +65,7 @@ pub use zendesk::ZendeskSpec;
 ///
 /// Secrets and usernames are raw strings that may contain `${ENV}` references; they are
 /// resolved by [`VerifySpec::build`], never at parse time, so a parsed spec can be printed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum VerifySpec {
     Shopify(ShopifySpec),

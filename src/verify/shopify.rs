@@ -11,7 +11,7 @@ const SIGNATURE_HEADER: &str = "X-Shopify-Hmac-Sha256";
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &[SIGNATURE_HEADER];
 
 /// `verify: { scheme: shopify, secrets: [...] }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShopifySpec {
     /// Client secrets; any one matching accepts the request (rotation).

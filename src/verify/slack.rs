@@ -14,7 +14,7 @@ const VERSION: &str = "v0";
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &[SIGNATURE_HEADER];
 
 /// `verify: { scheme: slack, secrets: [...], tolerance_secs: 300 }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlackSpec {
     /// Signing secrets (not the deprecated verification token).

@@ -25,7 +25,7 @@ const SECRET_PREFIX: &str = "whsec_";
 
 /// `verify: { scheme: standard-webhooks, secrets: ["whsec_..."], tolerance_secs: 300 }`
 /// (`scheme: svix` is accepted as an alias).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksSpec {
     /// Signing secrets, `whsec_<base64>`.

@@ -17,7 +17,7 @@ const SIGNATURE_HEADER: &str = "Stripe-Signature";
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &[SIGNATURE_HEADER];
 
 /// `verify: { scheme: stripe, secrets: ["whsec_..."], tolerance_secs: 300 }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StripeSpec {
     /// Endpoint signing secrets (`whsec_...`), used whole as HMAC keys.

@@ -15,7 +15,7 @@ use super::{BuildContext, InboundRequest, VerifyError, VerifySpecError, validate
 use crate::secret::Secret;
 
 /// `verify: { scheme: token, header: X-Webhook-Token, secrets: [...] }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
     /// The header carrying the token.

@@ -19,7 +19,7 @@ const SIGNATURE_HEADER: &str = "X-WC-Webhook-Signature";
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &[SIGNATURE_HEADER];
 
 /// `verify: { scheme: woocommerce, secrets: [...] }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WoocommerceSpec {
     /// Webhook secrets as entered in WooCommerce; HTML entities are decoded before use.

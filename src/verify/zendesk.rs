@@ -22,7 +22,7 @@ const TIMESTAMP_HEADER: &str = "X-Zendesk-Webhook-Signature-Timestamp";
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &[SIGNATURE_HEADER];
 
 /// `verify: { scheme: zendesk, secrets: [...], tolerance_secs: 300 }`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ZendeskSpec {
     /// Webhook signing secrets, exactly as Zendesk shows them.

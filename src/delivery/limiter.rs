@@ -1,0 +1,293 @@
+//! The per-API-key rate limiter: never more than `rate` requests in any `window` from
+//! casegate's own pacing, whatever counting model the API uses.
+//!
+//! A sliding-window log is the strictest model: if no interval of length `window` holds more
+//! than `rate` grants, then no fixed window, sliding window or token bucket of that rate counts
+//! more either. A small `margin` is added to the window for clock skew and network jitter.
+//! Keys are identified by a hash ([`key_id`]), never by the key itself.
+//!
+//! - `Local`: in-process state, for the embedded backend (one process owns the buffer).
+//! - `Redis`: one sorted set per key under the deployment's hash tag, updated by a Lua script that
+//!   reads Redis' own clock, so every replica shares one budget with no other coordination.
+//!
+//! Besides pacing, the limiter holds pauses: a 429's `retry-after` or `x-ratelimit-remaining: 0`
+//! pauses the whole key (every queue and every replica), not just one request.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::secret::Secret;
+
+/// A stable, non-reversible id for an API key: what storage, logs and metrics use.
+pub fn key_id(api_key: &Secret) -> String {
+    hex::encode(Sha256::digest(api_key.expose().as_bytes()))[..16].to_string()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LimiterConfig {
+    pub rate: u32,
+    pub window: Duration,
+    pub margin: Duration,
+}
+
+#[derive(Clone)]
+pub enum RateLimiter {
+    Local(Arc<LocalLimiter>),
+    Redis(Arc<RedisLimiter>),
+}
+
+impl RateLimiter {
+    pub fn local(config: LimiterConfig) -> Self {
+        RateLimiter::Local(Arc::new(LocalLimiter { config, keys: Mutex::new(HashMap::new()), turns: Mutex::new(HashMap::new()) }))
+    }
+
+    pub fn redis(config: LimiterConfig, conn: ConnectionManager, key_prefix: String, op_timeout: Duration) -> Self {
+        RateLimiter::Redis(Arc::new(RedisLimiter { config, conn, key_prefix, op_timeout, turns: Mutex::new(HashMap::new()) }))
+    }
+
+    /// Waits until `key` may send one request, and counts it. Waiters of one key are served in
+    /// arrival order, so queues sharing a key share its budget fairly.
+    pub async fn acquire(&self, key: &str) {
+        let turn = match self {
+            RateLimiter::Local(l) => l.turn(key),
+            RateLimiter::Redis(r) => r.turn(key),
+        };
+        let _turn = turn.lock().await;
+        loop {
+            let wait = match self {
+                RateLimiter::Local(l) => l.try_acquire(key, Instant::now()),
+                RateLimiter::Redis(r) => r.try_acquire(key).await,
+            };
+            match wait {
+                None => return,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// Holds every request of `key` for `duration` (a 429, or `remaining: 0` until the reset).
+    pub async fn pause(&self, key: &str, duration: Duration) {
+        match self {
+            RateLimiter::Local(l) => l.pause(key, Instant::now() + duration),
+            RateLimiter::Redis(r) => r.pause(key, duration).await,
+        }
+    }
+}
+
+type Turns = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+fn turn_of(turns: &Turns, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    turns.lock().expect("turns lock").entry(key.to_string()).or_default().clone()
+}
+
+#[derive(Default)]
+struct KeyState {
+    grants: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+pub struct LocalLimiter {
+    config: LimiterConfig,
+    keys: Mutex<HashMap<String, KeyState>>,
+    turns: Turns,
+}
+
+impl LocalLimiter {
+    fn turn(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        turn_of(&self.turns, key)
+    }
+
+    /// Grants and returns `None`, or returns how long to wait before asking again.
+    pub fn try_acquire(&self, key: &str, now: Instant) -> Option<Duration> {
+        let mut keys = self.keys.lock().expect("limiter lock");
+        let state = keys.entry(key.to_string()).or_default();
+        if let Some(until) = state.paused_until.filter(|until| *until > now) {
+            return Some(until - now);
+        }
+        let span = self.config.window + self.config.margin;
+        while state.grants.front().is_some_and(|t| now.duration_since(*t) >= span) {
+            state.grants.pop_front();
+        }
+        if state.grants.len() < self.config.rate as usize {
+            state.grants.push_back(now);
+            return None;
+        }
+        let oldest = *state.grants.front().expect("rate > 0 grants");
+        Some((oldest + span).saturating_duration_since(now).max(Duration::from_millis(1)))
+    }
+
+    pub fn pause(&self, key: &str, until: Instant) {
+        let mut keys = self.keys.lock().expect("limiter lock");
+        let state = keys.entry(key.to_string()).or_default();
+        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+    }
+}
+
+/// KEYS: 1 grant log (sorted set), 2 pause marker. ARGV: 1 rate, 2 window+margin in µs, 3 a
+/// unique member suffix. Returns 0 when granted, else the µs to wait.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return paused * 1000 end
+local span = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(span / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1000, tonumber(oldest[2]) + span - now)
+",
+    )
+});
+
+/// KEYS: 1 pause marker. ARGV: 1 duration in ms. Extends the pause, never shortens it.
+static PAUSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0
+",
+    )
+});
+
+pub struct RedisLimiter {
+    config: LimiterConfig,
+    conn: ConnectionManager,
+    key_prefix: String,
+    op_timeout: Duration,
+    turns: Turns,
+}
+
+impl RedisLimiter {
+    fn turn(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        turn_of(&self.turns, key)
+    }
+
+    fn keys(&self, key: &str) -> (String, String) {
+        (format!("{}:rate:{key}", self.key_prefix), format!("{}:pause:{key}", self.key_prefix))
+    }
+
+    async fn try_acquire(&self, key: &str) -> Option<Duration> {
+        let (log, pause) = self.keys(key);
+        let span = (self.config.window + self.config.margin).as_micros() as u64;
+        let mut conn = self.conn.clone();
+        let mut invocation = ACQUIRE.key(log);
+        invocation.key(pause).arg(self.config.rate).arg(span).arg(format!("{:016x}", rand::random::<u64>()));
+        match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<u64>(&mut conn)).await {
+            Ok(Ok(0)) => None,
+            Ok(Ok(wait_us)) => Some(Duration::from_micros(wait_us)),
+            // Redis unreachable: no grant without the shared count; ask again shortly.
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.kind_str(), "rate limiter unavailable");
+                Some(Duration::from_millis(500))
+            }
+            Err(_) => Some(Duration::from_millis(500)),
+        }
+    }
+
+    async fn pause(&self, key: &str, duration: Duration) {
+        let (_, pause) = self.keys(key);
+        let mut conn = self.conn.clone();
+        let mut invocation = PAUSE.key(pause);
+        invocation.arg(duration.as_millis().max(1) as u64);
+        if let Ok(Err(error)) = tokio::time::timeout(self.op_timeout, invocation.invoke_async::<()>(&mut conn)).await {
+            tracing::warn!(error = %error.kind_str(), "could not record a rate-limit pause");
+        }
+    }
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl KindStr for redis::RedisError {
+    fn kind_str(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rate: u32, window_ms: u64) -> LocalLimiter {
+        LocalLimiter {
+            config: LimiterConfig { rate, window: Duration::from_millis(window_ms), margin: Duration::ZERO },
+            keys: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn a_key_gets_at_most_rate_grants_in_any_window() {
+        let limiter = limiter(10, 2_000);
+        let start = Instant::now();
+        let mut grants = Vec::new();
+        // Ask every 10 ms for 10 s; record every grant.
+        for step in 0..1_000u64 {
+            let now = start + Duration::from_millis(step * 10);
+            if limiter.try_acquire("k", now).is_none() {
+                grants.push(now);
+            }
+        }
+        for (i, first) in grants.iter().enumerate() {
+            let in_window = grants[i..].iter().take_while(|t| t.duration_since(*first) < Duration::from_secs(2)).count();
+            assert!(in_window <= 10, "{in_window} grants in the window starting at grant {i}");
+        }
+        assert_eq!(grants.len(), 50, "the budget is used in full: 10 per 2 s over 10 s");
+    }
+
+    #[test]
+    fn the_wait_is_until_the_oldest_grant_leaves_the_window() {
+        let limiter = limiter(2, 1_000);
+        let t0 = Instant::now();
+        assert_eq!(limiter.try_acquire("k", t0), None);
+        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_millis(300)), None);
+        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_millis(400)), Some(Duration::from_millis(600)));
+        assert_eq!(limiter.try_acquire("other", t0 + Duration::from_millis(400)), None, "keys are independent");
+        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_millis(1_000)), None);
+    }
+
+    #[test]
+    fn a_pause_holds_the_whole_key_and_is_never_shortened() {
+        let limiter = limiter(100, 1_000);
+        let t0 = Instant::now();
+        limiter.pause("k", t0 + Duration::from_secs(5));
+        limiter.pause("k", t0 + Duration::from_secs(1));
+        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_secs(2)), Some(Duration::from_secs(3)));
+        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_secs(5)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acquire_waits_in_virtual_time_and_serves_waiters_in_order() {
+        let limiter = RateLimiter::local(LimiterConfig { rate: 3, window: Duration::from_secs(60), margin: Duration::ZERO });
+        let start = Instant::now();
+        for _ in 0..3 {
+            limiter.acquire("k").await;
+        }
+        assert_eq!(Instant::now(), start, "the first three are immediate");
+        limiter.acquire("k").await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn key_ids_hide_the_key() {
+        let id = key_id(&Secret::new("dv_live_abcdef"));
+        assert_eq!(id.len(), 16);
+        assert!(!id.contains("abcdef"));
+        assert_eq!(id, key_id(&Secret::new("dv_live_abcdef")));
+    }
+}
