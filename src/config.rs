@@ -299,12 +299,18 @@ impl Config {
         }
         let delivery = raw.delivery;
         if delivery.rate == 0 || delivery.window_secs == 0 {
-            return Err(ConfigError::Invalid { key: "delivery.rate", reason: "rate and window_secs must be above 0".into() });
+            return Err(ConfigError::Invalid {
+                key: "delivery.rate",
+                reason: "rate and window_secs must be above 0".into(),
+            });
         }
         if !(1..=100).contains(&delivery.max_batch) {
             return Err(ConfigError::Invalid {
                 key: "delivery.max_batch",
-                reason: format!("{} is outside 1-100 (the API takes at most 100 cases per request)", delivery.max_batch),
+                reason: format!(
+                    "{} is outside 1-100 (the API takes at most 100 cases per request)",
+                    delivery.max_batch
+                ),
             });
         }
         let format = match raw.log.format.as_str() {
@@ -340,7 +346,12 @@ impl Config {
             duvo: DuvoConfig {
                 base_url,
                 api_key: non_empty(raw.duvo.api_key),
-                api_keys: raw.duvo.api_keys.into_iter().filter_map(|(k, v)| non_empty(v).map(|v| (k, v))).collect(),
+                api_keys: raw
+                    .duvo
+                    .api_keys
+                    .into_iter()
+                    .filter_map(|(k, v)| non_empty(v).map(|v| (k, v)))
+                    .collect(),
                 connect_timeout: Duration::from_secs(raw.duvo.connect_timeout_secs.max(1)),
                 request_timeout: Duration::from_secs(raw.duvo.request_timeout_secs.max(1)),
             },

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use crate::buffer::{
     Buffer, BufferError, CaseId, DeadLetterId, DeadLetterKind, DeadLetterRecord, DedupeMark,
@@ -105,7 +105,13 @@ impl Ingestor {
         default_dedupe_ttl: Duration,
         clock: Clock,
     ) -> Self {
-        Ingestor { mappings, buffer, default_dedupe_ttl, clock, wake: None }
+        Ingestor {
+            mappings,
+            buffer,
+            default_dedupe_ttl,
+            clock,
+            wake: None,
+        }
     }
 
     /// Wakes `wake` after every write that stored cases.
@@ -152,11 +158,17 @@ impl Ingestor {
                 case_ids,
                 dead_letter_ids,
             } if case_ids.is_empty() && dead_letter_ids.is_empty() => Ok(IngestOutcome::Filtered),
-            EnqueueOutcome::Stored { case_ids, dead_letter_ids } => {
+            EnqueueOutcome::Stored {
+                case_ids,
+                dead_letter_ids,
+            } => {
                 if let Some(wake) = self.wake.as_ref().filter(|_| !case_ids.is_empty()) {
                     wake.notify_one();
                 }
-                Ok(IngestOutcome::Accepted { case_ids, dead_letter_ids })
+                Ok(IngestOutcome::Accepted {
+                    case_ids,
+                    dead_letter_ids,
+                })
             }
         }
     }

@@ -102,13 +102,23 @@ pub async fn run_with_clock(
     let mappings = Arc::new(ArcSwap::from_pointee(mappings));
     let (stop_delivery, delivery_stopped) = tokio::sync::watch::channel(false);
     let mut ingestor = Ingestor::new(mappings, buffer.clone(), config.ingress.dedupe_ttl, clock);
-    let delivery = if config.delivery.enabled {
-        let delivery = start_delivery(&config, &buffer, delivery_stopped)?;
-        ingestor = ingestor.with_waker(delivery.waker());
-        Some(tokio::spawn(delivery.run()))
-    } else {
-        tracing::info!("delivery is off: cases are buffered, not sent");
-        None
+    let has_key = config.duvo.api_key.is_some() || !config.duvo.api_keys.is_empty();
+    let delivery = match (config.delivery.enabled, has_key) {
+        (true, true) => {
+            let delivery = start_delivery(&config, &buffer, delivery_stopped)?;
+            ingestor = ingestor.with_waker(delivery.waker());
+            Some(tokio::spawn(delivery.run()))
+        }
+        (true, false) => {
+            tracing::warn!(
+                "no Duvo API key configured (CASEGATE_DUVO__API_KEY): cases are buffered, not delivered"
+            );
+            None
+        }
+        (false, _) => {
+            tracing::info!("delivery is off: cases are buffered, not sent");
+            None
+        }
     };
     let state = AppState {
         ingestor,
@@ -146,7 +156,11 @@ pub fn start_delivery(
 ) -> Result<delivery::Delivery, RunError> {
     use delivery::limiter::{LimiterConfig, RateLimiter};
     let settings = &config.delivery;
-    let limits = LimiterConfig { rate: settings.rate, window: settings.window, margin: settings.margin };
+    let limits = LimiterConfig {
+        rate: settings.rate,
+        window: settings.window,
+        margin: settings.margin,
+    };
     let limiter = match buffer {
         Buffer::Redis(redis) => {
             let (conn, prefix, timeout) = redis.connection_for("limiter");
@@ -154,23 +168,41 @@ pub fn start_delivery(
         }
         Buffer::Embedded(_) => RateLimiter::local(limits),
     };
-    let client = delivery::client::DuvoClient::new(&config.duvo.base_url, config.duvo.connect_timeout, config.duvo.request_timeout)
-        .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
-    if config.duvo.api_key.is_none() && config.duvo.api_keys.is_empty() {
-        tracing::warn!("no Duvo API key configured (CASEGATE_DUVO__API_KEY): cases are buffered but not delivered");
-    }
-    let keys = delivery::ApiKeys { default: config.duvo.api_key.clone(), named: config.duvo.api_keys.clone() };
+    let client = delivery::client::DuvoClient::new(
+        &config.duvo.base_url,
+        config.duvo.connect_timeout,
+        config.duvo.request_timeout,
+    )
+    .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
+    let keys = delivery::ApiKeys {
+        default: config.duvo.api_key.clone(),
+        named: config.duvo.api_keys.clone(),
+    };
     let delivery_config = delivery::DeliveryConfig {
         max_batch: settings.max_batch,
         max_request_bytes: settings.max_request_bytes,
         linger: settings.linger,
         poll_interval: settings.poll_interval,
         visibility_timeout: settings.visibility_timeout,
-        backoff: delivery::policy::Backoff { base: settings.backoff_base, max: settings.backoff_max },
+        backoff: delivery::policy::Backoff {
+            base: settings.backoff_base,
+            max: settings.backoff_max,
+        },
         probe_interval: settings.probe_interval,
-        consumer: format!("casegate-{}-{:08x}", std::process::id(), rand::random::<u32>()),
+        consumer: format!(
+            "casegate-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ),
     };
-    Ok(delivery::Delivery::new(buffer.clone(), client, limiter, keys, delivery_config, shutdown))
+    Ok(delivery::Delivery::new(
+        buffer.clone(),
+        client,
+        limiter,
+        keys,
+        delivery_config,
+        shutdown,
+    ))
 }
 
 /// Builds the actix server (kept out of the async fn: the builder is not `Send`).

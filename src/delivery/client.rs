@@ -45,7 +45,11 @@ pub fn install_crypto_provider() {
 }
 
 impl DuvoClient {
-    pub fn new(base_url: &str, connect_timeout: Duration, request_timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        base_url: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, String> {
         install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
@@ -53,13 +57,23 @@ impl DuvoClient {
             .user_agent(concat!("casegate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(DuvoClient { http, base_url: base_url.trim_end_matches('/').to_string() })
+        Ok(DuvoClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+        })
     }
 
     /// The request body for `cases`, also used to keep a batch under the request-size cap.
     pub fn body(cases: &[&CaseRecord]) -> Vec<u8> {
         let body = CreateCases {
-            cases: cases.iter().map(|c| CaseBody { title: &c.title, data: &c.data, labels: &c.labels }).collect(),
+            cases: cases
+                .iter()
+                .map(|c| CaseBody {
+                    title: &c.title,
+                    data: &c.data,
+                    labels: &c.labels,
+                })
+                .collect(),
         };
         serde_json::to_vec(&body).expect("cases serialize")
     }
@@ -92,7 +106,12 @@ impl DuvoClient {
                 .and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok())
                 .map(|b| (b.error.unwrap_or_default(), b.message.unwrap_or_default()))
         };
-        ApiAnswer::Response { status, retry_after: seconds(&headers, RETRY_AFTER.as_str()), rate: rate_limit(&headers), error }
+        ApiAnswer::Response {
+            status,
+            retry_after: seconds(&headers, RETRY_AFTER.as_str()),
+            rate: rate_limit(&headers),
+            error,
+        }
     }
 }
 

@@ -44,11 +44,26 @@ pub enum RateLimiter {
 
 impl RateLimiter {
     pub fn local(config: LimiterConfig) -> Self {
-        RateLimiter::Local(Arc::new(LocalLimiter { config, keys: Mutex::new(HashMap::new()), turns: Mutex::new(HashMap::new()) }))
+        RateLimiter::Local(Arc::new(LocalLimiter {
+            config,
+            keys: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
+        }))
     }
 
-    pub fn redis(config: LimiterConfig, conn: ConnectionManager, key_prefix: String, op_timeout: Duration) -> Self {
-        RateLimiter::Redis(Arc::new(RedisLimiter { config, conn, key_prefix, op_timeout, turns: Mutex::new(HashMap::new()) }))
+    pub fn redis(
+        config: LimiterConfig,
+        conn: ConnectionManager,
+        key_prefix: String,
+        op_timeout: Duration,
+    ) -> Self {
+        RateLimiter::Redis(Arc::new(RedisLimiter {
+            config,
+            conn,
+            key_prefix,
+            op_timeout,
+            turns: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Waits until `key` may send one request, and counts it. Waiters of one key are served in
@@ -83,7 +98,12 @@ impl RateLimiter {
 type Turns = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
 fn turn_of(turns: &Turns, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-    turns.lock().expect("turns lock").entry(key.to_string()).or_default().clone()
+    turns
+        .lock()
+        .expect("turns lock")
+        .entry(key.to_string())
+        .or_default()
+        .clone()
 }
 
 #[derive(Default)]
@@ -111,7 +131,11 @@ impl LocalLimiter {
             return Some(until - now);
         }
         let span = self.config.window + self.config.margin;
-        while state.grants.front().is_some_and(|t| now.duration_since(*t) >= span) {
+        while state
+            .grants
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= span)
+        {
             state.grants.pop_front();
         }
         if state.grants.len() < self.config.rate as usize {
@@ -119,7 +143,11 @@ impl LocalLimiter {
             return None;
         }
         let oldest = *state.grants.front().expect("rate > 0 grants");
-        Some((oldest + span).saturating_duration_since(now).max(Duration::from_millis(1)))
+        Some(
+            (oldest + span)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)),
+        )
     }
 
     pub fn pause(&self, key: &str, until: Instant) {
@@ -177,7 +205,10 @@ impl RedisLimiter {
     }
 
     fn keys(&self, key: &str) -> (String, String) {
-        (format!("{}:rate:{key}", self.key_prefix), format!("{}:pause:{key}", self.key_prefix))
+        (
+            format!("{}:rate:{key}", self.key_prefix),
+            format!("{}:pause:{key}", self.key_prefix),
+        )
     }
 
     async fn try_acquire(&self, key: &str) -> Option<Duration> {
@@ -185,8 +216,13 @@ impl RedisLimiter {
         let span = (self.config.window + self.config.margin).as_micros() as u64;
         let mut conn = self.conn.clone();
         let mut invocation = ACQUIRE.key(log);
-        invocation.key(pause).arg(self.config.rate).arg(span).arg(format!("{:016x}", rand::random::<u64>()));
-        match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<u64>(&mut conn)).await {
+        invocation
+            .key(pause)
+            .arg(self.config.rate)
+            .arg(span)
+            .arg(format!("{:016x}", rand::random::<u64>()));
+        match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<u64>(&mut conn)).await
+        {
             Ok(Ok(0)) => None,
             Ok(Ok(wait_us)) => Some(Duration::from_micros(wait_us)),
             // Redis unreachable: no grant without the shared count; ask again shortly.
@@ -203,7 +239,9 @@ impl RedisLimiter {
         let mut conn = self.conn.clone();
         let mut invocation = PAUSE.key(pause);
         invocation.arg(duration.as_millis().max(1) as u64);
-        if let Ok(Err(error)) = tokio::time::timeout(self.op_timeout, invocation.invoke_async::<()>(&mut conn)).await {
+        if let Ok(Err(error)) =
+            tokio::time::timeout(self.op_timeout, invocation.invoke_async::<()>(&mut conn)).await
+        {
             tracing::warn!(error = %error.kind_str(), "could not record a rate-limit pause");
         }
     }
@@ -225,7 +263,11 @@ mod tests {
 
     fn limiter(rate: u32, window_ms: u64) -> LocalLimiter {
         LocalLimiter {
-            config: LimiterConfig { rate, window: Duration::from_millis(window_ms), margin: Duration::ZERO },
+            config: LimiterConfig {
+                rate,
+                window: Duration::from_millis(window_ms),
+                margin: Duration::ZERO,
+            },
             keys: Mutex::new(HashMap::new()),
             turns: Mutex::new(HashMap::new()),
         }
@@ -244,10 +286,20 @@ mod tests {
             }
         }
         for (i, first) in grants.iter().enumerate() {
-            let in_window = grants[i..].iter().take_while(|t| t.duration_since(*first) < Duration::from_secs(2)).count();
-            assert!(in_window <= 10, "{in_window} grants in the window starting at grant {i}");
+            let in_window = grants[i..]
+                .iter()
+                .take_while(|t| t.duration_since(*first) < Duration::from_secs(2))
+                .count();
+            assert!(
+                in_window <= 10,
+                "{in_window} grants in the window starting at grant {i}"
+            );
         }
-        assert_eq!(grants.len(), 50, "the budget is used in full: 10 per 2 s over 10 s");
+        assert_eq!(
+            grants.len(),
+            50,
+            "the budget is used in full: 10 per 2 s over 10 s"
+        );
     }
 
     #[test]
@@ -255,10 +307,23 @@ mod tests {
         let limiter = limiter(2, 1_000);
         let t0 = Instant::now();
         assert_eq!(limiter.try_acquire("k", t0), None);
-        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_millis(300)), None);
-        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_millis(400)), Some(Duration::from_millis(600)));
-        assert_eq!(limiter.try_acquire("other", t0 + Duration::from_millis(400)), None, "keys are independent");
-        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_millis(1_000)), None);
+        assert_eq!(
+            limiter.try_acquire("k", t0 + Duration::from_millis(300)),
+            None
+        );
+        assert_eq!(
+            limiter.try_acquire("k", t0 + Duration::from_millis(400)),
+            Some(Duration::from_millis(600))
+        );
+        assert_eq!(
+            limiter.try_acquire("other", t0 + Duration::from_millis(400)),
+            None,
+            "keys are independent"
+        );
+        assert_eq!(
+            limiter.try_acquire("k", t0 + Duration::from_millis(1_000)),
+            None
+        );
     }
 
     #[test]
@@ -267,13 +332,20 @@ mod tests {
         let t0 = Instant::now();
         limiter.pause("k", t0 + Duration::from_secs(5));
         limiter.pause("k", t0 + Duration::from_secs(1));
-        assert_eq!(limiter.try_acquire("k", t0 + Duration::from_secs(2)), Some(Duration::from_secs(3)));
+        assert_eq!(
+            limiter.try_acquire("k", t0 + Duration::from_secs(2)),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(limiter.try_acquire("k", t0 + Duration::from_secs(5)), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn acquire_waits_in_virtual_time_and_serves_waiters_in_order() {
-        let limiter = RateLimiter::local(LimiterConfig { rate: 3, window: Duration::from_secs(60), margin: Duration::ZERO });
+        let limiter = RateLimiter::local(LimiterConfig {
+            rate: 3,
+            window: Duration::from_secs(60),
+            margin: Duration::ZERO,
+        });
         let start = Instant::now();
         for _ in 0..3 {
             limiter.acquire("k").await;

@@ -119,7 +119,8 @@ impl Delivery {
 
     /// Runs the supervisor until shutdown, then waits for workers to finish their current send.
     pub async fn run(self) {
-        let mut workers: HashMap<String, (Arc<Notify>, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let mut workers: HashMap<String, (Arc<Notify>, tokio::task::JoinHandle<()>)> =
+            HashMap::new();
         let mut shutdown = self.inner.shutdown.clone();
         let mut buffer_down_logged = false;
         while !*shutdown.borrow() {
@@ -127,10 +128,13 @@ impl Delivery {
                 Ok(queues) => {
                     buffer_down_logged = false;
                     for queue in queues {
-                        let running = workers.get(&queue).is_some_and(|(_, task)| !task.is_finished());
+                        let running = workers
+                            .get(&queue)
+                            .is_some_and(|(_, task)| !task.is_finished());
                         if !running {
                             let notify = Arc::new(Notify::new());
-                            let task = tokio::spawn(self.clone().work(queue.clone(), notify.clone()));
+                            let task =
+                                tokio::spawn(self.clone().work(queue.clone(), notify.clone()));
                             workers.insert(queue, (notify, task));
                         }
                     }
@@ -171,11 +175,15 @@ impl Delivery {
 
     fn paused(map: &Mutex<HashMap<String, Instant>>, name: &str) -> Option<Duration> {
         let until = *map.lock().expect("pause lock").get(name)?;
-        until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
     }
 
     fn pause(map: &Mutex<HashMap<String, Instant>>, name: &str, duration: Duration) {
-        map.lock().expect("pause lock").insert(name.to_string(), Instant::now() + duration);
+        map.lock()
+            .expect("pause lock")
+            .insert(name.to_string(), Instant::now() + duration);
     }
 
     /// One queue's worker: claim, linger, wait for a grant, top up, send; until the queue stays
@@ -216,7 +224,9 @@ impl Delivery {
                 }
             }
             let key_name = batch[0].record.api_key_name.clone();
-            carry.extend(extract_if(&mut batch, |c| c.record.api_key_name != key_name));
+            carry.extend(extract_if(&mut batch, |c| {
+                c.record.api_key_name != key_name
+            }));
             let Some((key, secret)) = self.inner.keys.resolve(key_name.as_deref()) else {
                 tracing::error!(%queue, key = key_name.as_deref().unwrap_or("default"), "no Duvo API key configured for this queue's cases; delivery paused");
                 Self::pause(&self.inner.paused_queues, &queue, config.probe_interval);
@@ -235,7 +245,9 @@ impl Delivery {
                 break;
             }
             self.fill(&queue, &mut batch).await;
-            carry.extend(extract_if(&mut batch, |c| c.record.api_key_name != key_name));
+            carry.extend(extract_if(&mut batch, |c| {
+                c.record.api_key_name != key_name
+            }));
             carry.splice(0..0, self.cap_request_size(&mut batch));
             self.deliver(&queue, &key, &secret, batch, true).await;
         }
@@ -252,7 +264,10 @@ impl Delivery {
             return;
         }
         let buffer = &self.inner.buffer;
-        match buffer.reclaim(queue, &config.consumer, config.visibility_timeout, want).await {
+        match buffer
+            .reclaim(queue, &config.consumer, config.visibility_timeout, want)
+            .await
+        {
             Ok(reclaimed) => batch.extend(reclaimed),
             Err(error) => tracing::warn!(%queue, error = %error, "reclaim failed"),
         }
@@ -284,7 +299,14 @@ impl Delivery {
     }
 
     /// Sends `cases` until each is acked or dead-lettered, or the key/queue is paused.
-    fn deliver<'a>(&'a self, queue: &'a str, key: &'a str, secret: &'a Secret, mut cases: Vec<BufferedCase>, granted: bool) -> Boxed<'a> {
+    fn deliver<'a>(
+        &'a self,
+        queue: &'a str,
+        key: &'a str,
+        secret: &'a Secret,
+        mut cases: Vec<BufferedCase>,
+        granted: bool,
+    ) -> Boxed<'a> {
         Box::pin(async move {
             let inner = &self.inner;
             let mut granted = granted;
@@ -298,11 +320,16 @@ impl Delivery {
                 }
                 granted = false;
                 let records: Vec<&CaseRecord> = cases.iter().map(|c| &c.record).collect();
-                let answer = inner.client.create_cases(secret, queue, DuvoClient::body(&records)).await;
-                if let ApiAnswer::Response { rate, .. } = &answer {
-                    if rate.remaining == Some(0) {
-                        inner.limiter.pause(key, rate.reset.unwrap_or(Duration::from_secs(1))).await;
-                    }
+                let answer = inner
+                    .client
+                    .create_cases(secret, queue, DuvoClient::body(&records))
+                    .await;
+                if let ApiAnswer::Response { rate, .. } = &answer
+                    && rate.remaining == Some(0)
+                {
+                    // The API's own count says the window is spent: hold the key until it resets.
+                    let reset = rate.reset.unwrap_or(Duration::from_secs(1));
+                    inner.limiter.pause(key, reset).await;
                 }
                 match decide(&answer, cases.len()) {
                     Action::Ack => {
@@ -355,7 +382,11 @@ impl Delivery {
         let mut attempt = 0;
         while let Err(error) = self.inner.buffer.ack(queue, &ids).await {
             tracing::warn!(%queue, error = %error, "ack failed; retrying");
-            let delay = self.inner.config.backoff.delay(attempt, rand::random::<f64>());
+            let delay = self
+                .inner
+                .config
+                .backoff
+                .delay(attempt, rand::random::<f64>());
             attempt += 1;
             if !self.pause_for(delay).await {
                 return;
@@ -363,8 +394,17 @@ impl Delivery {
         }
     }
 
-    async fn dead_letter(&self, queue: &str, cases: Vec<BufferedCase>, status: u16, reason: String) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
+    async fn dead_letter(
+        &self,
+        queue: &str,
+        cases: Vec<BufferedCase>,
+        status: u16,
+        reason: String,
+    ) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
         tracing::warn!(%queue, status, %reason, cases = cases.len(), "API refused a case; moved to the dead-letter store");
         let letters: Vec<_> = cases
             .into_iter()
@@ -373,15 +413,28 @@ impl Delivery {
                     source: case.record.meta.source.clone(),
                     reason: reason.clone(),
                     created_at_ms: now,
-                    kind: DeadLetterKind::Refused { case: case.record, status, attempts: case.deliveries },
+                    kind: DeadLetterKind::Refused {
+                        case: case.record,
+                        status,
+                        attempts: case.deliveries,
+                    },
                 };
                 (case.id, record)
             })
             .collect();
         let mut attempt = 0;
-        while let Err(error) = self.inner.buffer.dead_letter_cases(queue, letters.clone()).await {
+        while let Err(error) = self
+            .inner
+            .buffer
+            .dead_letter_cases(queue, letters.clone())
+            .await
+        {
             tracing::warn!(%queue, error = %error, "dead-lettering failed; retrying");
-            let delay = self.inner.config.backoff.delay(attempt, rand::random::<f64>());
+            let delay = self
+                .inner
+                .config
+                .backoff
+                .delay(attempt, rand::random::<f64>());
             attempt += 1;
             if !self.pause_for(delay).await {
                 return;
@@ -392,13 +445,22 @@ impl Delivery {
 
 /// How long the oldest case of `batch` has waited since it was received.
 fn age(batch: &[BufferedCase]) -> Duration {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
-    let oldest = batch.iter().map(|c| c.record.meta.received_at_ms).min().unwrap_or(now);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let oldest = batch
+        .iter()
+        .map(|c| c.record.meta.received_at_ms)
+        .min()
+        .unwrap_or(now);
     Duration::from_millis(now.saturating_sub(oldest))
 }
 
 fn extract_if<T>(items: &mut Vec<T>, predicate: impl Fn(&T) -> bool) -> Vec<T> {
-    let (taken, kept): (Vec<T>, Vec<T>) = std::mem::take(items).into_iter().partition(|item| predicate(item));
+    let (taken, kept): (Vec<T>, Vec<T>) = std::mem::take(items)
+        .into_iter()
+        .partition(|item| predicate(item));
     *items = kept;
     taken
 }

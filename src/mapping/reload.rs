@@ -280,10 +280,7 @@ impl Change {
 }
 
 /// Watches `dir` (not recursively), sending `()` for every event that may change a file.
-fn watch(
-    dir: &Path,
-    tx: mpsc::UnboundedSender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
+fn watch(dir: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
@@ -361,18 +358,23 @@ mod tests {
     const QUEUE: &str = "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d";
 
     fn mapping(title: &str) -> String {
-        format!("verify: {{scheme: none}}\nrules:\n  - {{name: r, queue: {QUEUE}, title: '{title}'}}\n")
+        format!(
+            "verify: {{scheme: none}}\nrules:\n  - {{name: r, queue: {QUEUE}, title: '{title}'}}\n"
+        )
     }
 
     /// A directory holding `files`, its set loaded as at startup, and a reloader for it.
-    fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, Arc<ArcSwap<MappingSet>>, MappingReloader) {
+    fn setup(
+        files: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Arc<ArcSwap<MappingSet>>, MappingReloader) {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         let set = MappingSet::load_dir(dir.path(), &Env::default()).unwrap();
         let current = Arc::new(ArcSwap::from_pointee(set));
-        let reloader = MappingReloader::new(dir.path().to_path_buf(), Env::default(), current.clone());
+        let reloader =
+            MappingReloader::new(dir.path().to_path_buf(), Env::default(), current.clone());
         (dir, current, reloader)
     }
 
@@ -400,7 +402,10 @@ mod tests {
         assert_eq!(reloader.reload_now(), Ok(1));
         let after = current.load_full();
         assert!(!Arc::ptr_eq(&before, &after), "a new set was stored");
-        assert_ne!(after.get("a").unwrap().version, before.get("a").unwrap().version);
+        assert_ne!(
+            after.get("a").unwrap().version,
+            before.get("a").unwrap().version
+        );
         let status = reloader.status();
         assert_eq!(status.reloads_ok, 1);
         assert_ne!(status.sources["a"].version, old_version);
@@ -409,19 +414,34 @@ mod tests {
 
     #[test]
     fn a_broken_file_keeps_the_previous_set_and_records_every_error() {
-        let (dir, current, reloader) = setup(&[("a.yaml", &mapping("A")), ("b.yaml", &mapping("B"))]);
+        let (dir, current, reloader) =
+            setup(&[("a.yaml", &mapping("A")), ("b.yaml", &mapping("B"))]);
         let before = current.load_full();
-        std::fs::write(dir.path().join("a.yaml"), "verify: {scheme: none}\nrules: [\n").unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "verify: {scheme: none}\nrules: [\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("b.yaml"), mapping("{{ $.unclosed")).unwrap();
         std::fs::write(dir.path().join("c.yaml"), mapping("C")).unwrap();
         let errors = reloader.reload_now().unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(Arc::ptr_eq(&before, &current.load_full()), "the old set still serves");
-        assert_eq!(sources(&current), ["a", "b"], "c is not added by a failed reload");
+        assert!(
+            Arc::ptr_eq(&before, &current.load_full()),
+            "the old set still serves"
+        );
+        assert_eq!(
+            sources(&current),
+            ["a", "b"],
+            "c is not added by a failed reload"
+        );
         let status = reloader.status();
         assert_eq!((status.reloads_ok, status.reloads_failed), (0, 1));
         let error = status.last_error.clone().unwrap();
-        assert!(error.contains("a.yaml:") && error.contains("b.yaml: rule `r`: title"), "{error}");
+        assert!(
+            error.contains("a.yaml:") && error.contains("b.yaml: rule `r`: title"),
+            "{error}"
+        );
         assert_eq!(error.lines().count(), 2, "one line per error: {error}");
         assert!(status.last_error_at_ms.is_some());
         assert_eq!(status.sources.keys().collect::<Vec<_>>(), ["a", "b"]);
@@ -437,7 +457,8 @@ mod tests {
 
     #[test]
     fn a_removed_file_removes_its_source_and_an_added_file_adds_one() {
-        let (dir, current, reloader) = setup(&[("a.yaml", &mapping("A")), ("b.yml", &mapping("B"))]);
+        let (dir, current, reloader) =
+            setup(&[("a.yaml", &mapping("A")), ("b.yml", &mapping("B"))]);
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         assert_eq!(reloader.reload_now(), Ok(1));
         assert_eq!(sources(&current), ["b"]);
@@ -445,7 +466,10 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "not a mapping").unwrap();
         assert_eq!(reloader.reload_now(), Ok(2));
         assert_eq!(sources(&current), ["b", "new-source"]);
-        assert_eq!(reloader.status().sources.keys().collect::<Vec<_>>(), ["b", "new-source"]);
+        assert_eq!(
+            reloader.status().sources.keys().collect::<Vec<_>>(),
+            ["b", "new-source"]
+        );
     }
 
     #[test]
@@ -455,7 +479,10 @@ mod tests {
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         reloader.reload_now().unwrap();
         assert!(current.load().get("a").is_none());
-        assert_eq!(in_flight.source, "a", "the running request's mapping is still alive");
+        assert_eq!(
+            in_flight.source, "a",
+            "the running request's mapping is still alive"
+        );
     }
 
     #[test]
@@ -496,7 +523,10 @@ mod tests {
         assert_eq!(reloader.status().reloads_ok, 1, "the burst was debounced");
 
         std::fs::write(dir.path().join("a.yaml"), "rules: [").unwrap();
-        eventually("the failure is recorded", || reloader.status().reloads_failed == 1).await;
+        eventually("the failure is recorded", || {
+            reloader.status().reloads_failed == 1
+        })
+        .await;
         assert_eq!(sources(&current), ["a", "b"]);
 
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
@@ -520,7 +550,10 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
-        eventually("a reload happened", || reloader.status().reloads_ok > before).await;
+        eventually("a reload happened", || {
+            reloader.status().reloads_ok > before
+        })
+        .await;
         assert_eq!(sources(&current), ["a"]);
         task.stop().await;
         drop(dir);

@@ -57,7 +57,12 @@ mod tests {
         let schema = resolve(root, schema);
         out.push(schema);
         for key in ["allOf", "anyOf", "oneOf"] {
-            for branch in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+            for branch in schema
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 branches(root, branch, out);
             }
         }
@@ -137,9 +142,21 @@ mod tests {
     fn the_schema_describes_a_mapping_file() {
         let schema = mapping_schema();
         assert_eq!(schema["type"], "object");
-        assert!(schema["$schema"].as_str().unwrap().contains("json-schema.org"));
+        assert!(
+            schema["$schema"]
+                .as_str()
+                .unwrap()
+                .contains("json-schema.org")
+        );
         let properties = schema["properties"].as_object().unwrap();
-        for key in ["source", "verify", "event_type", "delivery_id", "rules", "examples"] {
+        for key in [
+            "source",
+            "verify",
+            "event_type",
+            "delivery_id",
+            "rules",
+            "examples",
+        ] {
             assert!(properties.contains_key(key), "no property {key}");
         }
         assert_eq!(schema["additionalProperties"], json!(false));
@@ -151,7 +168,9 @@ mod tests {
             .collect();
         assert!(required.contains(&"verify") && required.contains(&"rules"));
         let rule = resolve(&schema, &schema["properties"]["rules"]["items"]);
-        for key in ["name", "when", "queue", "for_each", "title", "data", "labels"] {
+        for key in [
+            "name", "when", "queue", "for_each", "title", "data", "labels",
+        ] {
             assert!(rule["properties"].get(key).is_some(), "rule has no {key}");
         }
     }
@@ -176,10 +195,16 @@ mod tests {
         let top: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
         for (file, value) in &mappings {
             for key in value.as_object().unwrap().keys() {
-                assert!(top.contains(&key), "{file}: top-level key {key} not in schema");
+                assert!(
+                    top.contains(&key),
+                    "{file}: top-level key {key} not in schema"
+                );
             }
             let undeclared = undeclared_keys(&schema, &schema, value, "");
-            assert!(undeclared.is_empty(), "{file}: keys not in schema: {undeclared:?}");
+            assert!(
+                undeclared.is_empty(),
+                "{file}: keys not in schema: {undeclared:?}"
+            );
         }
     }
 

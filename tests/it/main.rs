@@ -2,6 +2,7 @@
 //! instances spawned per test, real signatures.
 
 mod buffer;
+mod delivery;
 mod ingress;
 mod serve;
 mod support;

@@ -8,7 +8,11 @@ use serde_json::Value;
 use crate::support::gateway::{GatewayOptions, QUEUE, TestGateway, drain, embedded_buffer, sign};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +28,12 @@ async fn serve_runs_with_flags_and_stops_cleanly_on_sigterm_keeping_what_it_ackn
     let port = free_port();
     let buffer_path = dir.path().join("buf.redb");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--mappings"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mappings",
+        ])
         .arg(&mappings)
         .env("CASEGATE_BUFFER__PATH", &buffer_path)
         .env("CASEGATE_LOG__FORMAT", "json")
@@ -34,13 +43,22 @@ async fn serve_runs_with_flags_and_stops_cleanly_on_sigterm_keeping_what_it_ackn
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let url = format!("http://127.0.0.1:{port}/hooks/orders");
     let mut accepted = None;
     for _ in 0..100 {
-        match client.post(&url).header("content-type", "application/json").body(r#"{"id": 7}"#).send().await {
+        match client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(r#"{"id": 7}"#)
+            .send()
+            .await
+        {
             Ok(response) => {
-                accepted = Some((response.status().as_u16(), response.json::<Value>().await.unwrap()));
+                accepted = Some((
+                    response.status().as_u16(),
+                    response.json::<Value>().await.unwrap(),
+                ));
                 break;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -50,13 +68,34 @@ async fn serve_runs_with_flags_and_stops_cleanly_on_sigterm_keeping_what_it_ackn
     assert_eq!(status, 202, "{body}");
 
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
-    assert!(output.status.success(), "exit {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     let log = String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("shutting down"), "{log}");
-    assert!(log.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "JSON log lines: {log}");
-    assert!(log.contains("unauthenticated"), "a `none` source is warned about: {log}");
+    assert!(
+        log.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "JSON log lines: {log}"
+    );
+    assert!(
+        log.contains("unauthenticated"),
+        "a `none` source is warned about: {log}"
+    );
 
     let cases = drain(&embedded_buffer_at(&buffer_path)).await;
     assert_eq!(cases.len(), 1);
@@ -70,7 +109,11 @@ fn embedded_buffer_at(path: &std::path::Path) -> casegate::buffer::Buffer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_mapping_stops_serve_with_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.yaml"), "verify: {scheme: nonsense}\nrules: []\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "verify: {scheme: nonsense}\nrules: []\n",
+    )
+    .unwrap();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"))
         .args(["serve", "--listen", "127.0.0.1:0", "--mappings"])
         .arg(dir.path())
@@ -80,7 +123,10 @@ async fn a_broken_mapping_stops_serve_with_an_error_naming_the_file() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("bad.yaml") && stderr.contains("nonsense"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml") && stderr.contains("nonsense"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,17 +135,33 @@ async fn url_signing_schemes_use_the_configured_public_url_behind_a_proxy() {
         "verify: {{scheme: hubspot, versions: [v3], secrets: [hs-secret]}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Contact {{{{ $[0].objectId }}}}'}}\n"
     );
     let gateway = TestGateway::start(
-        GatewayOptions::embedded(&[("hubspot.yaml", &mapping)]).setting("CASEGATE_PUBLIC_URL", "https://hooks.example.com/"),
+        GatewayOptions::embedded(&[("hubspot.yaml", &mapping)])
+            .setting("CASEGATE_PUBLIC_URL", "https://hooks.example.com/"),
     )
     .await;
     let body = r#"[{"objectId": 1, "subscriptionType": "contact.creation"}]"#;
     let now = std::time::SystemTime::now();
-    let public = sign(&mapping, "https://hooks.example.com/hooks/hubspot?portal=1", body, Default::default(), now);
+    let public = sign(
+        &mapping,
+        "https://hooks.example.com/hooks/hubspot?portal=1",
+        body,
+        Default::default(),
+        now,
+    );
     let answer = gateway.post("hubspot?portal=1", &public, body).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let internal = sign(&mapping, &gateway.url("/hooks/hubspot?portal=1"), body, Default::default(), now);
+    let internal = sign(
+        &mapping,
+        &gateway.url("/hooks/hubspot?portal=1"),
+        body,
+        Default::default(),
+        now,
+    );
     let answer = gateway.post("hubspot?portal=1", &internal, body).await;
-    assert_eq!((answer.status, answer.body["error"].as_str()), (401, Some("signature_mismatch")));
+    assert_eq!(
+        (answer.status, answer.body["error"].as_str()),
+        (401, Some("signature_mismatch"))
+    );
     let dir = gateway.stop().await;
     assert_eq!(drain(&embedded_buffer(dir.path())).await.len(), 1);
 }

@@ -118,10 +118,7 @@ impl TestGateway {
             config,
             shutdown: Some(tx),
             task: Some(task),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            client: super::http_client(),
         };
         gateway.wait_until_serving().await;
         gateway

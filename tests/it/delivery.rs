@@ -1,0 +1,510 @@
+//! Delivery end to end: real gateway, real buffers, the sandbox API enforcing the contract.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use casegate::buffer::{
+    Buffer, CaseMeta, CaseRecord, DeadLetterKind, EmbeddedBuffer, Enqueue, RedisBuffer,
+};
+use casegate::inbound::Headers;
+use casegate::sandbox::Faults;
+
+use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};
+use crate::support::redis_server::RedisServer;
+use crate::support::sandbox::TestSandbox;
+
+fn mapping() -> String {
+    format!(
+        "verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Event {{{{ $.id }}}}'}}\n"
+    )
+}
+
+/// A gateway on `backend` delivering to `sandbox` at `rate` requests per 2 s.
+fn options(sandbox: &TestSandbox, backend: Backend, rate: u32) -> GatewayOptions {
+    let mut options = GatewayOptions::embedded(&[("src.yaml", &mapping())]);
+    options.backend = backend;
+    options.settings.extend(sandbox.settings());
+    for (key, value) in [
+        ("CASEGATE_DELIVERY__RATE", rate.to_string()),
+        ("CASEGATE_DELIVERY__WINDOW_SECS", "2".into()),
+        ("CASEGATE_DELIVERY__POLL_INTERVAL_MS", "20".into()),
+        ("CASEGATE_DELIVERY__BACKOFF_BASE_MS", "50".into()),
+        ("CASEGATE_DELIVERY__BACKOFF_MAX_SECS", "1".into()),
+        ("CASEGATE_DELIVERY__PROBE_INTERVAL_SECS", "1".into()),
+    ] {
+        options.settings.push((key.into(), value));
+    }
+    options
+}
+
+fn json() -> Headers {
+    [("content-type", "application/json")].into_iter().collect()
+}
+
+fn case(i: usize) -> CaseRecord {
+    CaseRecord {
+        queue: QUEUE.into(),
+        api_key_name: None,
+        title: format!("Event {i}"),
+        data: format!(r#"{{"id":{i}}}"#),
+        labels: vec![],
+        meta: CaseMeta {
+            source: "src".into(),
+            mapping_file: "src.yaml".into(),
+            mapping_version: "test".into(),
+            rule: "all".into(),
+            request_id: format!("r{i}"),
+            delivery_id: None,
+            event_type: None,
+            received_at_ms: 0,
+        },
+    }
+}
+
+/// Writes `n` cases straight into a buffer, as a backlog.
+async fn backlog(buffer: &Buffer, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let cases = chunk.iter().map(|i| case(*i)).collect();
+        buffer
+            .enqueue(Enqueue {
+                dedupe: None,
+                cases,
+                dead_letters: vec![],
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn assert_each_once(titles: &[String], n: usize) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for title in titles {
+        *counts.entry(title).or_default() += 1;
+    }
+    let duplicates: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "delivered more than once: {duplicates:?}"
+    );
+    for i in 0..n {
+        assert!(
+            counts.contains_key(format!("Event {i}").as_str()),
+            "Event {i} never delivered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_in_full_batches_at_the_configured_rate_without_429s() {
+    let sandbox = TestSandbox::start(10, Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let buffer =
+            Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
+        backlog(&buffer, 2_500).await;
+    }
+    let gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 10), dir).await;
+    let delivered = sandbox
+        .wait_for(QUEUE, 2_500, Duration::from_secs(30))
+        .await;
+    assert_eq!(delivered, 2_500);
+    let stats = sandbox.stats();
+    assert_eq!(stats.rate_limited, 0, "casegate's pacing caused a 429");
+    assert_eq!(
+        stats.accepted_requests,
+        25,
+        "every batch full: {:?}",
+        stats
+            .accepted_log
+            .iter()
+            .map(|b| b.cases)
+            .collect::<Vec<_>>()
+    );
+    assert!(stats.rate_limit.peak_in_window <= 10);
+    let first = stats.accepted_log.first().unwrap().at_ms;
+    let last = stats.accepted_log.last().unwrap().at_ms;
+    assert!(
+        last - first >= 4_000,
+        "25 requests at 10 per 2 s need at least two full windows: {}",
+        last - first
+    );
+    assert_each_once(&sandbox.titles(QUEUE), 2_500);
+    let dir = gateway.stop().await;
+    assert!(
+        casegate_drained(&embedded_buffer(dir.path())).await,
+        "acked cases left the buffer"
+    );
+}
+
+async fn casegate_drained(buffer: &Buffer) -> bool {
+    buffer.stats(QUEUE).await.unwrap().depth == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_webhook_is_delivered_without_waiting_for_a_batch() {
+    let sandbox = TestSandbox::start(300, Duration::from_secs(60)).await;
+    let gateway = TestGateway::start(options(&sandbox, Backend::Embedded, 300)).await;
+    let answer = gateway.post("src", &json(), r#"{"id": 1}"#).await;
+    assert_eq!(answer.status, 202);
+    assert_eq!(sandbox.wait_for(QUEUE, 1, Duration::from_secs(10)).await, 1);
+    let case = &sandbox.sandbox.cases(QUEUE)[0];
+    assert_eq!(case.title, "Event 1");
+    assert_eq!(
+        case.data.as_deref(),
+        Some(r#"{"id":1}"#),
+        "data is sent as a JSON-encoded string"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stricter_api_limit_is_honoured_through_its_headers_and_retry_after() {
+    // The API allows 5 per 2 s while casegate is configured for 20: the API's headers must win.
+    let sandbox = TestSandbox::start(5, Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let buffer =
+            Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
+        backlog(&buffer, 1_200).await;
+    }
+    let _gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 20), dir).await;
+    assert_eq!(
+        sandbox
+            .wait_for(QUEUE, 1_200, Duration::from_secs(30))
+            .await,
+        1_200
+    );
+    let stats = sandbox.stats();
+    assert!(
+        stats.rate_limited <= 2,
+        "{} 429s: the key was not paused as told",
+        stats.rate_limited
+    );
+    assert_each_once(&sandbox.titles(QUEUE), 1_200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_429s_pauses_the_key_and_loses_nothing() {
+    let sandbox = TestSandbox::start(2, Duration::from_secs(1)).await;
+    let mut options = options(&sandbox, Backend::Embedded, 50);
+    // Ignore the API's remaining-count header path by sending from two queues at once.
+    options.mappings = vec![(
+        "src.yaml".into(),
+        format!(
+            "verify: {{scheme: none}}\nrules:\n  - {{name: a, queue: {QUEUE}, title: 'Event {{{{ $.id }}}}'}}\n  - {{name: b, queue: 4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3e, title: 'Event {{{{ $.id }}}}'}}\n"
+        ),
+    )];
+    let gateway = TestGateway::start(options).await;
+    for i in 0..30 {
+        assert_eq!(
+            gateway
+                .post("src", &json(), format!(r#"{{"id": {i}}}"#))
+                .await
+                .status,
+            202
+        );
+    }
+    assert_eq!(
+        sandbox.wait_for(QUEUE, 30, Duration::from_secs(30)).await,
+        30
+    );
+    assert_eq!(
+        sandbox
+            .wait_for(
+                "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3e",
+                30,
+                Duration::from_secs(30)
+            )
+            .await,
+        30
+    );
+    assert_each_once(&sandbox.titles(QUEUE), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_is_ridden_out_and_nothing_is_lost() {
+    let sandbox = TestSandbox::start(100, Duration::from_secs(2)).await;
+    sandbox.sandbox.set_faults(Faults {
+        outage: true,
+        ..Faults::default()
+    });
+    let gateway = TestGateway::start(options(&sandbox, Backend::Embedded, 100)).await;
+    for i in 0..50 {
+        assert_eq!(
+            gateway
+                .post("src", &json(), format!(r#"{{"id": {i}}}"#))
+                .await
+                .status,
+            202
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        sandbox.stats().total_requests > 0,
+        "delivery kept trying during the outage"
+    );
+    assert!(sandbox.titles(QUEUE).is_empty());
+    sandbox.sandbox.set_faults(Faults {
+        error_ratio: 0.3,
+        ..Faults::default()
+    });
+    assert_eq!(
+        sandbox.wait_for(QUEUE, 50, Duration::from_secs(30)).await,
+        50
+    );
+    assert_each_once(&sandbox.titles(QUEUE), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poison_case_among_a_hundred_is_dead_lettered_while_the_rest_are_delivered() {
+    let sandbox = TestSandbox::start(100, Duration::from_secs(2)).await;
+    sandbox.sandbox.set_faults(Faults {
+        reject_title_pattern: Some("^Event 42$".into()),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let buffer =
+            Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
+        backlog(&buffer, 100).await;
+    }
+    let gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 100), dir).await;
+    assert_eq!(
+        sandbox.wait_for(QUEUE, 99, Duration::from_secs(20)).await,
+        99
+    );
+    let titles = sandbox.titles(QUEUE);
+    assert!(!titles.contains(&"Event 42".to_string()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = gateway.stop().await;
+    let buffer = embedded_buffer(dir.path());
+    assert_eq!(buffer.stats(QUEUE).await.unwrap().depth, 0);
+    let dead = buffer.list_dead_letters(None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].record.reason.contains("400"),
+        "{}",
+        dead[0].record.reason
+    );
+    match &dead[0].record.kind {
+        DeadLetterKind::Refused { case, status, .. } => {
+            assert_eq!(case.title, "Event 42");
+            assert_eq!(*status, 400);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_pauses_delivery_and_keeps_the_cases() {
+    let sandbox = TestSandbox::start(100, Duration::from_secs(2)).await;
+    let options =
+        options(&sandbox, Backend::Embedded, 100).setting("CASEGATE_DUVO__API_KEY", "dv_wrong");
+    let gateway = TestGateway::start(options).await;
+    for i in 0..5 {
+        assert_eq!(
+            gateway
+                .post("src", &json(), format!(r#"{{"id": {i}}}"#))
+                .await
+                .status,
+            202
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let stats = sandbox.stats();
+    assert_eq!(stats.accepted_cases, 0);
+    assert!(stats.status_counts.get(&401).copied().unwrap_or(0) >= 1);
+    assert!(
+        stats.total_requests <= 6,
+        "a paused key is only probed now and then: {} requests",
+        stats.total_requests
+    );
+    let dir = gateway.stop().await;
+    assert_eq!(
+        embedded_buffer(dir.path())
+            .stats(QUEUE)
+            .await
+            .unwrap()
+            .depth,
+        5,
+        "the cases stay buffered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_redis_deliver_each_case_once_within_the_shared_limit() {
+    let redis = RedisServer::start().await;
+    let sandbox = TestSandbox::start(10, Duration::from_secs(2)).await;
+    {
+        let buffer = Buffer::Redis(
+            RedisBuffer::connect(&redis.url(), "casegate", Duration::from_secs(2))
+                .await
+                .unwrap(),
+        );
+        backlog(&buffer, 2_000).await;
+    }
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(TestGateway::start(options(&sandbox, Backend::Redis(redis.url()), 10)).await);
+    }
+    for (i, replica) in replicas.iter().enumerate() {
+        let answer = replica
+            .post("src", &json(), format!(r#"{{"id": {}}}"#, 2_000 + i))
+            .await;
+        assert_eq!(answer.status, 202);
+    }
+    assert_eq!(
+        sandbox
+            .wait_for(QUEUE, 2_003, Duration::from_secs(40))
+            .await,
+        2_003
+    );
+    let stats = sandbox.stats();
+    assert_eq!(
+        stats.rate_limited, 0,
+        "the replicas together exceeded the limit"
+    );
+    assert!(stats.rate_limit.peak_in_window <= 10);
+    assert_each_once(&sandbox.titles(QUEUE), 2_003);
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+/// The `casegate` binary as a child process, so a test can SIGKILL it.
+struct GatewayProcess {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl GatewayProcess {
+    async fn spawn(dir: &std::path::Path, env: &[(String, String)]) -> GatewayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"));
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--mappings",
+            ])
+            .arg(dir.join("mappings"))
+            .env("CASEGATE_BUFFER__PATH", dir.join("buffer.redb"))
+            .env("CASEGATE_LOG__LEVEL", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = command.spawn().unwrap();
+        let process = GatewayProcess { child, port };
+        let client = crate::support::http_client();
+        for _ in 0..200 {
+            if client.get(process.url("/healthz")).send().await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway process did not come up");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// Kills the gateway with SIGKILL three times while it delivers under load, restarts it on the
+/// same buffer, and checks that every acknowledged webhook reached the API, with at most one
+/// batch sent twice per kill.
+async fn sigkill_during_delivery_loses_nothing(backend: Backend) {
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(2)).await;
+    sandbox.sandbox.set_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(dir.path().join("mappings/src.yaml"), mapping()).unwrap();
+    let mut env = sandbox.settings();
+    env.push(("CASEGATE_DELIVERY__RATE".into(), "1000".into()));
+    env.push(("CASEGATE_DELIVERY__WINDOW_SECS".into(), "2".into()));
+    env.push(("CASEGATE_DELIVERY__MAX_BATCH".into(), "20".into()));
+    env.push((
+        "CASEGATE_DELIVERY__VISIBILITY_TIMEOUT_SECS".into(),
+        "2".into(),
+    ));
+    if let Backend::Redis(url) = &backend {
+        env.push(("CASEGATE_BUFFER__BACKEND".into(), "redis".into()));
+        env.push(("CASEGATE_BUFFER__REDIS_URL".into(), url.clone()));
+    }
+    let client = crate::support::http_client();
+    let mut acknowledged = 0usize;
+    let kills = 3;
+    for round in 0..=kills {
+        let process = GatewayProcess::spawn(dir.path(), &env).await;
+        for _ in 0..60 {
+            let response = client
+                .post(process.url("/hooks/src"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"id": {acknowledged}}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 202);
+            acknowledged += 1;
+        }
+        if round < kills {
+            // Let delivery get going, then kill it mid-send.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            process.kill9().await;
+        } else {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while distinct(&sandbox.titles(QUEUE)) < acknowledged
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            process.kill9().await;
+        }
+    }
+    let titles = sandbox.titles(QUEUE);
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for title in &titles {
+        *counts.entry(title).or_default() += 1;
+    }
+    for i in 0..acknowledged {
+        assert!(
+            counts.contains_key(format!("Event {i}").as_str()),
+            "acknowledged Event {i} was lost"
+        );
+    }
+    let duplicates = titles.len() - counts.len();
+    assert!(
+        duplicates <= kills * 20,
+        "{duplicates} duplicates for {kills} kills of batches of 20"
+    );
+}
+
+fn distinct(titles: &[String]) -> usize {
+    titles
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_delivery_loses_nothing_on_the_embedded_buffer() {
+    sigkill_during_delivery_loses_nothing(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_delivery_loses_nothing_on_redis() {
+    let redis = RedisServer::start().await;
+    sigkill_during_delivery_loses_nothing(Backend::Redis(redis.url())).await;
+}

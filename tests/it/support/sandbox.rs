@@ -1,0 +1,75 @@
+//! The sandbox Duvo API on a loopback port, for delivery tests.
+
+use std::time::Duration;
+
+use casegate::sandbox::{Sandbox, SandboxConfig, SandboxStats};
+use tokio::sync::oneshot;
+
+pub const API_KEY: &str = "dv_sandbox_test";
+
+pub struct TestSandbox {
+    pub sandbox: Sandbox,
+    pub base_url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestSandbox {
+    /// A sandbox allowing `rate` requests per `window`.
+    pub async fn start(rate: u32, window: Duration) -> TestSandbox {
+        let config = SandboxConfig {
+            api_key: API_KEY.into(),
+            rate,
+            window,
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(casegate::sandbox::serve(
+            sandbox.clone(),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestSandbox {
+            sandbox,
+            base_url,
+            _stop: stop,
+        }
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.sandbox.stats()
+    }
+
+    /// Titles of every case the sandbox accepted for `queue`, oldest first.
+    pub fn titles(&self, queue: &str) -> Vec<String> {
+        self.sandbox
+            .cases(queue)
+            .into_iter()
+            .map(|c| c.title)
+            .collect()
+    }
+
+    /// Waits until `queue` holds at least `n` cases; returns how many it holds.
+    pub async fn wait_for(&self, queue: &str, n: usize, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let have = self.sandbox.cases(queue).len();
+            if have >= n || tokio::time::Instant::now() > deadline {
+                return have;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The CASEGATE_* settings that point a gateway at this sandbox.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        vec![
+            ("CASEGATE_DUVO__BASE_URL".into(), self.base_url.clone()),
+            ("CASEGATE_DUVO__API_KEY".into(), API_KEY.into()),
+        ]
+    }
+}
