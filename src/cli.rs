@@ -5,11 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::future::Future;
+use std::time::Duration;
+
 use crate::config::{Config, Overrides};
+use crate::dlq::{self, DeadLetterView};
 use crate::env::Env;
-use crate::inbound::Headers;
+use crate::inbound::{Headers, InboundRequest};
 use crate::mapping::examples::run_examples;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};
+use crate::sandbox::SandboxConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve {
-        /// Configuration file (TOML); built-in defaults apply when absent.
+        /// Configuration file (TOML); `config/casegate.toml` when it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Listen address, e.g. 0.0.0.0:8080.
@@ -35,8 +40,14 @@ pub enum Command {
         /// Directory of mapping files.
         #[arg(long)]
         mappings: Option<PathBuf>,
+        /// Also run the local sandbox API (a development stand-in for Duvo) and deliver to it.
+        #[arg(long)]
+        sandbox: bool,
+        /// Where the sandbox listens, with --sandbox.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        sandbox_listen: String,
     },
-    /// Load and compile every mapping file; exit non-zero on any error.
+    /// Load and compile every mapping file and run their examples; exit non-zero on any error.
     Check {
         /// Directory of mapping files (default: the configured one).
         dir: Option<PathBuf>,
@@ -53,6 +64,393 @@ pub enum Command {
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
     },
+    /// Inspect, replay and purge the dead-letter store (works on the configured buffer; with the
+    /// embedded buffer, stop the gateway first or use the admin API).
+    Dlq {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Run the local sandbox API: a contract-faithful stand-in for the Duvo cases endpoint, for
+    /// development and tests only.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Shorthand for --listen 127.0.0.1:PORT.
+        #[arg(long)]
+        port: Option<u16>,
+        /// The only bearer token it accepts.
+        #[arg(long, default_value = "dv_sandbox")]
+        api_key: String,
+        /// Requests allowed per window.
+        #[arg(long, default_value_t = 300)]
+        rate: u32,
+        /// The rate-limit window, in seconds.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+    },
+    /// Send a correctly signed sample webhook for SOURCE (an example from its mapping file) to a
+    /// running gateway.
+    SendSample {
+        source: String,
+        /// The gateway's base URL (default: http:// + the configured listen address).
+        #[arg(long)]
+        url: Option<String>,
+        /// Which example of the mapping file (default: the first with a payload).
+        #[arg(long)]
+        example: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter in full.
+    Show { id: String },
+    /// Replay one dead letter, every one (--all), or every one of a source (--source).
+    Replay {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Delete one dead letter, or every one (--all / --source).
+    Purge {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            mappings,
+            sandbox,
+            sandbox_listen,
+        } => {
+            serve(
+                config,
+                Overrides {
+                    listen,
+                    mappings,
+                    ..Overrides::default()
+                },
+                sandbox.then_some(sandbox_listen),
+            )
+            .await
+        }
+        Command::Check { dir, config } => {
+            match load_config(config.as_deref(), &Overrides::default()) {
+                Ok(config) => {
+                    return check(dir.as_deref().unwrap_or(&config.mappings), &config.env);
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        }
+        Command::Try {
+            mapping,
+            payload,
+            headers,
+        } => try_mapping(&mapping, &payload, &headers, &Env::from_process())
+            .map(|output| println!("{output}")),
+        Command::Dlq { config, action } => dlq(config, action).await,
+        Command::Sandbox {
+            listen,
+            port,
+            api_key,
+            rate,
+            window,
+        } => {
+            let listen = port.map(|p| format!("127.0.0.1:{p}")).unwrap_or(listen);
+            let config = SandboxConfig {
+                api_key,
+                rate,
+                window: Duration::from_secs(window.max(1)),
+                ..SandboxConfig::default()
+            };
+            run_sandbox(config, &listen, crate::shutdown_signal()).await
+        }
+        Command::SendSample {
+            source,
+            url,
+            example,
+            config,
+        } => send_sample(config, &source, url, example).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("casegate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    config_file: Option<PathBuf>,
+    mut overrides: Overrides,
+    sandbox: Option<String>,
+) -> Result<(), String> {
+    if let Some(listen) = &sandbox {
+        overrides.duvo_base_url = Some(format!("http://{listen}/v1"));
+        overrides.duvo_api_key = Some(SandboxConfig::default().api_key);
+    }
+    let config = load_config(config_file.as_deref(), &overrides).map_err(|e| e.to_string())?;
+    crate::telemetry::init(&config.log);
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let (stop_sandbox, sandbox_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sandbox_task = match sandbox {
+        Some(listen) => {
+            let stopped = async move {
+                let _ = sandbox_stopped.await;
+            };
+            let sandbox = tokio::spawn(async move {
+                run_sandbox(SandboxConfig::default(), &listen, stopped).await
+            });
+            Some(sandbox)
+        }
+        None => None,
+    };
+    let result = crate::run(config, listener, crate::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string());
+    let _ = stop_sandbox.send(());
+    if let Some(task) = sandbox_task {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    result
+}
+
+async fn run_sandbox(
+    config: SandboxConfig,
+    listen: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("sandbox cannot listen on {listen}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        cases = %format!("http://{address}/v1/queues/<queue_id>/cases"),
+        rate = config.rate,
+        window_s = config.window.as_secs(),
+        "sandbox API (development stand-in for Duvo) listening; list what it received with GET on the cases URL"
+    );
+    let sandbox = crate::sandbox::Sandbox::try_new(config).map_err(|e| e.to_string())?;
+    crate::sandbox::serve(sandbox, listener, shutdown)
+        .await
+        .map_err(|e| format!("sandbox: {e}"))
+}
+
+async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), String> {
+    let config =
+        load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
+    let buffer = crate::open_buffer(&config.buffer).await.map_err(|e| {
+        format!("{e} (with the embedded buffer, stop the gateway first or use its admin API at /admin/dlq)")
+    })?;
+    let print = |value: &dyn erased::Show| println!("{}", value.show());
+    match action {
+        DlqAction::List { source, limit } => {
+            let letters = dlq::list(&buffer, source.as_deref(), limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            if letters.is_empty() {
+                println!("the dead-letter store is empty");
+            }
+            for letter in &letters {
+                let view = DeadLetterView::summary(letter);
+                println!(
+                    "{:<22} {:<16} {:<16} {}",
+                    view.id, view.source, view.kind, view.reason
+                );
+            }
+        }
+        DlqAction::Show { id } => {
+            let letter = dlq::show(&buffer, &id).await.map_err(|e| e.to_string())?;
+            print(&DeadLetterView::full(&letter));
+        }
+        DlqAction::Replay { id, all, source } => {
+            let mappings =
+                MappingSet::load_dir(&config.mappings, &config.env).map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })?;
+            match (id, all || source.is_some()) {
+                (Some(id), false) => {
+                    let outcome = dlq::replay(&buffer, &mappings, &id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    print(&outcome);
+                }
+                (None, true) => {
+                    let outcomes = dlq::replay_all(
+                        &buffer,
+                        &mappings,
+                        source.as_deref(),
+                        |done, total, outcome| {
+                            eprintln!(
+                                "[{done}/{total}] {}",
+                                serde_json::to_string(outcome).unwrap_or_default()
+                            );
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    let failing = outcomes
+                        .iter()
+                        .filter(|o| matches!(o, dlq::ReplayOutcome::StillFailing { .. }))
+                        .count();
+                    println!(
+                        "replayed {} dead letter(s); {failing} still failing",
+                        outcomes.len()
+                    );
+                }
+                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
+            }
+        }
+        DlqAction::Purge { id, all, source } => {
+            let ids: Vec<String> = match (id, all || source.is_some()) {
+                (Some(id), false) => vec![id],
+                (None, true) => Vec::new(),
+                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
+            };
+            let removed = dlq::purge(&buffer, &ids, source.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("purged {removed} dead letter(s)");
+        }
+    }
+    buffer.flush().await.map_err(|e| e.to_string())
+}
+
+/// Pretty JSON for anything serializable, without generic closures.
+mod erased {
+    pub trait Show {
+        fn show(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Show for T {
+        fn show(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_default()
+        }
+    }
+}
+
+async fn send_sample(
+    config_file: Option<PathBuf>,
+    source: &str,
+    url: Option<String>,
+    example: Option<String>,
+) -> Result<(), String> {
+    let config =
+        load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
+    let mappings = MappingSet::load_dir(&config.mappings, &config.env).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let mapping = mappings.get(source).ok_or_else(|| {
+        format!(
+            "no mapping for source `{source}` in {}",
+            config.mappings.display()
+        )
+    })?;
+    let sample = mapping
+        .examples
+        .iter()
+        .find(|e| {
+            example
+                .as_ref()
+                .map_or(e.expect_error.is_none() && !e.expect.is_empty(), |name| {
+                    &e.name == name
+                })
+        })
+        .ok_or_else(|| format!("{} has no such example", mapping.file))?;
+    let body = match (&sample.payload, &sample.payload_file) {
+        (Some(payload), _) => serde_json::to_vec(payload).map_err(|e| e.to_string())?,
+        (None, Some(file)) => {
+            std::fs::read(mapping.dir.join(file)).map_err(|e| format!("{}: {e}", file.display()))?
+        }
+        (None, None) => return Err(format!("example `{}` has no payload", sample.name)),
+    };
+    let base = url
+        .unwrap_or_else(|| format!("http://{}", config.listen))
+        .trim_end_matches('/')
+        .to_string();
+    let target = format!("{base}/hooks/{source}");
+    let mut headers: Headers = sample
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    if headers.get("content-type").is_none() {
+        headers.insert("content-type", "application/json");
+    }
+    if let Some(crate::mapping::FieldGetter::Header(name)) = &mapping.delivery_id {
+        // A fresh delivery id, so a second run is not answered as a duplicate.
+        headers = headers
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case(name))
+            .collect();
+        headers.insert(name, format!("sample-{:016x}", rand::random::<u64>()));
+    }
+    let mut request = InboundRequest {
+        method: "POST".into(),
+        url: config
+            .public_url
+            .as_ref()
+            .map_or(target.clone(), |public| format!("{public}/hooks/{source}")),
+        headers,
+        body: body.into(),
+    };
+    mapping
+        .verifier
+        .sign(&mut request, std::time::SystemTime::now());
+    crate::delivery::client::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut outgoing = client.post(&target).body(request.body.clone());
+    for (name, value) in request.headers.iter() {
+        outgoing = outgoing.header(name, value);
+    }
+    let response = outgoing
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {target}: {e}"))?;
+    let status = response.status();
+    let answer = response.text().await.unwrap_or_default();
+    println!(
+        "POST {target} ({} example `{}`)\n{status}\n{answer}",
+        mapping.file, sample.name
+    );
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the gateway answered {status}"))
+    }
 }
 
 /// Loads the configuration for a subcommand, reading `config/casegate.toml` when it exists and

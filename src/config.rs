@@ -190,6 +190,9 @@ pub enum ConfigError {
 pub struct Overrides {
     pub listen: Option<String>,
     pub mappings: Option<PathBuf>,
+    /// `serve --sandbox` points delivery at the local sandbox.
+    pub duvo_base_url: Option<String>,
+    pub duvo_api_key: Option<String>,
 }
 
 impl Config {
@@ -228,6 +231,16 @@ impl Config {
             builder = builder
                 .set_override("listen", listen.as_str())
                 .map_err(load_error)?;
+        }
+        for (key, value) in [
+            ("duvo.base_url", &overrides.duvo_base_url),
+            ("duvo.api_key", &overrides.duvo_api_key),
+        ] {
+            if let Some(value) = value {
+                builder = builder
+                    .set_override(key, value.as_str())
+                    .map_err(load_error)?;
+            }
         }
         if let Some(mappings) = &overrides.mappings {
             builder = builder
@@ -487,6 +500,7 @@ mod tests {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             mappings: Some("m".into()),
+            ..Overrides::default()
         };
         let env = Env::from_pairs([("CASEGATE_LISTEN", "0.0.0.0:9000")]);
         let config = Config::load(None, &env, &overrides).unwrap();

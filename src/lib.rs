@@ -8,6 +8,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dlq;
 pub mod env;
 pub mod error;
 pub mod http;

@@ -27,7 +27,7 @@ async fn serve_runs_with_flags_and_stops_cleanly_on_sigterm_keeping_what_it_ackn
     .unwrap();
     let port = free_port();
     let buffer_path = dir.path().join("buf.redb");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"))
         .args([
             "serve",
             "--listen",

@@ -95,6 +95,7 @@ impl TestGateway {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             mappings: Some(mappings),
+            ..Overrides::default()
         };
         let config = Config::load(None, &Env::from_pairs(env), &overrides).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
