@@ -90,6 +90,23 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         window: u64,
     },
+    /// Show a running gateway's state per source and per queue (through its admin API).
+    Status {
+        /// The admin API's base URL (default: the configured admin or listen address).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the JSON report instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Exit 0 when the gateway answers GET /healthz (a container HEALTHCHECK without curl).
+    Healthcheck {
+        /// The gateway's base URL (default: http:// + the configured listen address).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Send a correctly signed sample webhook for SOURCE (an example from its mapping file) to a
     /// running gateway.
     SendSample {
@@ -192,6 +209,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             example,
             config,
         } => send_sample(config, &source, url, example).await,
+        Command::Status { url, json, config } => status(config, url, json).await,
+        Command::Healthcheck { url } => healthcheck(url).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -340,6 +359,78 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
         }
     }
     buffer.flush().await.map_err(|e| e.to_string())
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    crate::delivery::client::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A URL for a local address: a wildcard listen address is reached on loopback.
+fn local_url(address: std::net::SocketAddr) -> String {
+    let port = address.port();
+    if address.ip().is_unspecified() {
+        format!("http://127.0.0.1:{port}")
+    } else {
+        format!("http://{address}")
+    }
+}
+
+async fn status(
+    config_file: Option<PathBuf>,
+    url: Option<String>,
+    json: bool,
+) -> Result<(), String> {
+    let config =
+        load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
+    let token = config
+        .admin_token
+        .as_ref()
+        .ok_or("the admin API is off: set CASEGATE_ADMIN__TOKEN (here and on the gateway)")?;
+    let base = url.unwrap_or_else(|| local_url(config.admin_listen.unwrap_or(config.listen)));
+    let response = http_client()?
+        .get(format!("{}/admin/status", base.trim_end_matches('/')))
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {base}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{base} answered {}", response.status()));
+    }
+    let report: crate::status::StatusReport = response.json().await.map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", crate::status::render(&report));
+    }
+    Ok(())
+}
+
+async fn healthcheck(url: Option<String>) -> Result<(), String> {
+    let base = match url {
+        Some(url) => url,
+        None => local_url(
+            load_config(None, &Overrides::default())
+                .map_err(|e| e.to_string())?
+                .listen,
+        ),
+    };
+    let response = http_client()?
+        .get(format!("{}/healthz", base.trim_end_matches('/')))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("unhealthy: {}", response.status()))
+    }
 }
 
 /// Pretty JSON for anything serializable, without generic closures.

@@ -83,6 +83,7 @@ struct RawDelivery {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     token: String,
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +106,8 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// The admin API's bearer token; `None` keeps the admin API off.
     pub admin_token: Option<Secret>,
+    /// A separate address for `/admin/*`; `None` serves it beside the webhooks.
+    pub admin_listen: Option<SocketAddr>,
     pub log: LogConfig,
     /// The environment the configuration was loaded with; mapping files resolve `${VAR}`
     /// against it.
@@ -326,6 +329,13 @@ impl Config {
                 ),
             });
         }
+        let admin_listen = match raw.admin.listen.trim() {
+            "" => None,
+            address => Some(address.parse().map_err(|_| ConfigError::Invalid {
+                key: "admin.listen",
+                reason: format!("{address:?} is not an address such as 127.0.0.1:9090"),
+            })?),
+        };
         let format = match raw.log.format.as_str() {
             "auto" => LogFormat::Auto,
             "json" => LogFormat::Json,
@@ -383,6 +393,7 @@ impl Config {
                 probe_interval: Duration::from_secs(delivery.probe_interval_secs.max(1)),
             },
             admin_token: non_empty(raw.admin.token),
+            admin_listen,
             log: LogConfig {
                 format,
                 level: raw.log.level,

@@ -7,7 +7,7 @@
 //! atomic write as the cases, so a failed write leaves the provider's retry free to succeed.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
@@ -21,12 +21,7 @@ use crate::inbound::InboundRequest;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};
 use crate::verify::{Verified, VerifyError};
 
-/// A source of wall-clock time, injected so tests can pin it.
-pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
-
-pub fn system_clock() -> Clock {
-    Arc::new(SystemTime::now)
-}
+pub use crate::clock::{Clock, system_clock};
 
 /// How the body carries its JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +128,18 @@ impl Ingestor {
         &self.buffer
     }
 
+    /// The mapping set serving right now.
+    pub fn mappings(&self) -> Arc<MappingSet> {
+        self.mappings.load_full()
+    }
+
+    /// Tells local delivery that cases were written outside ingress (a dead-letter replay).
+    pub fn wake_delivery(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+    }
+
     /// Verifies, parses, maps and buffers one request.
     pub async fn ingest(
         &self,
@@ -147,11 +154,9 @@ impl Ingestor {
             verified => verified?,
         };
         let payload = parse_payload(verified.get().body.as_ref(), format)?;
-        let received_at_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let received_at_ms = crate::clock::unix_ms(now);
         let batch = self.map(mapping, &verified, &payload, request_id, received_at_ms);
+        let queues: Vec<String> = batch.cases.iter().map(|c| c.queue.clone()).collect();
         match self.buffer.enqueue(batch).await? {
             EnqueueOutcome::Duplicate => Ok(IngestOutcome::Duplicate),
             EnqueueOutcome::Stored {
@@ -162,6 +167,10 @@ impl Ingestor {
                 case_ids,
                 dead_letter_ids,
             } => {
+                for queue in queues {
+                    metrics::counter!(crate::prometheus::CASES_ENQUEUED, "queue" => queue)
+                        .increment(1);
+                }
                 if let Some(wake) = self.wake.as_ref().filter(|_| !case_ids.is_empty()) {
                     wake.notify_one();
                 }

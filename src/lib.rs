@@ -6,6 +6,7 @@
 
 pub mod buffer;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod dlq;
@@ -15,8 +16,10 @@ pub mod http;
 pub mod inbound;
 pub mod ingest;
 pub mod mapping;
+pub mod prometheus;
 pub mod sandbox;
 pub mod secret;
+pub mod status;
 pub mod telemetry;
 pub mod verify;
 
@@ -102,14 +105,15 @@ pub async fn run_with_clock(
     let buffer = open_buffer(&config.buffer).await?;
     let mappings = Arc::new(ArcSwap::from_pointee(mappings));
     let (stop_delivery, delivery_stopped) = tokio::sync::watch::channel(false);
-    let mut ingestor = Ingestor::new(mappings, buffer.clone(), config.ingress.dedupe_ttl, clock);
+    let mut ingestor = Ingestor::new(
+        mappings.clone(),
+        buffer.clone(),
+        config.ingress.dedupe_ttl,
+        clock,
+    );
     let has_key = config.duvo.api_key.is_some() || !config.duvo.api_keys.is_empty();
     let delivery = match (config.delivery.enabled, has_key) {
-        (true, true) => {
-            let delivery = start_delivery(&config, &buffer, delivery_stopped)?;
-            ingestor = ingestor.with_waker(delivery.waker());
-            Some(tokio::spawn(delivery.run()))
-        }
+        (true, true) => Some(start_delivery(&config, &buffer, delivery_stopped)?),
         (true, false) => {
             tracing::warn!(
                 "no Duvo API key configured (CASEGATE_DUVO__API_KEY): cases are buffered, not delivered"
@@ -121,6 +125,31 @@ pub async fn run_with_clock(
             None
         }
     };
+    if let Some(delivery) = &delivery {
+        ingestor = ingestor.with_waker(delivery.waker());
+    }
+    let delivery_task = delivery.clone().map(|d| tokio::spawn(d.run()));
+    let reload = {
+        let (dir, env, current) = (
+            config.mappings.clone(),
+            config.env.clone(),
+            mappings.clone(),
+        );
+        let reload = move || -> Result<usize, String> {
+            let set = MappingSet::load_dir(&dir, &env).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            let sources = set.len();
+            current.store(Arc::new(set));
+            Ok(sources)
+        };
+        Arc::new(reload) as Arc<dyn Fn() -> Result<usize, String> + Send + Sync>
+    };
+    prometheus::handle();
     let state = AppState {
         ingestor,
         max_body_bytes: config.ingress.max_body_bytes,
@@ -128,20 +157,45 @@ pub async fn run_with_clock(
         public_url: config.public_url.clone(),
         retry_after: config.buffer.retry_after,
         mappings_loaded: Arc::new(AtomicBool::new(true)),
+        delivery,
+        admin_token: config.admin_token.clone(),
+        admin_here: config.admin_listen.is_none(),
+        reload: Some(reload),
+    };
+    let admin_server = match (config.admin_listen, &config.admin_token) {
+        (Some(address), Some(_)) => {
+            let state = state.clone();
+            let server = actix_web::HttpServer::new(move || http::build_admin_app(state.clone()))
+                .workers(1)
+                .disable_signals()
+                .bind(address)?
+                .run();
+            tracing::info!(%address, "admin API listening");
+            Some(server)
+        }
+        _ => None,
     };
     let address = listener.local_addr()?;
     let server = http_server(state, &config, listener)?;
     let handle = server.handle();
+    let admin_handle = admin_server.as_ref().map(|s| s.handle());
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        if let Some(admin) = admin_handle {
+            admin.stop(true).await;
+        }
         handle.stop(true).await;
     });
+    let admin_task = admin_server.map(tokio::spawn);
     tracing::info!(%address, "casegate listening");
     server.await?;
     let _ = stop_delivery.send(true);
-    if let Some(delivery) = delivery {
-        let _ = delivery.await;
+    if let Some(task) = delivery_task {
+        let _ = task.await;
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
     buffer.flush().await?;
     tracing::info!("casegate stopped");

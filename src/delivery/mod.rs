@@ -24,12 +24,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::buffer::{Buffer, BufferedCase, CaseRecord, DeadLetterKind, DeadLetterRecord};
+use crate::clock::now_ms;
+use crate::prometheus;
 use crate::secret::Secret;
 use client::DuvoClient;
 use limiter::{RateLimiter, key_id};
@@ -83,7 +85,27 @@ struct Inner {
     wake: Arc<Notify>,
     paused_keys: Mutex<HashMap<String, Instant>>,
     paused_queues: Mutex<HashMap<String, Instant>>,
+    activity: Mutex<HashMap<String, Activity>>,
     shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct Activity {
+    delivered_total: u64,
+    /// (delivered at ms, cases) within the last minute.
+    recent: std::collections::VecDeque<(u64, u64)>,
+    last_error: Option<(u64, String)>,
+}
+
+/// What `casegate status` shows about a queue's delivery.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueActivity {
+    pub queue: String,
+    pub delivered_total: u64,
+    pub delivered_last_minute: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<u64>,
+    pub paused_for_ms: Option<u64>,
 }
 
 type Boxed<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -107,6 +129,7 @@ impl Delivery {
                 wake: Arc::new(Notify::new()),
                 paused_keys: Mutex::new(HashMap::new()),
                 paused_queues: Mutex::new(HashMap::new()),
+                activity: Mutex::new(HashMap::new()),
                 shutdown,
             }),
         }
@@ -331,13 +354,24 @@ impl Delivery {
                     let reset = rate.reset.unwrap_or(Duration::from_secs(1));
                     inner.limiter.pause(key, reset).await;
                 }
+                let status = match &answer {
+                    ApiAnswer::Response { status, .. } => status.to_string(),
+                    ApiAnswer::Transport(_) => "0".to_string(),
+                };
+                metrics::counter!(prometheus::API_RESPONSES, "status" => status).increment(1);
                 match decide(&answer, cases.len()) {
                     Action::Ack => {
                         self.ack(queue, &cases).await;
+                        self.record_delivered(queue, key, &cases);
                         tracing::info!(%queue, key, cases = cases.len(), "batch delivered");
                         return;
                     }
                     Action::ResendAfter(wait) => {
+                        metrics::counter!(prometheus::API_RATE_LIMITED).increment(1);
+                        self.record_error(
+                            queue,
+                            format!("429 from the API; key paused {}s", wait.as_secs()),
+                        );
                         tracing::warn!(%queue, key, wait_ms = wait.as_millis() as u64, "429 from the API; pausing the key");
                         inner.limiter.pause(key, wait).await;
                     }
@@ -345,6 +379,7 @@ impl Delivery {
                         let delay = inner.config.backoff.delay(attempt, rand::random::<f64>());
                         attempt = attempt.saturating_add(1);
                         tracing::warn!(%queue, key, answer = ?answer_summary(&answer), retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying");
+                        self.record_error(queue, format!("{}; retrying", answer_summary(&answer)));
                         if !self.pause_for(delay).await {
                             return;
                         }
@@ -357,22 +392,100 @@ impl Delivery {
                         return;
                     }
                     Action::DeadLetter { status, reason } => {
+                        metrics::counter!(prometheus::CASES_DEAD_LETTERED, "queue" => queue.to_string()).increment(cases.len() as u64);
+                        self.record_error(queue, format!("case dead-lettered: {reason}"));
                         self.dead_letter(queue, cases, status, reason).await;
                         return;
                     }
                     Action::PauseKey { status, reason } => {
                         tracing::error!(%queue, key, status, %reason, probe_in_s = inner.config.probe_interval.as_secs(), "the API refuses this key; every queue of the key is paused");
                         Self::pause(&inner.paused_keys, key, inner.config.probe_interval);
+                        metrics::gauge!(prometheus::PAUSED, "kind" => "key", "name" => key.to_string()).set(1.0);
+                        self.record_error(queue, format!("key paused: {reason}"));
                         return;
                     }
                     Action::PauseQueue { reason } => {
                         tracing::error!(%queue, key, %reason, probe_in_s = inner.config.probe_interval.as_secs(), "the API does not know this queue; it is paused");
                         Self::pause(&inner.paused_queues, queue, inner.config.probe_interval);
+                        metrics::gauge!(prometheus::PAUSED, "kind" => "queue", "name" => queue.to_string()).set(1.0);
+                        self.record_error(queue, format!("queue paused: {reason}"));
                         return;
                     }
                 }
             }
         })
+    }
+
+    fn record_delivered(&self, queue: &str, key: &str, cases: &[BufferedCase]) {
+        let now = now_ms();
+        metrics::counter!(prometheus::CASES_DELIVERED, "queue" => queue.to_string())
+            .increment(cases.len() as u64);
+        metrics::histogram!(prometheus::BATCH_SIZE).record(cases.len() as f64);
+        let latency = metrics::histogram!(prometheus::END_TO_END);
+        for case in cases {
+            latency.record(now.saturating_sub(case.record.meta.received_at_ms) as f64 / 1000.0);
+        }
+        metrics::gauge!(prometheus::PAUSED, "kind" => "key", "name" => key.to_string()).set(0.0);
+        metrics::gauge!(prometheus::PAUSED, "kind" => "queue", "name" => queue.to_string())
+            .set(0.0);
+        let mut activity = self.inner.activity.lock().expect("activity lock");
+        let entry = activity.entry(queue.to_string()).or_default();
+        entry.delivered_total += cases.len() as u64;
+        entry.recent.push_back((now, cases.len() as u64));
+        while entry
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > 60_000)
+        {
+            entry.recent.pop_front();
+        }
+    }
+
+    fn record_error(&self, queue: &str, error: String) {
+        let mut activity = self.inner.activity.lock().expect("activity lock");
+        activity.entry(queue.to_string()).or_default().last_error = Some((now_ms(), error));
+    }
+
+    /// Per queue: delivered in the last minute, in total, the last error and pause state.
+    pub fn activity(&self) -> Vec<QueueActivity> {
+        let now = now_ms();
+        let activity = self.inner.activity.lock().expect("activity lock");
+        let mut out: Vec<QueueActivity> = activity
+            .iter()
+            .map(|(queue, a)| QueueActivity {
+                queue: queue.clone(),
+                delivered_total: a.delivered_total,
+                delivered_last_minute: a
+                    .recent
+                    .iter()
+                    .filter(|(at, _)| now.saturating_sub(*at) <= 60_000)
+                    .map(|(_, n)| n)
+                    .sum(),
+                last_error: a.last_error.as_ref().map(|(_, e)| e.clone()),
+                last_error_at_ms: a.last_error.as_ref().map(|(at, _)| *at),
+                paused_for_ms: Self::paused(&self.inner.paused_queues, queue)
+                    .map(|d| d.as_millis() as u64),
+            })
+            .collect();
+        out.sort_by(|a, b| a.queue.cmp(&b.queue));
+        out
+    }
+
+    /// API keys (by id) currently paused after a 401/403, with the time left.
+    pub fn paused_keys(&self) -> Vec<(String, u64)> {
+        let keys: Vec<String> = self
+            .inner
+            .paused_keys
+            .lock()
+            .expect("pause lock")
+            .keys()
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                Self::paused(&self.inner.paused_keys, &k).map(|d| (k, d.as_millis() as u64))
+            })
+            .collect()
     }
 
     /// Acks until the buffer takes it; if it never does (shutdown first) the batch is sent again
@@ -401,10 +514,7 @@ impl Delivery {
         status: u16,
         reason: String,
     ) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let now = now_ms();
         tracing::warn!(%queue, status, %reason, cases = cases.len(), "API refused a case; moved to the dead-letter store");
         let letters: Vec<_> = cases
             .into_iter()
@@ -445,10 +555,7 @@ impl Delivery {
 
 /// How long the oldest case of `batch` has waited since it was received.
 fn age(batch: &[BufferedCase]) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now = now_ms();
     let oldest = batch
         .iter()
         .map(|c| c.record.meta.received_at_ms)

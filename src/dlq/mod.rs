@@ -5,12 +5,11 @@
 //! and replaying recovers the events; a replayed API refusal is enqueued again as it was. Either
 //! way the new cases and the removal of the dead letter are one atomic write.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::buffer::{Buffer, BufferError, CaseId, DeadLetter, DeadLetterKind};
+use crate::clock::now_ms;
 use crate::inbound::Headers;
 use crate::mapping::{EventInput, MappingSet};
 
@@ -197,11 +196,4 @@ pub async fn purge(buffer: &Buffer, ids: &[String], source: Option<&str>) -> Res
         removed += buffer.remove_dead_letters(chunk).await?;
     }
     Ok(removed)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }

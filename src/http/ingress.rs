@@ -1,8 +1,7 @@
 //! `POST /hooks/{source}`: read the body within its limits, hand it to the ingest step, and turn
 //! the outcome into the answer providers expect.
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -12,6 +11,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::inbound::{Headers, InboundRequest};
 use crate::ingest::{IngestError, IngestOutcome, body_format};
+use crate::prometheus;
 
 /// Longest request id taken from an incoming `X-Request-Id`.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -22,85 +22,113 @@ pub async fn receive(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let fail = |e: IngestError| ApiError::from_ingest(e, state.retry_after);
     let request_id = request_id(&request);
-    let mapping = state.ingestor.mapping(&source).map_err(fail)?;
-    let format = body_format(
-        request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    )
-    .map_err(fail)?;
+    let mapping = state.ingestor.mapping(&source).map_err(|e| {
+        // Not the requested name: strangers must not be able to mint label values.
+        count("unknown", "invalid", "unknown_source");
+        ApiError::from_ingest(e, state.retry_after)
+    })?;
+    let refuse = |e: IngestError| {
+        let error = ApiError::from_ingest(e, state.retry_after);
+        let outcome = match error.status.as_u16() {
+            401 => "unauthorized",
+            503 => "unavailable",
+            _ => "invalid",
+        };
+        count(&mapping.source, outcome, error.code);
+        if outcome == "unauthorized" {
+            tracing::warn!(source = %mapping.source, request_id, code = error.code, "webhook refused");
+        }
+        error
+    };
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = body_format(content_type).map_err(refuse)?;
     let declared_length = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let body = tokio::time::timeout(
-        state.client_timeout,
-        read_body(body, state.max_body_bytes, declared_length),
-    )
-    .await
-    .map_err(|_| IngestError::BodyTimeout(state.client_timeout))
-    .and_then(|read| read)
-    .map_err(fail)?;
+    let read = read_body(body, state.max_body_bytes, declared_length);
+    let body = tokio::time::timeout(state.client_timeout, read)
+        .await
+        .map_err(|_| IngestError::BodyTimeout(state.client_timeout))
+        .and_then(|read| read)
+        .map_err(refuse)?;
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect::<Headers>();
     let inbound = InboundRequest {
         method: request.method().as_str().to_string(),
         url: public_url(&request, state.public_url.as_deref()),
-        headers: request
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect::<Headers>(),
+        headers,
         body,
     };
     let outcome = state
         .ingestor
         .ingest(&mapping, format, inbound, &request_id)
-        .await;
-    let response = match outcome {
-        Ok(IngestOutcome::Accepted {
+        .await
+        .map_err(refuse)?;
+    let source = mapping.source.as_str();
+    let mut response = match outcome {
+        IngestOutcome::Accepted {
             case_ids,
             dead_letter_ids,
-        }) => {
-            tracing::info!(source = %mapping.source, request_id, cases = case_ids.len(), dead_letters = dead_letter_ids.len(), "webhook accepted");
+        } => {
+            let outcome = if case_ids.is_empty() {
+                "mapping_failure"
+            } else {
+                "accepted"
+            };
+            count(source, outcome, "");
+            tracing::info!(
+                source,
+                request_id,
+                cases = case_ids.len(),
+                dead_letters = dead_letter_ids.len(),
+                "webhook accepted"
+            );
             let mut body = json!({"accepted": case_ids.len(), "case_ids": case_ids});
             if !dead_letter_ids.is_empty() {
                 body["dead_letter_ids"] = json!(dead_letter_ids);
             }
             HttpResponse::Accepted().json(body)
         }
-        Ok(IngestOutcome::Filtered) => {
-            tracing::info!(source = %mapping.source, request_id, "webhook filtered out by its mapping");
+        IngestOutcome::Filtered => {
+            count(source, "filtered", "");
+            tracing::info!(source, request_id, "webhook filtered out by its mapping");
             HttpResponse::Ok().json(json!({"accepted": 0}))
         }
-        Ok(IngestOutcome::Ping) => HttpResponse::Ok().json(json!({"accepted": 0, "ping": true})),
-        Ok(IngestOutcome::Duplicate) => {
-            tracing::info!(source = %mapping.source, request_id, "duplicate webhook ignored");
+        IngestOutcome::Ping => {
+            count(source, "ping", "");
+            HttpResponse::Ok().json(json!({"accepted": 0, "ping": true}))
+        }
+        IngestOutcome::Duplicate => {
+            count(source, "duplicate", "");
+            tracing::info!(source, request_id, "duplicate webhook ignored");
             HttpResponse::Ok().json(json!({"duplicate": true}))
         }
-        Err(error) => {
-            let error = fail(error);
-            if error.status == StatusCode::UNAUTHORIZED {
-                tracing::warn!(source = %mapping.source, request_id, code = error.code, "webhook refused");
-            }
-            return Err(error);
-        }
     };
-    let mut response = response;
-    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static("x-request-id"),
-            value,
-        );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
     }
     Ok(response)
+}
+
+fn count(source: &str, outcome: &'static str, reason: &'static str) {
+    metrics::counter!(prometheus::WEBHOOKS, "source" => source.to_string(), "outcome" => outcome, "reason" => reason)
+        .increment(1);
 }
 
 /// Reads the body chunk by chunk and stops as soon as it passes `limit`, so an oversize or

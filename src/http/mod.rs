@@ -3,8 +3,10 @@
 //! [`build_app`] binds no socket, so tests can drive the whole app with
 //! `actix_web::test::init_service`.
 
+pub mod admin;
 pub mod health;
 pub mod ingress;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,13 @@ pub struct AppState {
     pub public_url: Option<String>,
     pub retry_after: Duration,
     pub mappings_loaded: Arc<std::sync::atomic::AtomicBool>,
+    pub delivery: Option<crate::delivery::Delivery>,
+    /// Bearer token of `/admin/*`; the admin routes exist only when it is set.
+    pub admin_token: Option<crate::secret::Secret>,
+    /// Serve `/admin/*` on this app (false when the admin API has its own listener).
+    pub admin_here: bool,
+    /// Recompiles the mapping directory and swaps it in; `Err` keeps the old set.
+    pub reload: Option<Arc<dyn Fn() -> Result<usize, String> + Send + Sync>>,
 }
 
 /// The application with every route, ready to be served or tested.
@@ -39,11 +48,37 @@ pub fn build_app(
         InitError = (),
     >,
 > {
+    let admin = state.admin_here && state.admin_token.is_some();
     App::new()
         .app_data(web::Data::new(state))
         .route("/hooks/{source}", web::post().to(ingress::receive))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .configure(|cfg| {
+            if admin {
+                admin::routes(cfg);
+            }
+        })
+        .default_service(web::to(not_found))
+}
+
+/// The admin API alone, for its own listen address.
+pub fn build_admin_app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state))
+        .route("/healthz", web::get().to(health::healthz))
+        .configure(admin::routes)
         .default_service(web::to(not_found))
 }
 

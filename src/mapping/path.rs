@@ -42,6 +42,16 @@ pub struct CompiledPath {
     text: String,
     anchor: Anchor,
     path: JsonPath,
+    /// The same path as plain steps when it has only names and indexes (`$.a.b[0]['c d']`),
+    /// the common case: it is then walked directly, without the general query machinery.
+    steps: Option<Vec<Step>>,
+}
+
+/// One step of a path that selects at most one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Name(String),
+    Index(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +87,7 @@ impl CompiledPath {
         Ok(CompiledPath {
             text: text.to_string(),
             anchor,
+            steps: simple_steps(&text[1..]),
             path,
         })
     }
@@ -96,8 +107,66 @@ impl CompiledPath {
             Anchor::Root => scope.root,
             Anchor::Element => scope.element,
         };
-        self.path.query(target).all()
+        match &self.steps {
+            Some(steps) => walk(target, steps).into_iter().collect(),
+            None => self.path.query(target).all(),
+        }
     }
+}
+
+/// The node a names-and-indexes path leads to, if any.
+fn walk<'a>(mut node: &'a Value, steps: &[Step]) -> Option<&'a Value> {
+    for step in steps {
+        node = match (step, node) {
+            (Step::Name(name), Value::Object(object)) => object.get(name)?,
+            (Step::Index(i), Value::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// `rest` (the path after its anchor) as steps, when it is only `.name`, `[N]` and `['name']`
+/// segments in their plainest forms; `None` leaves the path to the general query. Only called
+/// on paths the JSONPath parser accepted.
+fn simple_steps(rest: &str) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    let mut rest = rest;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            steps.push(Step::Name(name.to_string()));
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix("['") {
+            let end = after.find('\'')?;
+            let name = &after[..end];
+            if name.contains('\\') {
+                return None;
+            }
+            steps.push(Step::Name(name.to_string()));
+            rest = after[end..].strip_prefix("']")?;
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let end = after.find(']')?;
+            let digits = &after[..end];
+            if digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || (digits.len() > 1 && digits.starts_with('0'))
+            {
+                return None;
+            }
+            steps.push(Step::Index(digits.parse().ok()?));
+            rest = &after[end + 1..];
+        } else {
+            return None;
+        }
+    }
+    Some(steps)
 }
 
 /// Deepest nesting of `[`/`(` outside string literals.
@@ -191,6 +260,58 @@ mod tests {
             CompiledPath::parse(&long).unwrap_err(),
             PathError::TooLong { .. }
         ));
+    }
+
+    #[test]
+    fn plain_paths_are_walked_directly_and_others_are_not() {
+        let steps = |text: &str| CompiledPath::parse(text).unwrap().steps;
+        assert_eq!(steps("$"), Some(vec![]));
+        assert_eq!(
+            steps("@.line_items[10]['a b'].sku_2"),
+            Some(vec![
+                Step::Name("line_items".into()),
+                Step::Index(10),
+                Step::Name("a b".into()),
+                Step::Name("sku_2".into()),
+            ])
+        );
+        for general in [
+            "$.a[*]", "$..a", "$.a[-1]", "$[\"a\"]", "$.a[0:2]", "$.é", "$[?@.a]",
+        ] {
+            assert_eq!(steps(general), None, "{general}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn walking_a_plain_path_selects_what_the_query_selects(
+            text in "[$@]((\\.[a-c_][a-c0-9_]{0,2})|(\\[(0|[1-9][0-9]?|-1)\\])|(\\['[a-c .]{0,2}'\\])|(\\[\\*\\])){0,4}",
+            payload in any::<u8>().prop_map(sample),
+        ) {
+            let path = CompiledPath::parse(&text).unwrap();
+            let element = payload.get("b").unwrap_or(&payload);
+            let scope = Scope { root: &payload, element };
+            let target = if path.is_element_relative() { element } else { &payload };
+            prop_assert_eq!(path.select(scope), path.path.query(target).all(), "{}", text);
+        }
+    }
+
+    /// Small payloads with the names and indexes the generated paths use.
+    fn sample(seed: u8) -> Value {
+        let leaf = |n: u8| match n % 4 {
+            0 => json!(null),
+            1 => json!(n),
+            2 => json!("s"),
+            _ => json!([n, {"a": n}]),
+        };
+        json!({
+            "a": [leaf(seed), {"b": leaf(seed / 2), "c": [leaf(seed / 3)]}, leaf(seed / 5)],
+            "b": {"a": leaf(seed / 7), "c_1": [[leaf(seed)]], "a.": 1, " ": 2},
+            "c": leaf(seed / 11),
+            "": {"a": 3},
+        })
     }
 
     #[test]

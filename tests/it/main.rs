@@ -4,5 +4,7 @@
 mod buffer;
 mod delivery;
 mod ingress;
+mod operate;
+mod reload;
 mod serve;
 mod support;

@@ -45,7 +45,8 @@ async fn eventually(gateway: &TestGateway, source: &str, status: u16) -> Answer 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs wiring: MappingReloader in run_with_clock"]
 async fn mapping_files_take_effect_without_a_restart() {
-    let gateway = TestGateway::start(GatewayOptions::embedded(&[("alpha.yaml", &mapping("v1"))])).await;
+    let gateway =
+        TestGateway::start(GatewayOptions::embedded(&[("alpha.yaml", &mapping("v1"))])).await;
     let dir = gateway.config.mappings.clone();
     assert_eq!(post(&gateway, "alpha", 1).await.status, 202);
     assert_eq!(post(&gateway, "beta", 1).await.status, 404);
@@ -57,7 +58,10 @@ async fn mapping_files_take_effect_without_a_restart() {
     // Edited in place, as an editor saves: v2 filters out events with id 0 (answered 200).
     std::fs::write(
         dir.join("alpha.yaml"),
-        mapping("v2").replace("  - name: all\n", "  - name: all\n    when: {filter: {path: $.id, gt: 0}}\n"),
+        mapping("v2").replace(
+            "  - name: all\n",
+            "  - name: all\n    when: {filter: {path: $.id, gt: 0}}\n",
+        ),
     )
     .unwrap();
     eventually(&gateway, "alpha", 200).await;
@@ -67,9 +71,17 @@ async fn mapping_files_take_effect_without_a_restart() {
     write(&dir, "alpha.yaml", "verify: {scheme: none}\nrules: [\n");
     write(&dir, "gamma.yaml", &mapping("gamma"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(post(&gateway, "alpha", 3).await.status, 202, "old alpha still serves");
+    assert_eq!(
+        post(&gateway, "alpha", 3).await.status,
+        202,
+        "old alpha still serves"
+    );
     assert_eq!(post(&gateway, "beta", 3).await.status, 202);
-    assert_eq!(post(&gateway, "gamma", 3).await.status, 404, "a broken set is not half-loaded");
+    assert_eq!(
+        post(&gateway, "gamma", 3).await.status,
+        404,
+        "a broken set is not half-loaded"
+    );
 
     // Fixed, and beta removed: gamma appears, beta is gone.
     write(&dir, "alpha.yaml", &mapping("v3"));

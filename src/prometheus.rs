@@ -1,0 +1,92 @@
+//! Prometheus metrics: names, units and the one place they are registered.
+//!
+//! Names follow Prometheus conventions (`casegate_..._total` for counters, base units in the
+//! name). Labels never carry user-controlled text beyond configured names (sources, queues), so
+//! a stranger posting to random URLs cannot grow the series count.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const WEBHOOKS: &str = "casegate_webhooks_total";
+pub const CASES_ENQUEUED: &str = "casegate_cases_enqueued_total";
+pub const CASES_DELIVERED: &str = "casegate_cases_delivered_total";
+pub const CASES_DEAD_LETTERED: &str = "casegate_cases_dead_lettered_total";
+pub const API_RESPONSES: &str = "casegate_api_responses_total";
+pub const API_RATE_LIMITED: &str = "casegate_api_rate_limited_total";
+pub const BATCH_SIZE: &str = "casegate_delivery_batch_size";
+pub const END_TO_END: &str = "casegate_end_to_end_latency_seconds";
+pub const BUFFER_DEPTH: &str = "casegate_buffer_depth";
+pub const BUFFER_OLDEST_AGE: &str = "casegate_buffer_oldest_case_age_seconds";
+pub const PAUSED: &str = "casegate_delivery_paused";
+pub const MAPPING_RELOADS: &str = "casegate_mapping_reloads_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(BATCH_SIZE.into()),
+                &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0, 100.0],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(END_TO_END.into()),
+                    &[
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                        900.0, 3600.0,
+                    ],
+                )
+            })
+            .expect("static bucket lists are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding application); then ours only
+        // renders what it records, which is nothing, and that is the embedder's choice.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        WEBHOOKS,
+        "Webhooks received, by source and outcome (and reason for refusals)"
+    );
+    describe_counter!(CASES_ENQUEUED, "Cases written to the buffer, by queue");
+    describe_counter!(CASES_DELIVERED, "Cases the Duvo API accepted, by queue");
+    describe_counter!(
+        CASES_DEAD_LETTERED,
+        "Cases the Duvo API refused, moved to the dead-letter store, by queue"
+    );
+    describe_counter!(
+        API_RESPONSES,
+        "Answers of the Duvo API, by status (0: no answer)"
+    );
+    describe_counter!(API_RATE_LIMITED, "429 answers of the Duvo API");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Cases per request to the Duvo API");
+    describe_histogram!(
+        END_TO_END,
+        Unit::Seconds,
+        "From webhook received to case accepted by the Duvo API"
+    );
+    describe_gauge!(
+        BUFFER_DEPTH,
+        Unit::Count,
+        "Cases buffered and not yet delivered, by queue"
+    );
+    describe_gauge!(
+        BUFFER_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest buffered case, by queue"
+    );
+    describe_gauge!(
+        PAUSED,
+        "1 while delivery is paused for a key (kind=key) or a queue (kind=queue)"
+    );
+    describe_counter!(MAPPING_RELOADS, "Mapping reloads, by result");
+}
