@@ -139,10 +139,9 @@ fn main() {
     });
 
     println!(
-        "mapping benchmark: {} ({} bytes) through {} ({} case, {} bytes of data)",
-        "tests/fixtures/shopify/order.json",
+        "mapping benchmark: tests/fixtures/shopify/order.json ({} bytes) through \
+         mappings/shopify-orders.yaml ({} case, {} bytes of data)",
         body.len(),
-        "mappings/shopify-orders.yaml",
         cases.len(),
         cases[0].data.len()
     );

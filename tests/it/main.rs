@@ -5,6 +5,7 @@ mod buffer;
 mod delivery;
 mod ingress;
 mod operate;
+mod readme;
 mod reload;
 mod serve;
 mod support;
