@@ -10,6 +10,7 @@ use casegate::inbound::Headers;
 use casegate::sandbox::Faults;
 
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};
+use crate::support::process::GatewayProcess;
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
 
@@ -367,55 +368,6 @@ async fn three_replicas_on_one_redis_deliver_each_case_once_within_the_shared_li
     assert_each_once(&sandbox.titles(QUEUE), 2_003);
     for replica in replicas {
         replica.stop().await;
-    }
-}
-
-/// The `casegate` binary as a child process, so a test can SIGKILL it.
-struct GatewayProcess {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl GatewayProcess {
-    async fn spawn(dir: &std::path::Path, env: &[(String, String)]) -> GatewayProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"));
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--mappings",
-            ])
-            .arg(dir.join("mappings"))
-            .env("CASEGATE_BUFFER__PATH", dir.join("buffer.redb"))
-            .env("CASEGATE_LOG__LEVEL", "warn")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let child = command.spawn().unwrap();
-        let process = GatewayProcess { child, port };
-        let client = crate::support::http_client();
-        for _ in 0..200 {
-            if client.get(process.url("/healthz")).send().await.is_ok() {
-                return process;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("gateway process did not come up");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod buffer;
 mod delivery;
+mod faults;
 mod ingress;
 mod operate;
 mod readme;

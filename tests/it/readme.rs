@@ -14,7 +14,11 @@ fn shipped_settings() -> BTreeMap<String, String> {
     let mut settings = BTreeMap::new();
     fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
         for (key, value) in table {
-            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
             match value {
                 toml::Value::Table(inner) if path == "duvo.api_keys" => {
                     assert!(inner.is_empty(), "named keys are not shipped");
@@ -40,23 +44,48 @@ fn shipped_settings() -> BTreeMap<String, String> {
 #[test]
 fn the_readme_configuration_table_matches_the_shipped_config_file() {
     let readme = repo_file("README.md");
-    let section = readme.split("## Configuration").nth(1).unwrap().split("\n## ").next().unwrap();
+    let section = readme
+        .split("## Configuration")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
     let mut documented = BTreeMap::new();
     for row in section.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let key = cells[1].trim_matches('`').to_string();
         let variable = cells[2].trim_matches('`');
-        let expected_variable = format!("CASEGATE_{}", key.replace('.', "__").replace("<name>", "<NAME>").to_uppercase());
-        assert_eq!(variable, expected_variable.replace("<name>", "<NAME>"), "variable of {key}");
+        let expected_variable = format!(
+            "CASEGATE_{}",
+            key.replace('.', "__")
+                .replace("<name>", "<NAME>")
+                .to_uppercase()
+        );
+        assert_eq!(
+            variable,
+            expected_variable.replace("<name>", "<NAME>"),
+            "variable of {key}"
+        );
         documented.insert(key, cells[3].trim_matches('`').to_string());
     }
-    assert_eq!(documented, shipped_settings(), "README table (left) vs config/casegate.toml (right)");
+    assert_eq!(
+        documented,
+        shipped_settings(),
+        "README table (left) vs config/casegate.toml (right)"
+    );
 }
 
 /// The commands of the README's quick start, in order.
 fn quick_start_commands() -> Vec<String> {
     let readme = repo_file("README.md");
-    let section = readme.split("## Quick start").nth(1).unwrap().split("\n## ").next().unwrap();
+    let section = readme
+        .split("## Quick start")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
     let mut commands = Vec::new();
     let mut in_block = false;
     let mut current = String::new();
@@ -81,21 +110,41 @@ fn quick_start_commands() -> Vec<String> {
 async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
     let commands = quick_start_commands();
     assert_eq!(commands[0], "cargo run --release -- serve --sandbox");
-    assert_eq!(commands[1], "cargo run --release -- send-sample shopify-orders");
-    assert!(commands[2].starts_with("curl -s -H 'Authorization: Bearer dv_sandbox' http://127.0.0.1:8081/v1/queues/"));
+    assert_eq!(
+        commands[1],
+        "cargo run --release -- send-sample shopify-orders"
+    );
+    assert!(commands[2].starts_with(
+        "curl -s -H 'Authorization: Bearer dv_sandbox' http://127.0.0.1:8081/v1/queues/"
+    ));
     assert_eq!(commands[3], "cargo test");
     let list_url = commands[2].split_whitespace().last().unwrap().to_string();
 
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let (port, sandbox_port) = (free(), free());
     let data = tempfile::tempdir().unwrap();
     let binary = env!("CARGO_BIN_EXE_casegate");
     let args = |command: &str| -> Vec<String> {
-        command.trim_start_matches("cargo run --release -- ").split_whitespace().map(str::to_string).collect()
+        command
+            .trim_start_matches("cargo run --release -- ")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
     };
     let mut serve = tokio::process::Command::new(binary)
         .args(args(&commands[0]))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--sandbox-listen", &format!("127.0.0.1:{sandbox_port}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sandbox-listen",
+            &format!("127.0.0.1:{sandbox_port}"),
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CASEGATE_BUFFER__PATH", data.path().join("casegate.redb"))
         .stdout(std::process::Stdio::null())
@@ -105,7 +154,12 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
     let client = crate::support::http_client();
     let mut up = false;
     for _ in 0..200 {
-        if client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok() {
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
             up = true;
             break;
         }
@@ -121,20 +175,41 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
         .await
         .unwrap();
     let printed = String::from_utf8_lossy(&sent.stdout);
-    assert!(sent.status.success(), "{printed}{}", String::from_utf8_lossy(&sent.stderr));
-    assert!(printed.contains("202 Accepted") && printed.contains("\"accepted\":1"), "{printed}");
+    assert!(
+        sent.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        printed.contains("202 Accepted") && printed.contains("\"accepted\":1"),
+        "{printed}"
+    );
 
     let list_url = list_url.replace("8081", &sandbox_port.to_string());
     let mut cases = serde_json::Value::Null;
     for _ in 0..100 {
-        cases = client.get(&list_url).bearer_auth("dv_sandbox").send().await.unwrap().json().await.unwrap();
+        cases = client
+            .get(&list_url)
+            .bearer_auth("dv_sandbox")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if cases["total"].as_u64() == Some(1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(cases["total"], 1, "{cases}");
-    assert!(cases["cases"][0]["title"].as_str().unwrap().starts_with("Paid order #1042"), "{cases}");
+    assert!(
+        cases["cases"][0]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("Paid order #1042"),
+        "{cases}"
+    );
     serve.start_kill().unwrap();
     let _ = serve.wait().await;
 }

@@ -1,4 +1,5 @@
 pub mod gateway;
+pub mod process;
 pub mod redis_server;
 pub mod sandbox;
 

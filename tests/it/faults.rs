@@ -1,0 +1,188 @@
+//! Fault injection under load. Each scenario counts every webhook that got a 2xx and checks that
+//! each one's case reached the sandbox API, and reports duplicates (allowed only from a kill
+//! between the API's 2xx and the ack: at most one batch per kill).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::support::gateway::QUEUE;
+use crate::support::process::GatewayProcess;
+use crate::support::redis_server::RedisServer;
+use crate::support::sandbox::TestSandbox;
+
+const BATCH: usize = 20;
+
+fn workspace(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/src.yaml"),
+        format!("verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Event {{{{ $.id }}}}'}}\n"),
+    )
+    .unwrap();
+}
+
+fn redis_env(sandbox: &TestSandbox, redis_url: &str) -> Vec<(String, String)> {
+    let mut env = sandbox.settings();
+    for (k, v) in [
+        ("CASEGATE_BUFFER__BACKEND", "redis".to_string()),
+        ("CASEGATE_BUFFER__REDIS_URL", redis_url.to_string()),
+        ("CASEGATE_BUFFER__OP_TIMEOUT_MS", "500".into()),
+        ("CASEGATE_DELIVERY__RATE", "1000".into()),
+        ("CASEGATE_DELIVERY__WINDOW_SECS", "2".into()),
+        ("CASEGATE_DELIVERY__MAX_BATCH", BATCH.to_string()),
+        ("CASEGATE_DELIVERY__VISIBILITY_TIMEOUT_SECS", "2".into()),
+        ("CASEGATE_DELIVERY__BACKOFF_BASE_MS", "50".into()),
+        ("CASEGATE_DELIVERY__BACKOFF_MAX_SECS", "1".into()),
+    ] {
+        env.push((k.into(), v));
+    }
+    env
+}
+
+/// Sends webhooks `{"id": n}` round-robin to `ports` until `stop`, counting the acknowledged ids.
+fn load(
+    ports: Vec<u16>,
+    next: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<usize>> {
+    tokio::spawn(async move {
+        let client = crate::support::http_client();
+        let mut acknowledged = Vec::new();
+        let mut turn = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let id = next.fetch_add(1, Ordering::Relaxed);
+            let port = ports[turn % ports.len()];
+            turn += 1;
+            let sent = client
+                .post(format!("http://127.0.0.1:{port}/hooks/src"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"id": {id}}}"#))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => acknowledged.push(id),
+                Ok(response) => assert!(
+                    response.status().as_u16() == 503,
+                    "only 503 may refuse a webhook under faults, got {}",
+                    response.status()
+                ),
+                // A killed replica drops its connections: not acknowledged, the sender retries.
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        acknowledged
+    })
+}
+
+/// Waits until every acknowledged id reached the sandbox; returns the number of duplicates.
+async fn settle(sandbox: &TestSandbox, acknowledged: &[usize]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let titles = sandbox.titles(QUEUE);
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for title in &titles {
+            *counts.entry(title.clone()).or_default() += 1;
+        }
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|id| !counts.contains_key(&format!("Event {id}")))
+            .collect();
+        if missing.is_empty() {
+            return titles.len() - counts.len();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} acknowledged webhooks never reached the API, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_under_load_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start().await;
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    workspace(dir.path());
+    let gateway = GatewayProcess::spawn(dir.path(), &redis_env(&sandbox, &redis.url())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(
+        vec![gateway.port],
+        Arc::new(AtomicUsize::new(0)),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = traffic.await.unwrap();
+    assert!(
+        acknowledged.len() > 50,
+        "the load generator got through: {}",
+        acknowledged.len()
+    );
+    let duplicates = settle(&sandbox, &acknowledged).await;
+    println!(
+        "redis restart: {} acknowledged, {duplicates} duplicates",
+        acknowledged.len()
+    );
+    assert!(
+        duplicates <= BATCH,
+        "{duplicates} duplicates from one Redis restart"
+    );
+    gateway.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_one_killed_mid_run_lose_nothing_and_stay_within_the_limit() {
+    let redis = RedisServer::start().await;
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(2)).await;
+    sandbox.sandbox.set_faults(casegate::sandbox::Faults {
+        latency_ms: 50,
+        error_ratio: 0.05,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    workspace(dir.path());
+    let env = redis_env(&sandbox, &redis.url());
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(GatewayProcess::spawn(dir.path(), &env).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(0));
+    let survivors: Vec<u16> = replicas[1..].iter().map(|r| r.port).collect();
+    let everyone = load(
+        replicas.iter().map(|r| r.port).collect(),
+        next.clone(),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let victim = replicas.remove(0);
+    victim.kill9().await;
+    let after_kill = load(survivors, next, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = everyone.await.unwrap();
+    acknowledged.extend(after_kill.await.unwrap());
+    let duplicates = settle(&sandbox, &acknowledged).await;
+    println!(
+        "replica kill: {} acknowledged, {duplicates} duplicates",
+        acknowledged.len()
+    );
+    assert!(duplicates <= BATCH, "{duplicates} duplicates from one kill");
+    let stats = sandbox.stats();
+    assert_eq!(stats.rate_limited, 0);
+    assert!(stats.rate_limit.peak_in_window <= 1_000);
+    for replica in replicas {
+        replica.kill9().await;
+    }
+}
