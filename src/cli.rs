@@ -570,7 +570,7 @@ pub fn check(dir: &Path, env: &Env) -> ExitCode {
     };
     let mut failed = 0;
     for mapping in set.iter() {
-        let results = run_examples(mapping);
+        let results = run_examples(mapping, env);
         let failures: Vec<_> = results
             .iter()
             .filter_map(|r| r.failure.as_deref().map(|f| (&r.name, f)))

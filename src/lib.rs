@@ -74,6 +74,9 @@ pub fn load_mappings(config: &Config) -> Result<MappingSet, RunError> {
         }
     })?;
     for mapping in set.iter() {
+        for name in mapping.api_key_names().filter(|n| !config.duvo.api_keys.contains_key(*n)) {
+            tracing::error!(source = %mapping.source, key = name, "a rule names an API key that is not configured (CASEGATE_DUVO__API_KEYS__<NAME>); its cases stay buffered");
+        }
         if mapping.verifier.is_none() {
             tracing::warn!(source = %mapping.source, "source accepts unauthenticated webhooks (verify.scheme: none)");
         } else if mapping.verifier.uses_default_secret() {

@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::model::{ExampleSpec, ExpectedCase};
 use super::{CompiledMapping, EventInput};
 use crate::buffer::CaseRecord;
+use crate::env::{Env, interpolate};
 use crate::inbound::Headers;
 
 /// The outcome of one example.
@@ -17,18 +18,19 @@ pub struct ExampleResult {
 }
 
 /// Runs every example of `mapping`.
-pub fn run_examples(mapping: &CompiledMapping) -> Vec<ExampleResult> {
+/// Expected queues may be written `${ENV}` like the rules' queues, resolved against `env`.
+pub fn run_examples(mapping: &CompiledMapping, env: &Env) -> Vec<ExampleResult> {
     mapping
         .examples
         .iter()
         .map(|example| ExampleResult {
             name: example.name.clone(),
-            failure: run_one(mapping, example).err(),
+            failure: run_one(mapping, example, env).err(),
         })
         .collect()
 }
 
-fn run_one(mapping: &CompiledMapping, example: &ExampleSpec) -> Result<(), String> {
+fn run_one(mapping: &CompiledMapping, example: &ExampleSpec, env: &Env) -> Result<(), String> {
     let payload = match (&example.payload, &example.payload_file) {
         (Some(payload), None) => payload.clone(),
         (None, Some(file)) => {
@@ -64,11 +66,11 @@ fn run_one(mapping: &CompiledMapping, example: &ExampleSpec) -> Result<(), Strin
             "- error containing {expected:?}\n+ {} case(s)",
             cases.len()
         )),
-        (Ok(cases), None) => compare(&example.expect, &cases),
+        (Ok(cases), None) => compare(&example.expect, &cases, env),
     }
 }
 
-fn compare(expected: &[ExpectedCase], actual: &[CaseRecord]) -> Result<(), String> {
+fn compare(expected: &[ExpectedCase], actual: &[CaseRecord], env: &Env) -> Result<(), String> {
     let mut diff = Vec::new();
     if expected.len() != actual.len() {
         diff.push(format!(
@@ -89,7 +91,12 @@ fn compare(expected: &[ExpectedCase], actual: &[CaseRecord]) -> Result<(), Strin
             field("rule", rule.clone(), got.meta.rule.clone());
         }
         if let Some(queue) = &want.queue {
-            field("queue", queue.clone(), got.queue.clone());
+            let queue = interpolate(queue, env).map(|i| i.value.to_ascii_lowercase());
+            field(
+                "queue",
+                queue.unwrap_or_else(|e| e.to_string()),
+                got.queue.clone(),
+            );
         }
         if let Some(labels) = &want.labels {
             field("labels", to_json(labels), to_json(&got.labels));
@@ -147,22 +154,28 @@ mod tests {
 
     #[test]
     fn passing_examples_report_no_failure() {
-        let results = run_examples(&mapping(
-            "  - {name: one, payload: {n: 1, l: x}, expect: [{title: T 1, rule: r, data: {n: 1}, labels: [{key: k, value: x}]}]}\n  - {name: filtered, payload: {}, expect: []}\n  - {name: failing, payload: {boom: 1}, expect_error: '$.missing'}\n",
-        ));
+        let results = run_examples(
+            &mapping(
+                "  - {name: one, payload: {n: 1, l: x}, expect: [{title: T 1, rule: r, data: {n: 1}, labels: [{key: k, value: x}]}]}\n  - {name: filtered, payload: {}, expect: []}\n  - {name: failing, payload: {boom: 1}, expect_error: '$.missing'}\n  - {name: queue, payload: {n: 2}, expect: [{title: T 2, queue: '${Q:-4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d}'}]}\n",
+            ),
+            &Env::default(),
+        );
         assert_eq!(
             results.iter().filter(|r| r.failure.is_some()).count(),
             0,
             "{results:?}"
         );
-        assert_eq!(results.len(), 3);
+        assert_eq!(results.len(), 4);
     }
 
     #[test]
     fn mismatches_show_expected_and_actual() {
-        let results = run_examples(&mapping(
-            "  - {name: wrong, payload: {n: 1}, expect: [{title: T 2, data: {n: 2, extra: true}}]}\n  - {name: count, payload: {}, expect: [{title: x}]}\n  - {name: noerr, payload: {n: 1}, expect_error: boom}\n",
-        ));
+        let results = run_examples(
+            &mapping(
+                "  - {name: wrong, payload: {n: 1}, expect: [{title: T 2, data: {n: 2, extra: true}}]}\n  - {name: count, payload: {}, expect: [{title: x}]}\n  - {name: noerr, payload: {n: 1}, expect_error: boom}\n",
+            ),
+            &Env::default(),
+        );
         let wrong = results[0].failure.as_deref().unwrap();
         assert!(wrong.contains("case 0 title:\n- T 2\n+ T 1"), "{wrong}");
         assert!(wrong.contains("case 0 data.n:\n- 2\n+ 1"), "{wrong}");

@@ -275,6 +275,11 @@ impl CompiledMapping {
             .unwrap_or_default()
     }
 
+    /// The named API keys the rules ask for (`api_key:`), for checking them against the config.
+    pub fn api_key_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().filter_map(|r| r.api_key.as_deref())
+    }
+
     /// Names of the rules, in file order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.name.as_str())

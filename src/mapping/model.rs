@@ -119,7 +119,7 @@ pub struct IncludeSpec {
     /// Request headers to copy under `_headers` (credential headers are never copied).
     #[serde(default)]
     pub headers: Vec<String>,
-    /// Adds `_casegate: {source, event_type, delivery_id, received_at, request_id}`.
+    /// Adds `_casegate: {source, event_type, delivery_id, request_id, received_at_ms}`.
     #[serde(default)]
     pub meta: bool,
 }

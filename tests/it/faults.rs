@@ -186,3 +186,60 @@ async fn three_replicas_one_killed_mid_run_lose_nothing_and_stay_within_the_limi
         replica.kill9().await;
     }
 }
+
+/// SIGKILLs the gateway three times while webhooks keep arriving, restarting it on the same
+/// buffer each time.
+async fn repeated_sigkill_under_load(redis: Option<&RedisServer>) {
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(2)).await;
+    sandbox.sandbox.set_faults(casegate::sandbox::Faults {
+        latency_ms: 30,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    workspace(dir.path());
+    let env = match redis {
+        Some(redis) => redis_env(&sandbox, &redis.url()),
+        None => redis_env(&sandbox, "redis://unused")
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("CASEGATE_BUFFER__"))
+            .collect(),
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut acknowledged = Vec::new();
+    let kills = 3;
+    for round in 0..=kills {
+        let gateway = GatewayProcess::spawn(dir.path(), &env).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = load(vec![gateway.port], next.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        if round < kills {
+            gateway.kill9().await;
+            stop.store(true, Ordering::Relaxed);
+            acknowledged.extend(traffic.await.unwrap());
+        } else {
+            stop.store(true, Ordering::Relaxed);
+            acknowledged.extend(traffic.await.unwrap());
+            let duplicates = settle(&sandbox, &acknowledged).await;
+            println!(
+                "{kills} kills: {} acknowledged, {duplicates} duplicates",
+                acknowledged.len()
+            );
+            assert!(
+                duplicates <= kills * BATCH,
+                "{duplicates} duplicates for {kills} kills"
+            );
+            gateway.kill9().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkill_under_load_loses_nothing_on_the_embedded_buffer() {
+    repeated_sigkill_under_load(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkill_under_load_loses_nothing_on_redis() {
+    let redis = RedisServer::start().await;
+    repeated_sigkill_under_load(Some(&redis)).await;
+}

@@ -4,9 +4,11 @@
 mod buffer;
 mod delivery;
 mod faults;
+mod ingest_props;
 mod ingress;
 mod operate;
 mod readme;
 mod reload;
+mod security;
 mod serve;
 mod support;
