@@ -90,6 +90,8 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         window: u64,
     },
+    /// Print the JSON Schema of mapping files, for editors' validation and completion.
+    Schema,
     /// Show a running gateway's state per source and per queue (through its admin API).
     Status {
         /// The admin API's base URL (default: the configured admin or listen address).
@@ -211,6 +213,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => send_sample(config, &source, url, example).await,
         Command::Status { url, json, config } => status(config, url, json).await,
         Command::Healthcheck { url } => healthcheck(url).await,
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::mapping::mapping_schema())
+                    .expect("JSON values serialize")
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

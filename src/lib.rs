@@ -73,14 +73,13 @@ pub fn load_mappings(config: &Config) -> Result<MappingSet, RunError> {
             errors,
         }
     })?;
+    set.warn_about_weak_sources();
     for mapping in set.iter() {
-        for name in mapping.api_key_names().filter(|n| !config.duvo.api_keys.contains_key(*n)) {
+        for name in mapping
+            .api_key_names()
+            .filter(|n| !config.duvo.api_keys.contains_key(*n))
+        {
             tracing::error!(source = %mapping.source, key = name, "a rule names an API key that is not configured (CASEGATE_DUVO__API_KEYS__<NAME>); its cases stay buffered");
-        }
-        if mapping.verifier.is_none() {
-            tracing::warn!(source = %mapping.source, "source accepts unauthenticated webhooks (verify.scheme: none)");
-        } else if mapping.verifier.uses_default_secret() {
-            tracing::warn!(source = %mapping.source, scheme = mapping.verifier.scheme_name(), "source runs on a development default secret; set its environment variable");
         }
     }
     Ok(set)
@@ -132,25 +131,24 @@ pub async fn run_with_clock(
         ingestor = ingestor.with_waker(delivery.waker());
     }
     let delivery_task = delivery.clone().map(|d| tokio::spawn(d.run()));
+    let reloader = Arc::new(mapping::MappingReloader::new(
+        config.mappings.clone(),
+        config.env.clone(),
+        mappings.clone(),
+    ));
+    // Watches the mapping directory and SIGHUP until run_with_clock returns.
+    let _reload_task = reloader.clone().spawn();
     let reload = {
-        let (dir, env, current) = (
-            config.mappings.clone(),
-            config.env.clone(),
-            mappings.clone(),
-        );
-        let reload = move || -> Result<usize, String> {
-            let set = MappingSet::load_dir(&dir, &env).map_err(|errors| {
+        let reloader = reloader.clone();
+        Arc::new(move || {
+            reloader.reload_now().map_err(|errors| {
                 errors
                     .iter()
-                    .map(|e| e.to_string())
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("; ")
-            })?;
-            let sources = set.len();
-            current.store(Arc::new(set));
-            Ok(sources)
-        };
-        Arc::new(reload) as Arc<dyn Fn() -> Result<usize, String> + Send + Sync>
+            })
+        }) as Arc<dyn Fn() -> Result<usize, String> + Send + Sync>
     };
     prometheus::handle();
     let state = AppState {
@@ -164,6 +162,7 @@ pub async fn run_with_clock(
         admin_token: config.admin_token.clone(),
         admin_here: config.admin_listen.is_none(),
         reload: Some(reload),
+        mapping_reloader: Some(reloader.clone()),
     };
     let admin_server = match (config.admin_listen, &config.admin_token) {
         (Some(address), Some(_)) => {

@@ -43,6 +43,9 @@ pub struct StatusReport {
     pub queues: Vec<QueueStatus>,
     pub paused_keys: Vec<PausedKey>,
     pub dead_letters: usize,
+    /// The last mapping reload: when, and the error that kept the previous set serving.
+    #[serde(default)]
+    pub mappings: Option<crate::mapping::ReloadStatus>,
 }
 
 /// Gathers the report; the buffer is read, nothing is changed.
@@ -99,6 +102,7 @@ pub async fn report(
         queues,
         paused_keys,
         dead_letters,
+        mappings: None,
     })
 }
 
@@ -152,6 +156,11 @@ pub fn render(report: &StatusReport) -> String {
             q.delivered_total,
             state,
             q.last_error.as_deref().unwrap_or("")
+        ));
+    }
+    if let Some(error) = report.mappings.as_ref().and_then(|m| m.last_error.as_ref()) {
+        out.push_str(&format!(
+            "\nlast mapping reload failed (the previous mappings keep serving):\n{error}\n"
         ));
     }
     for key in &report.paused_keys {

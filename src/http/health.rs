@@ -30,5 +30,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             error.to_string(),
         ));
     }
-    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+    // A broken file keeps the previous set serving: still ready, and the error is reported.
+    let mappings = state.mapping_reloader.as_ref().map(|r| r.status());
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "mappings": mappings})))
 }

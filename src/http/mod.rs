@@ -34,6 +34,8 @@ pub struct AppState {
     pub admin_here: bool,
     /// Recompiles the mapping directory and swaps it in; `Err` keeps the old set.
     pub reload: Option<Arc<dyn Fn() -> Result<usize, String> + Send + Sync>>,
+    /// Hot reload of the mapping directory; its status is shown by /readyz and /admin/status.
+    pub mapping_reloader: Option<Arc<crate::mapping::MappingReloader>>,
 }
 
 /// The application with every route, ready to be served or tested.

@@ -38,7 +38,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// What readiness and admin endpoints show about reloads.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ReloadStatus {
     /// When the set now serving was loaded, in milliseconds since the Unix epoch. The set
     /// loaded at startup counts.
@@ -132,6 +132,8 @@ impl MappingReloader {
                 set.warn_about_weak_sources();
                 let n = set.len();
                 self.current.store(Arc::new(set));
+                metrics::counter!(crate::prometheus::MAPPING_RELOADS, "result" => "ok")
+                    .increment(1);
                 let previous = self.status.load();
                 self.status.store(Arc::new(ReloadStatus {
                     last_ok_at_ms: Some(now_ms()),
@@ -157,6 +159,8 @@ impl MappingReloader {
                 Ok(n)
             }
             Err(errors) => {
+                metrics::counter!(crate::prometheus::MAPPING_RELOADS, "result" => "failed")
+                    .increment(1);
                 for error in &errors {
                     tracing::error!(%dir, %error, "mapping file failed to load");
                 }

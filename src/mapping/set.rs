@@ -8,7 +8,7 @@ use super::{CompiledMapping, MappingLoadError};
 use crate::env::Env;
 
 /// Which file serves a source, and the first 12 hex digits of its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceVersion {
     pub file: String,
     pub version: String,

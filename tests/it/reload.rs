@@ -43,7 +43,6 @@ async fn eventually(gateway: &TestGateway, source: &str, status: u16) -> Answer 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs wiring: MappingReloader in run_with_clock"]
 async fn mapping_files_take_effect_without_a_restart() {
     let gateway =
         TestGateway::start(GatewayOptions::embedded(&[("alpha.yaml", &mapping("v1"))])).await;
