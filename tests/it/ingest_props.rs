@@ -226,17 +226,18 @@ fn header_name() -> impl Strategy<Value = String> {
 
 fn webhook() -> impl Strategy<Value = Webhook> {
     let source = prop_oneof![
-        4 => prop::sample::select(vec!["open", "shop", "std", "basic", "token"]).prop_map(str::to_string),
+        4 => Just("open".to_string()),
+        4 => prop::sample::select(vec!["shop", "std", "basic", "token"]).prop_map(str::to_string),
         1 => "[A-Za-z0-9_-]{1,16}",
     ];
     let content_type = prop_oneof![
-        Just(Some(b"application/json".to_vec())),
-        Just(Some(b"application/json; charset=utf-8".to_vec())),
-        Just(Some(b"application/cloudevents+json".to_vec())),
-        Just(Some(b"application/x-www-form-urlencoded".to_vec())),
-        Just(Some(b"text/plain".to_vec())),
-        Just(None),
-        header_value().prop_map(Some),
+        4 => Just(Some(b"application/json".to_vec())),
+        1 => Just(Some(b"application/json; charset=utf-8".to_vec())),
+        1 => Just(Some(b"application/cloudevents+json".to_vec())),
+        2 => Just(Some(b"application/x-www-form-urlencoded".to_vec())),
+        1 => Just(Some(b"text/plain".to_vec())),
+        1 => Just(None),
+        1 => header_value().prop_map(Some),
     ];
     (
         source,
@@ -261,7 +262,7 @@ fn any_request_gets_a_non_5xx_answer_and_every_4xx_is_a_documented_json_error() 
         .unwrap();
     let app = runtime.block_on(test::init_service(build_app(state(dir.path()))));
     let mut runner = TestRunner::new(Config {
-        cases: 3000,
+        cases: 64,
         failure_persistence: None,
         ..Config::default()
     });
@@ -287,7 +288,6 @@ fn any_request_gets_a_non_5xx_answer_and_every_4xx_is_a_documented_json_error() 
                 let status = response.status();
                 (status, test::read_body(response).await)
             });
-            eprintln!("STAT {} {}", status.as_u16(), String::from_utf8_lossy(&body).split(',').next().unwrap_or(""));
             prop_assert!(
                 !status.is_server_error(),
                 "{status}: {}",
