@@ -315,14 +315,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
             print(&DeadLetterView::full(&letter));
         }
         DlqAction::Replay { id, all, source } => {
-            let mappings =
-                MappingSet::load_dir(&config.mappings, &config.env).map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })?;
+            let mappings = load_mapping_set(&config)?;
             match (id, all || source.is_some()) {
                 (Some(id), false) => {
                     let outcome = dlq::replay(&buffer, &mappings, &id)
@@ -369,6 +362,17 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
         }
     }
     buffer.flush().await.map_err(|e| e.to_string())
+}
+
+/// The configured mapping directory, compiled; every load error on its own line.
+fn load_mapping_set(config: &Config) -> Result<MappingSet, String> {
+    MappingSet::load_dir(&config.mappings, &config.env).map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 fn http_client() -> Result<reqwest::Client, String> {
@@ -464,13 +468,7 @@ async fn send_sample(
 ) -> Result<(), String> {
     let config =
         load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
-    let mappings = MappingSet::load_dir(&config.mappings, &config.env).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    let mappings = load_mapping_set(&config)?;
     let mapping = mappings.get(source).ok_or_else(|| {
         format!(
             "no mapping for source `{source}` in {}",

@@ -492,9 +492,20 @@ impl Delivery {
     /// later: the one duplicate at-least-once allows.
     async fn ack(&self, queue: &str, cases: &[BufferedCase]) {
         let ids: Vec<String> = cases.iter().map(|c| c.id.clone()).collect();
+        self.until_written(queue, "ack", || self.inner.buffer.ack(queue, &ids))
+            .await;
+    }
+
+    /// Retries a buffer write with backoff until it succeeds or the process shuts down (then the
+    /// cases stay claimed and are delivered again later).
+    async fn until_written<T, F, Fut>(&self, queue: &str, what: &str, mut write: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, crate::buffer::BufferError>>,
+    {
         let mut attempt = 0;
-        while let Err(error) = self.inner.buffer.ack(queue, &ids).await {
-            tracing::warn!(%queue, error = %error, "ack failed; retrying");
+        while let Err(error) = write().await {
+            tracing::warn!(%queue, error = %error, "{what} failed; retrying");
             let delay = self
                 .inner
                 .config
@@ -532,24 +543,10 @@ impl Delivery {
                 (case.id, record)
             })
             .collect();
-        let mut attempt = 0;
-        while let Err(error) = self
-            .inner
-            .buffer
-            .dead_letter_cases(queue, letters.clone())
-            .await
-        {
-            tracing::warn!(%queue, error = %error, "dead-lettering failed; retrying");
-            let delay = self
-                .inner
-                .config
-                .backoff
-                .delay(attempt, rand::random::<f64>());
-            attempt += 1;
-            if !self.pause_for(delay).await {
-                return;
-            }
-        }
+        self.until_written(queue, "dead-lettering", || {
+            self.inner.buffer.dead_letter_cases(queue, letters.clone())
+        })
+        .await;
     }
 }
 
