@@ -38,6 +38,7 @@ struct RawIngress {
     dedupe_ttl_secs: u64,
     client_timeout_secs: u64,
     workers: usize,
+    keep_alive_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +122,8 @@ pub struct IngressConfig {
     pub client_timeout: Duration,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Idle keep-alive time; `None` turns keep-alive off.
+    pub keep_alive: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,6 +360,8 @@ impl Config {
                 dedupe_ttl: Duration::from_secs(raw.ingress.dedupe_ttl_secs),
                 client_timeout: Duration::from_secs(raw.ingress.client_timeout_secs.max(1)),
                 workers: raw.ingress.workers,
+                keep_alive: (raw.ingress.keep_alive_secs > 0)
+                    .then(|| Duration::from_secs(raw.ingress.keep_alive_secs)),
             },
             buffer: BufferConfig {
                 backend,

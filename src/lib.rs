@@ -271,6 +271,10 @@ fn http_server(
     let mut server = actix_web::HttpServer::new(move || http::build_app(state.clone()))
         .client_request_timeout(config.ingress.client_timeout)
         .client_disconnect_timeout(std::time::Duration::from_secs(5))
+        .keep_alive(match config.ingress.keep_alive {
+            Some(idle) => actix_web::http::KeepAlive::Timeout(idle),
+            None => actix_web::http::KeepAlive::Disabled,
+        })
         .disable_signals()
         .shutdown_timeout(30);
     if config.ingress.workers > 0 {
