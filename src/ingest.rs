@@ -267,11 +267,9 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, IngestError
 
 /// Parses the verified body into JSON, with errors that say where.
 pub fn parse_payload(body: &[u8], format: BodyFormat) -> Result<Value, IngestError> {
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(IngestError::InvalidUtf8(e.valid_up_to()));
-    }
+    let text = std::str::from_utf8(body).map_err(|e| IngestError::InvalidUtf8(e.valid_up_to()))?;
     match format {
-        BodyFormat::Json => parse_json(body),
+        BodyFormat::Json => parse_json(text),
         BodyFormat::FormPayload => {
             let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
                 .map_err(|e| IngestError::BodyRead(format!("form body: {e}")))?;
@@ -279,13 +277,13 @@ pub fn parse_payload(body: &[u8], format: BodyFormat) -> Result<Value, IngestErr
                 .into_iter()
                 .find(|(k, _)| k == "payload")
                 .ok_or(IngestError::MissingFormPayload)?;
-            parse_json(payload.1.as_bytes())
+            parse_json(&payload.1)
         }
     }
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Value, IngestError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+fn parse_json(text: &str) -> Result<Value, IngestError> {
+    serde_json::from_str(text).map_err(|e| {
         let (line, column) = (e.line(), e.column());
         if e.to_string().starts_with("recursion limit exceeded") {
             IngestError::TooDeep { line, column }

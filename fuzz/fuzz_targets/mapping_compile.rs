@@ -13,7 +13,12 @@ use serde_json::{Value, json};
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| Env::from_pairs([("QUEUE_ID", "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d"), ("SECRET", "s")]))
+    ENV.get_or_init(|| {
+        Env::from_pairs([
+            ("QUEUE_ID", "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d"),
+            ("SECRET", "s"),
+        ])
+    })
 }
 
 fn payloads() -> &'static Vec<Value> {

@@ -9,7 +9,12 @@ use casegate::ingest::{BodyFormat, IngestError, body_format, parse_payload};
 use libfuzzer_sys::fuzz_target;
 
 /// README.md's codes for a body that is not a JSON event.
-const BODY_CODES: &[&str] = &["malformed_json", "invalid_utf8", "json_too_deep", "missing_form_payload"];
+const BODY_CODES: &[&str] = &[
+    "malformed_json",
+    "invalid_utf8",
+    "json_too_deep",
+    "missing_form_payload",
+];
 
 fuzz_target!(|data: &[u8]| {
     let _ = body_format(Some(&String::from_utf8_lossy(data)));
@@ -27,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 let answer = ApiError::from_ingest(error, Duration::from_secs(1));
                 assert_eq!(answer.status.as_u16(), 400, "{answer}");
-                assert!(BODY_CODES.contains(&answer.code), "undocumented code: {answer}");
+                assert!(
+                    BODY_CODES.contains(&answer.code),
+                    "undocumented code: {answer}"
+                );
             }
         }
     }

@@ -54,6 +54,9 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const NEXT_CASE: &str = "next_case";
 const NEXT_DEAD_LETTER: &str = "next_dead_letter";
 
+/// The page cache of the embedded store.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// How many requests one commit takes at most, so one group cannot grow without bound.
 const MAX_GROUP: usize = 1024;
 /// Requests waiting for the writer; beyond this, callers wait (backpressure).
@@ -154,9 +157,14 @@ impl EmbeddedBuffer {
                 BufferError::Unavailable(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        let db = Database::create(path).map_err(|e| {
-            BufferError::Unavailable(format!("cannot open {}: {e}", path.display()))
-        })?;
+        // redb's default page cache is 1 GiB and grows with the data written; the buffer's
+        // working set is the head of each queue, so a small cache keeps the gateway's memory flat.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| {
+                BufferError::Unavailable(format!("cannot open {}: {e}", path.display()))
+            })?;
         let txn = db.begin_write().map_err(unavailable)?;
         create_tables(&txn).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;

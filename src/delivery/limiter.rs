@@ -66,6 +66,14 @@ impl RateLimiter {
         }))
     }
 
+    /// Requests allowed per window.
+    pub fn rate(&self) -> u32 {
+        match self {
+            RateLimiter::Local(l) => l.config.rate,
+            RateLimiter::Redis(r) => r.config.rate,
+        }
+    }
+
     /// Waits until `key` may send one request, and counts it. Waiters of one key are served in
     /// arrival order, so queues sharing a key share its budget fairly.
     pub async fn acquire(&self, key: &str) {

@@ -349,8 +349,14 @@ impl Delivery {
                     .await;
                 if let ApiAnswer::Response { rate, .. } = &answer
                     && rate.remaining == Some(0)
+                    && rate
+                        .limit
+                        .is_none_or(|limit| limit < u64::from(inner.limiter.rate()))
                 {
-                    // The API's own count says the window is spent: hold the key until it resets.
+                    // The API counts less than casegate's own limiter allows, and its window is
+                    // spent: hold the key until it resets. (When the API's limit is at least ours,
+                    // our sliding window already paces exactly; pausing for the whole-second
+                    // `reset` would waste up to a second per window.)
                     let reset = rate.reset.unwrap_or(Duration::from_secs(1));
                     inner.limiter.pause(key, reset).await;
                 }

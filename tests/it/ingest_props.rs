@@ -90,12 +90,8 @@ fn mappings() -> Vec<(&'static str, String)> {
 
 fn state(dir: &Path) -> AppState {
     let compiled = mappings().into_iter().map(|(source, yaml)| {
-        CompiledMapping::compile(
-            &dir.join(format!("{source}.yaml")),
-            &yaml,
-            &Env::default(),
-        )
-        .unwrap()
+        CompiledMapping::compile(&dir.join(format!("{source}.yaml")), &yaml, &Env::default())
+            .unwrap()
     });
     let set = MappingSet::from_mappings(compiled);
     let buffer = Buffer::Embedded(EmbeddedBuffer::open(&dir.join("buffer.redb")).unwrap());
@@ -186,8 +182,8 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
                 .into_bytes()
         }),
         "[a-z=&%0-9A-F]{0,64}".prop_map(String::into_bytes),
-        (1usize..400).prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth))
-            .into_bytes()),
+        (1usize..400)
+            .prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()),
     ]
 }
 

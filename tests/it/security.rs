@@ -218,13 +218,15 @@ impl PasswordRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
+        // Owned (and so killed and reaped on drop) before anything can panic.
+        let redis = PasswordRedis {
+            child,
+            port,
+            _dir: dir,
+        };
         for _ in 0..200 {
             if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return PasswordRedis {
-                    child,
-                    port,
-                    _dir: dir,
-                };
+                return redis;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -791,7 +793,7 @@ async fn clients_dribbling_their_headers_are_cut_off_with_408_while_others_are_s
             .await;
         assert_eq!(answer.status, 202, "{}", answer.body);
         assert!(
-            started.elapsed() < Duration::from_millis(900),
+            started.elapsed() < Duration::from_secs(2),
             "a normal webhook took {:?} next to slow clients",
             started.elapsed()
         );
@@ -827,15 +829,19 @@ async fn clients_dribbling_their_headers_are_cut_off_with_408_while_others_are_s
     assert!(!titles.contains(&"Order 666".to_string()));
 }
 
-/// Fails today: actix-http arms its head timer (`client_request_timeout`) only for the FIRST
-/// request of a connection, and the keep-alive timer is cleared by the first byte of the next
-/// request, so nothing bounds how long the headers of a second request may take. Fix: serve
-/// with `.keep_alive(KeepAlive::Disabled)` (every request then gets the head timer) or put a
-/// proxy with a per-request header timeout in front. Run with `--ignored` to check a fix.
+/// actix-http arms its head timer (`client_request_timeout`) only for the FIRST request of a
+/// connection, and the keep-alive timer is cleared by the first byte of the next request, so with
+/// keep-alive on nothing bounds the headers of a second request. `ingress.keep_alive_secs = 0`
+/// (for a gateway exposed without a proxy) closes that gap: the connection ends after the first
+/// answer, and the dribbler is cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: actix-http's head timer covers only the first request of a connection"]
-async fn a_client_dribbling_the_headers_of_its_second_keep_alive_request_is_cut_off_too() {
-    let gateway = slow_gateway().await;
+async fn without_keep_alive_a_client_dribbling_a_second_request_is_cut_off_too() {
+    let gateway = TestGateway::start(
+        GatewayOptions::embedded(&[("src.yaml", &open_mapping())])
+            .setting("CASEGATE_INGRESS__CLIENT_TIMEOUT_SECS", "1")
+            .setting("CASEGATE_INGRESS__KEEP_ALIVE_SECS", "0"),
+    )
+    .await;
     let address = gateway.base_url.trim_start_matches("http://").to_string();
     let stream = TcpStream::connect(&address).await.unwrap();
     stream.set_nodelay(true).unwrap();
