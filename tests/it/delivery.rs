@@ -77,6 +77,14 @@ async fn backlog(buffer: &Buffer, n: usize) {
     }
 }
 
+/// A directory whose embedded buffer already holds `n` cases, for a gateway to start on.
+async fn embedded_backlog(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
+    backlog(&buffer, n).await;
+    dir
+}
+
 fn assert_each_once(titles: &[String], n: usize) {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for title in titles {
@@ -98,12 +106,7 @@ fn assert_each_once(titles: &[String], n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_in_full_batches_at_the_configured_rate_without_429s() {
     let sandbox = TestSandbox::start(10, Duration::from_secs(2)).await;
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let buffer =
-            Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
-        backlog(&buffer, 2_500).await;
-    }
+    let dir = embedded_backlog(2_500).await;
     let gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 10), dir).await;
     let delivered = sandbox
         .wait_for(QUEUE, 2_500, Duration::from_secs(30))
@@ -161,12 +164,7 @@ async fn a_lone_webhook_is_delivered_without_waiting_for_a_batch() {
 async fn a_stricter_api_limit_is_honoured_through_its_headers_and_retry_after() {
     // The API allows 5 per 2 s while casegate is configured for 20: the API's headers must win.
     let sandbox = TestSandbox::start(5, Duration::from_secs(2)).await;
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let buffer =
-            Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
-        backlog(&buffer, 1_200).await;
-    }
+    let dir = embedded_backlog(1_200).await;
     let _gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 20), dir).await;
     assert_eq!(
         sandbox
@@ -262,12 +260,7 @@ async fn one_poison_case_among_a_hundred_is_dead_lettered_while_the_rest_are_del
         reject_title_pattern: Some("^Event 42$".into()),
         ..Faults::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let buffer =
-            Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
-        backlog(&buffer, 100).await;
-    }
+    let dir = embedded_backlog(100).await;
     let gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 100), dir).await;
     assert_eq!(
         sandbox.wait_for(QUEUE, 99, Duration::from_secs(20)).await,
