@@ -120,13 +120,7 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
     assert_eq!(commands[3], "cargo test");
     let list_url = commands[2].split_whitespace().last().unwrap().to_string();
 
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let free = crate::support::free_port;
     let (port, sandbox_port) = (free(), free());
     let data = tempfile::tempdir().unwrap();
     let binary = env!("CARGO_BIN_EXE_casegate");

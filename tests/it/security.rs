@@ -110,13 +110,7 @@ fn signed(yaml: &str, env: &Env, url: &str, body: &str, now: SystemTime) -> Head
     request.headers
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::free_port;
 
 /// A child process whose stdout and stderr are read continuously (a full pipe would block a
 /// process logging at debug level).

@@ -10,11 +10,7 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub async fn spawn(dir: &std::path::Path, env: &[(String, String)]) -> GatewayProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"));
         command
             .args([

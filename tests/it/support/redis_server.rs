@@ -5,7 +5,7 @@
 //! The binary is `$REDIS_SERVER`, else `redis-server` on the `PATH`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ impl RedisServer {
         // Another process may take the free port between our probe and the server's bind.
         for _ in 0..5 {
             let mut server = RedisServer {
-                port: free_port(),
+                port: super::free_port(),
                 dir: tempfile::tempdir().expect("temp dir for redis"),
                 child: None,
             };
@@ -141,11 +141,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
-    listener.local_addr().expect("probe socket address").port()
 }
 
 /// True once the server answers `+PONG` (not `-LOADING` while it replays the AOF).
