@@ -21,7 +21,10 @@
 //! group's pending list (the claim script creates the group on `NOGROUP`, from id `0` with
 //! `MKSTREAM`, so entries written before the first claim are not skipped); after the API accepted a case it is acked with `XACK` + `XDEL`, so `XLEN`
 //! is exactly the undelivered depth. Entries claimed but never acked stay pending and are taken
-//! over with `XAUTOCLAIM` once idle longer than the visibility timeout.
+//! over with `XAUTOCLAIM` once idle longer than the visibility timeout. A live consumer renews the
+//! entries it holds (`XCLAIM ... JUSTID`, [`RedisBuffer::renew`]) so only a stopped consumer's
+//! claims go idle; a pause hands them back at once ([`RedisBuffer::release`]); a restarted
+//! consumer with the same name reads its own pending entries first ([`RedisBuffer::own_pending`]).
 //!
 //! What survives a crash: of casegate, everything (the pending list lives in Redis). Of Redis,
 //! whatever its persistence keeps: run it with `appendonly yes` (AOF). Redis writes the AOF before
