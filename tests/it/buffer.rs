@@ -693,8 +693,15 @@ async fn released_cases_go_out_first_and_in_order(f: Fixture) {
     );
     // What a worker does: reclaim first, then claim new ones.
     let mut next = ids(&f.buffer.reclaim(QUEUE_A, "resumer", IDLE, 5).await.unwrap());
-    next.extend(ids(&f.buffer.claim(QUEUE_A, "resumer", 5 - next.len()).await.unwrap()));
-    assert_eq!(next, all, "released cases first, in buffered order, each once");
+    next.extend(ids(&f
+        .buffer
+        .claim(QUEUE_A, "resumer", 5 - next.len())
+        .await
+        .unwrap()));
+    assert_eq!(
+        next, all,
+        "released cases first, in buffered order, each once"
+    );
     assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().claimed, 5);
 }
 
@@ -706,7 +713,11 @@ async fn a_restarted_redis_consumer_gets_its_own_pending_cases_back_at_once() {
     f.buffer.claim(QUEUE_A, "replica-b", 1).await.unwrap();
     f.buffer.ack(QUEUE_A, &ids(&mine)[..1]).await.unwrap();
     let f = f.crash_and_restart().await;
-    let back = f.buffer.own_pending(QUEUE_A, "replica-a", 10).await.unwrap();
+    let back = f
+        .buffer
+        .own_pending(QUEUE_A, "replica-a", 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&back), all[1..2], "only its own unacked claims");
     assert!(back[0].deliveries >= 2);
     assert!(
