@@ -439,9 +439,8 @@ async fn a_webhook_is_acknowledged_only_once_the_configured_replicas_have_it() {
         .setting("CASEGATE_DELIVERY__ENABLED", "false");
     options.backend = Backend::Redis(primary.url());
     let gateway = TestGateway::start(options).await;
-    let headers: casegate::inbound::Headers = [("content-type", "application/json")]
-        .into_iter()
-        .collect();
+    let headers: casegate::inbound::Headers =
+        [("content-type", "application/json")].into_iter().collect();
     let answer = gateway.post("src", &headers, r#"{"id": 1}"#).await;
     assert_eq!(answer.status, 503, "no replica confirmed the write");
     assert!(answer.body["error"].is_string(), "{}", answer.body);
