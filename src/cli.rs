@@ -16,6 +16,27 @@ use crate::mapping::examples::run_examples;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};
 use crate::sandbox::SandboxConfig;
 
+/// `println!` for command output that exits quietly when the reader has gone away
+/// (`casegate try ... | head`): a closed pipe is not an error worth a backtrace.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to standard output; on a broken pipe, exits the process with success and no noise.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("casegate: cannot write to standard output: {error}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "casegate",
@@ -187,7 +208,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             payload,
             headers,
         } => try_mapping(&mapping, &payload, &headers, &Env::from_process())
-            .map(|output| println!("{output}")),
+            .map(|output| out!("{output}")),
         Command::Dlq { config, action } => dlq(config, action).await,
         Command::Sandbox {
             listen,
@@ -214,7 +235,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status { url, json, config } => status(config, url, json).await,
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Schema => {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&crate::mapping::mapping_schema())
                     .expect("JSON values serialize")
@@ -293,20 +314,23 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
     let buffer = crate::open_buffer(&config.buffer).await.map_err(|e| {
         format!("{e} (with the embedded buffer, stop the gateway first or use its admin API at /admin/dlq)")
     })?;
-    let print = |value: &dyn erased::Show| println!("{}", value.show());
+    let print = |value: &dyn erased::Show| out!("{}", value.show());
     match action {
         DlqAction::List { source, limit } => {
             let letters = dlq::list(&buffer, source.as_deref(), limit)
                 .await
                 .map_err(|e| e.to_string())?;
             if letters.is_empty() {
-                println!("the dead-letter store is empty");
+                out!("the dead-letter store is empty");
             }
             for letter in &letters {
                 let view = DeadLetterView::summary(letter);
-                println!(
+                out!(
                     "{:<22} {:<16} {:<16} {}",
-                    view.id, view.source, view.kind, view.reason
+                    view.id,
+                    view.source,
+                    view.kind,
+                    view.reason
                 );
             }
         }
@@ -341,7 +365,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                         .iter()
                         .filter(|o| matches!(o, dlq::ReplayOutcome::StillFailing { .. }))
                         .count();
-                    println!(
+                    out!(
                         "replayed {} dead letter(s); {failing} still failing",
                         outcomes.len()
                     );
@@ -358,7 +382,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
             let removed = dlq::purge(&buffer, &ids, source.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("purged {removed} dead letter(s)");
+            out!("purged {removed} dead letter(s)");
         }
     }
     buffer.flush().await.map_err(|e| e.to_string())
@@ -416,12 +440,12 @@ async fn status(
     }
     let report: crate::status::StatusReport = response.json().await.map_err(|e| e.to_string())?;
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print!("{}", crate::status::render(&report));
+        write_stdout(format_args!("{}", crate::status::render(&report)));
     }
     Ok(())
 }
@@ -541,9 +565,10 @@ async fn send_sample(
         .map_err(|e| format!("cannot reach {target}: {e}"))?;
     let status = response.status();
     let answer = response.text().await.unwrap_or_default();
-    println!(
+    out!(
         "POST {target} ({} example `{}`)\n{status}\n{answer}",
-        mapping.file, sample.name
+        mapping.file,
+        sample.name
     );
     if status.is_success() {
         Ok(())
@@ -584,7 +609,7 @@ pub fn check(dir: &Path, env: &Env) -> ExitCode {
             .filter_map(|r| r.failure.as_deref().map(|f| (&r.name, f)))
             .collect();
         if failures.is_empty() {
-            println!(
+            out!(
                 "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed)",
                 mapping.file,
                 mapping.source,
@@ -605,7 +630,7 @@ pub fn check(dir: &Path, env: &Env) -> ExitCode {
         eprintln!("{failed} example(s) failed");
         return ExitCode::FAILURE;
     }
-    println!("{} mapping file(s) OK", set.len());
+    out!("{} mapping file(s) OK", set.len());
     ExitCode::SUCCESS
 }
 

@@ -82,6 +82,8 @@ pub struct MappingReloader {
     status: ArcSwap<ReloadStatus>,
     /// Serializes reloads.
     reloading: Mutex<()>,
+    /// The weak sources already warned about, so a reload repeats no warning.
+    warned: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl MappingReloader {
@@ -93,10 +95,12 @@ impl MappingReloader {
             sources: current.load().versions(),
             ..ReloadStatus::default()
         };
+        let warned = current.load().weaknesses();
         MappingReloader {
             dir,
             env,
             current,
+            warned: Mutex::new(warned),
             status: ArcSwap::from_pointee(status),
             reloading: Mutex::new(()),
         }
@@ -129,8 +133,17 @@ impl MappingReloader {
                 let sources = set.versions();
                 let before = self.status.load().sources.clone();
                 let change = Change::between(&before, &sources);
-                set.warn_about_weak_sources();
+                {
+                    let mut warned = self
+                        .warned
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    *warned = set.warn_about_weak_sources_once(&warned);
+                }
+                crate::prometheus::register_zeros(&set, &[]);
                 let n = set.len();
+                // After a refused reload, success is news even when the set is as before.
+                let recovered = self.status.load().last_error.is_some();
                 self.current.store(Arc::new(set));
                 metrics::counter!(crate::prometheus::MAPPING_RELOADS, "result" => "ok")
                     .increment(1);
@@ -143,7 +156,7 @@ impl MappingReloader {
                     reloads_failed: previous.reloads_failed,
                     sources,
                 }));
-                if change.is_empty() && trigger == Trigger::FileChange {
+                if change.is_empty() && trigger == Trigger::FileChange && !recovered {
                     tracing::debug!(%dir, sources = n, "mappings reloaded, nothing changed");
                 } else {
                     tracing::info!(
