@@ -575,4 +575,68 @@ mod tests {
         task.stop().await;
         drop(dir);
     }
+
+    /// Runs `f` with a subscriber that writes every event (debug and up, no colours) to a string.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn an_unauthenticated_source_is_warned_about_once_not_on_every_reload() {
+        let (dir, _current, reloader) = setup(&[("a.yaml", &mapping("A"))]);
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert!(!log.contains("unauthenticated"), "{log}");
+        // A new weak source is news, once.
+        std::fs::write(dir.path().join("b.yaml"), mapping("B")).unwrap();
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert_eq!(log.matches("unauthenticated").count(), 1, "{log}");
+        assert!(log.contains("source=b"), "{log}");
+    }
+
+    #[test]
+    fn a_fixed_mapping_after_a_refused_reload_logs_its_success_at_info() {
+        let (dir, _current, reloader) = setup(&[("a.yaml", &mapping("A"))]);
+        std::fs::write(dir.path().join("a.yaml"), "rules: [").unwrap();
+        assert!(reloader.reload(Trigger::FileChange).is_err());
+        // Back to the very file that serves: nothing changed, yet the recovery is news.
+        std::fs::write(dir.path().join("a.yaml"), mapping("A")).unwrap();
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert!(
+            log.lines()
+                .any(|l| l.contains("INFO") && l.contains("mappings reloaded")),
+            "{log}"
+        );
+        // And a later no-change reload stays at debug.
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert!(!log.contains("INFO"), "{log}");
+    }
 }
