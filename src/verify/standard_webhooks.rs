@@ -27,6 +27,9 @@ const SVIX_NAMES: [&str; 3] = ["svix-id", "svix-timestamp", "svix-signature"];
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &["webhook-signature", "svix-signature"];
 const SECRET_PREFIX: &str = "whsec_";
 const PUBLIC_KEY_PREFIX: &str = "whpk_";
+/// `v1a` entries checked per request: each costs an Ed25519 verification per public key, so a
+/// header stuffed with entries cannot buy unbounded work (rotation needs two or three).
+const MAX_V1A_ENTRIES: usize = 8;
 
 /// `verify: { scheme: standard-webhooks, secrets: ["whsec_..."], tolerance_secs: 300 }`
 /// (`scheme: svix` is accepted as an alias).
@@ -156,7 +159,7 @@ impl StandardWebhooks {
             // An undecodable entry cannot match; skipping it lets the others count.
             match (version, STANDARD.decode(sig)) {
                 ("v1", Ok(tag)) => candidates.push(tag),
-                ("v1a", Ok(sig)) => {
+                ("v1a", Ok(sig)) if asymmetric.len() < MAX_V1A_ENTRIES => {
                     if let Ok(sig) = <[u8; 64]>::try_from(sig.as_slice()) {
                         asymmetric.push(ed25519_dalek::Signature::from_bytes(&sig));
                     }
@@ -530,5 +533,21 @@ mod tests {
             none.build(&Env::default()).unwrap_err(),
             VerifySpecError::NoSecrets { .. }
         ));
+    }
+
+    #[test]
+    fn at_most_eight_v1a_entries_are_checked() {
+        let filler = format!("v1a,{}==", "A".repeat(86));
+        let late = format!("{} {PUBLISHED_V1A}", vec![filler.as_str(); 8].join(" "));
+        let req = with_header(signed(), "webhook-signature", &late);
+        assert_eq!(
+            verifier(&asymmetric_spec())
+                .verify(req, at(TS))
+                .unwrap_err(),
+            VerifyError::Mismatch
+        );
+        let early = format!("{} {PUBLISHED_V1A}", vec![filler.as_str(); 7].join(" "));
+        let req = with_header(signed(), "webhook-signature", &early);
+        assert!(verifier(&asymmetric_spec()).verify(req, at(TS)).is_ok());
     }
 }
