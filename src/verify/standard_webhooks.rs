@@ -538,7 +538,7 @@ mod tests {
     #[test]
     fn at_most_eight_v1a_entries_are_checked() {
         let filler = format!("v1a,{}==", "A".repeat(86));
-        let late = format!("{} {PUBLISHED_V1A}", vec![filler.as_str(); 8].join(" "));
+        let late = format!("{} {PUBLISHED_V1A}", [filler.as_str(); 8].join(" "));
         let req = with_header(signed(), "webhook-signature", &late);
         assert_eq!(
             verifier(&asymmetric_spec())
@@ -546,7 +546,7 @@ mod tests {
                 .unwrap_err(),
             VerifyError::Mismatch
         );
-        let early = format!("{} {PUBLISHED_V1A}", vec![filler.as_str(); 7].join(" "));
+        let early = format!("{} {PUBLISHED_V1A}", [filler.as_str(); 7].join(" "));
         let req = with_header(signed(), "webhook-signature", &early);
         assert!(verifier(&asymmetric_spec()).verify(req, at(TS)).is_ok());
     }
