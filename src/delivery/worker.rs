@@ -541,7 +541,7 @@ impl Worker {
                                 "failed {} times while the API accepted other cases; last answer: {}",
                                 group.failures, group.last_answer
                             );
-                            metrics::counter!(prometheus::CASES_DEAD_LETTERED, "queue" => queue.clone()).increment(1);
+                            metrics::counter!(prometheus::CASES_DEAD_LETTERED, "kind" => prometheus::DEAD_LETTER_REFUSED, "queue" => queue.clone()).increment(1);
                             self.record_error(format!("case dead-lettered: {reason}"));
                             let status = match &answer {
                                 ApiAnswer::Response { status, .. } => *status,
@@ -567,7 +567,7 @@ impl Worker {
                 }
                 Action::DeadLetter { status, reason } => {
                     let group = work.pop_front().expect("not empty");
-                    metrics::counter!(prometheus::CASES_DEAD_LETTERED, "queue" => queue.clone())
+                    metrics::counter!(prometheus::CASES_DEAD_LETTERED, "kind" => prometheus::DEAD_LETTER_REFUSED, "queue" => queue.clone())
                         .increment(group.cases.len() as u64);
                     self.record_error(format!("case dead-lettered: {reason}"));
                     let attempts = group.failures + 1;

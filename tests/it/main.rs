@@ -8,6 +8,7 @@ mod ingest_props;
 mod ingress;
 mod long_faults;
 mod operate;
+mod operators;
 mod readme;
 mod reload;
 mod security;
