@@ -463,6 +463,21 @@ fn load_error(error: config::ConfigError) -> ConfigError {
     ConfigError::Load(error.to_string())
 }
 
+/// The configured consumer name, or the host name: stable across restarts of a container or
+/// host, so a restarted replica resumes the cases it held at once.
+fn consumer_name(configured: &str) -> String {
+    let configured = configured.trim();
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "casegate".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,19 +610,4 @@ mod tests {
         );
         assert!(error.unwrap_err().to_string().contains("does not exist"));
     }
-}
-
-/// The configured consumer name, or the host name: stable across restarts of a container or
-/// host, so a restarted replica resumes the cases it held at once.
-fn consumer_name(configured: &str) -> String {
-    let configured = configured.trim();
-    if !configured.is_empty() {
-        return configured.to_string();
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "casegate".to_string())
 }

@@ -68,6 +68,7 @@ pub fn register_zeros(set: &crate::mapping::MappingSet, api_keys: &[String]) {
         counter!(CASES_DEAD_LETTERED, "kind" => DEAD_LETTER_REFUSED, "queue" => queue.clone())
             .increment(0);
         gauge!(PAUSED, "kind" => "queue", "name" => queue.clone()).increment(0.0);
+        counter!(AMBIGUOUS_RESENDS, "queue" => queue.clone()).increment(0);
     }
     for key in api_keys {
         gauge!(PAUSED, "kind" => "key", "name" => key.clone()).increment(0.0);
