@@ -197,7 +197,8 @@ return released
 });
 
 /// This consumer's own pending entries (what it held when it stopped), oldest first, with their
-/// delivery counts; entries deleted meanwhile are acked away. Read on start, so a restarted
+/// delivery counts, their idle time reset in the same step (so no other consumer reclaims them
+/// before the first renewal); entries deleted meanwhile are acked away. Read on start, so a restarted
 /// consumer resumes at once instead of after the visibility timeout.
 /// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 count. Returns `{id, fields, deliveries}`.
 static OWN_PENDING: LazyLock<Script> = LazyLock::new(|| {
@@ -215,6 +216,7 @@ for _, e in ipairs(r[1][2]) do
     if p[1] then
       n = p[1][4]
     end
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'JUSTID')
     out[#out + 1] = {e[1], e[2], n}
   else
     redis.call('XACK', KEYS[1], ARGV[1], e[1])

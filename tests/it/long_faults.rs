@@ -13,6 +13,8 @@ use crate::support::process::GatewayProcess;
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
 
+const ADMIN_TOKEN: &str = "long-faults-admin-token-0123456789abcdef";
+
 fn mapping() -> String {
     format!(
         "verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Event {{{{ $.id }}}}'}}\n"
@@ -175,7 +177,8 @@ async fn a_refused_key_pauses_three_replicas_with_one_probe_per_interval() {
     let mut replicas = Vec::new();
     for _ in 0..3 {
         let options = options(&sandbox, Backend::Redis(redis.url()))
-            .setting("CASEGATE_DUVO__API_KEY", "dv_wrong_key");
+            .setting("CASEGATE_DUVO__API_KEY", "dv_wrong_key")
+            .setting("CASEGATE_ADMIN__TOKEN", ADMIN_TOKEN);
         replicas.push(TestGateway::start(options).await);
     }
     assert!(eventually(Duration::from_secs(10), || status_count(&sandbox, 401) >= 1).await);
@@ -191,6 +194,46 @@ async fn a_refused_key_pauses_three_replicas_with_one_probe_per_interval() {
         "one probe per 1 s interval for the fleet: {probes} in 4 s"
     );
     assert_eq!(sandbox.stats().accepted_cases, 0);
+    // Every replica tells the same story: its status lists the paused key, its gauge says 1.
+    let client = crate::support::http_client();
+    for replica in &replicas {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let status: serde_json::Value = client
+                .get(replica.url("/admin/status"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let metrics = client
+                .get(replica.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let listed = status["paused_keys"]
+                .as_array()
+                .is_some_and(|keys| keys.len() == 1);
+            let gauged = metrics.lines().any(|line| {
+                line.starts_with("casegate_delivery_paused{")
+                    && line.contains("kind=\"key\"")
+                    && line.ends_with(" 1")
+            });
+            if listed && gauged {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status and gauge disagree with the pause: {status} / paused key gauged: {gauged}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let depth = redis_buffer(&redis).await.stats(QUEUE).await.unwrap();
     assert_eq!(depth.depth, 300, "the cases stay buffered");
     assert!(
