@@ -166,6 +166,8 @@ enum Resolved<'a> {
 
 /// The value flowing through the filters.
 enum Current<'a> {
+    /// Nothing matched (a label, or a `default(...)` filter follows): empty text, also for `json`.
+    Absent,
     One(&'a Value),
     Many(Vec<&'a Value>),
     Text(String),
@@ -174,6 +176,7 @@ enum Current<'a> {
 impl Current<'_> {
     fn into_text(self) -> String {
         match self {
+            Current::Absent => String::new(),
             Current::One(value) => to_text(value),
             Current::Many(values) => join_text(&values, ", "),
             Current::Text(text) => text,
@@ -350,7 +353,7 @@ impl Expr {
                 if missing == Missing::Fail && !defaulted {
                     return Err(RenderError::Missing(self.describe()));
                 }
-                Current::One(&NULL)
+                Current::Absent
             }
         };
         Ok(self
@@ -376,11 +379,13 @@ impl Filter {
                 other => other.into_text(),
             }),
             Filter::Json => Current::Text(match current {
+                Current::Absent => String::new(),
                 Current::One(value) => value.to_string(),
                 Current::Many(values) => serde_json::to_string(&values).unwrap_or_default(),
                 Current::Text(text) => Value::String(text).to_string(),
             }),
             Filter::Date(format) => Current::Text(match current {
+                Current::Absent => String::new(),
                 Current::One(value) => format.apply(value),
                 Current::Many(values) => values
                     .iter()
@@ -916,6 +921,7 @@ mod tests {
             ("{{ $.tags[*] | json }}", "[\"a\",\"b\",\"c\"]"),
             ("{{ $.code | json }}", "404"),
             ("{{ $.null | json }}", "null"),
+            ("[{{ $.missing | json | default(\"-\") }}]", "[-]"),
             (
                 "{{ $.rfc | date(\"%Y-%m-%d %H:%M %z\") }}",
                 "2024-05-14 10:42 +0200",
