@@ -7,6 +7,7 @@ mod faults;
 mod ingest_props;
 mod ingress;
 mod operate;
+mod operators;
 mod readme;
 mod reload;
 mod security;
