@@ -181,14 +181,18 @@ mod tests {
         let maps = &schema["properties"]["maps"];
         assert_eq!(maps["type"], "object", "{maps}");
         assert_eq!(
-            maps["additionalProperties"]["additionalProperties"]["type"],
-            "string",
+            maps["additionalProperties"]["additionalProperties"]["type"], "string",
             "{maps}"
         );
         let rule = resolve(&schema, &schema["properties"]["rules"]["items"]);
         let title = rule["properties"]["title"]["description"].as_str().unwrap();
-        for feature in ["??", "join(", "json", "date(", "default(", "replace(", "map("] {
-            assert!(title.contains(feature), "title description lacks {feature}: {title}");
+        for feature in [
+            "??", "join(", "json", "date(", "default(", "replace(", "map(",
+        ] {
+            assert!(
+                title.contains(feature),
+                "title description lacks {feature}: {title}"
+            );
         }
     }
 
