@@ -1030,7 +1030,7 @@ pub fn try_mapping(
         format!("mapping failed: {e} (the event would go to the dead-letter store)")
     })?;
     if cases.is_empty() {
-        return Ok("no rule matched: the event would be acknowledged and filtered out (200 {\"accepted\": 0})".into());
+        return Ok(mapping.no_match_reason(&parsed));
     }
     let shown: Vec<_> = cases
         .iter()

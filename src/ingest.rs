@@ -355,6 +355,17 @@ mod tests {
         ));
     }
 
+    /// README's "Limits" section states this number.
+    #[test]
+    fn json_nests_up_to_127_levels() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_payload(nested(127).as_bytes(), BodyFormat::Json).is_ok());
+        assert!(matches!(
+            parse_payload(nested(128).as_bytes(), BodyFormat::Json),
+            Err(IngestError::TooDeep { .. })
+        ));
+    }
+
     #[test]
     fn a_form_body_carries_its_json_in_the_payload_field() {
         let body = b"token=x&payload=%7B%22type%22%3A%22block_actions%22%7D";
