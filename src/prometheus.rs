@@ -20,6 +20,8 @@ pub const BUFFER_DEPTH: &str = "casegate_buffer_depth";
 pub const BUFFER_OLDEST_AGE: &str = "casegate_buffer_oldest_case_age_seconds";
 pub const PAUSED: &str = "casegate_delivery_paused";
 pub const MAPPING_RELOADS: &str = "casegate_mapping_reloads_total";
+/// 1 when a source is served, 0 when it is refused for running on a development default secret.
+pub const SOURCE_CONFIGURED: &str = "casegate_source_configured";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

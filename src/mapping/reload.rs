@@ -82,6 +82,7 @@ pub struct MappingReloader {
     status: ArcSwap<ReloadStatus>,
     /// Serializes reloads.
     reloading: Mutex<()>,
+    allow_default_secrets: bool,
 }
 
 impl MappingReloader {
@@ -99,7 +100,15 @@ impl MappingReloader {
             current,
             status: ArcSwap::from_pointee(status),
             reloading: Mutex::new(()),
+            allow_default_secrets: false,
         }
+    }
+
+    /// Whether reloaded sources may run on development default secrets (only for the log and
+    /// gauge; ingest enforces it).
+    pub fn with_default_secrets_allowed(mut self, allow: bool) -> Self {
+        self.allow_default_secrets = allow;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -130,6 +139,7 @@ impl MappingReloader {
                 let before = self.status.load().sources.clone();
                 let change = Change::between(&before, &sources);
                 set.warn_about_weak_sources();
+                set.report_source_configuration(self.allow_default_secrets);
                 let n = set.len();
                 self.current.store(Arc::new(set));
                 metrics::counter!(crate::prometheus::MAPPING_RELOADS, "result" => "ok")

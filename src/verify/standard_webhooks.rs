@@ -92,8 +92,15 @@ impl StandardWebhooks {
         let signatures = super::required_header(request, sig_name)?;
         let id = super::required_header(request, id_name)?;
         let ts = super::required_header(request, ts_name)?;
-        let candidates: Vec<Vec<u8>> = signatures
+        // Entries are counted before any is decoded, so a header of thousands of entries is
+        // refused without work.
+        let entries: Vec<&str> = signatures
             .split_whitespace()
+            .take(super::MAX_SIGNATURE_CANDIDATES + 1)
+            .collect();
+        super::check_candidate_count(sig_name, entries.len())?;
+        let candidates: Vec<Vec<u8>> = entries
+            .iter()
             .filter_map(|entry| entry.split_once(','))
             .filter(|(version, _)| *version == "v1")
             // An undecodable entry cannot match; skipping it lets the others count.
@@ -108,10 +115,7 @@ impl StandardWebhooks {
         let signed_at = timestamp::parse_unix_secs(ts_name, ts)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
         let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts.as_bytes(), b".", &request.body];
-        if candidates
-            .iter()
-            .any(|tag| super::any_hmac_sha256_matches(&self.keys, &parts, tag))
-        {
+        if super::any_hmac_sha256_matches(&self.keys, &parts, &candidates) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)
