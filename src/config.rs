@@ -490,7 +490,10 @@ mod tests {
             "whsec_env_secret_61aa",
         ];
         let pairs = [
-            ("CASEGATE_BUFFER__REDIS_URL", "redis://:redis-pass-4b1c@10.0.0.1:6380/2"),
+            (
+                "CASEGATE_BUFFER__REDIS_URL",
+                "redis://:redis-pass-4b1c@10.0.0.1:6380/2",
+            ),
             ("CASEGATE_DUVO__API_KEY", secrets[1]),
             ("CASEGATE_DUVO__API_KEYS__SUPPORT", secrets[2]),
             ("CASEGATE_ADMIN__TOKEN", secrets[3]),

@@ -134,12 +134,14 @@ pub async fn run_with_clock(
         .allow_default_secrets(config.ingress.allow_default_secrets)
         .offload_verify_above(config.ingress.offload_verify_bytes);
     let delivery_task = delivery.clone().map(|d| tokio::spawn(d.run()));
-    let reloader = Arc::new(mapping::MappingReloader::new(
-        config.mappings.clone(),
-        config.env.clone(),
-        mappings.clone(),
-    )
-    .with_default_secrets_allowed(config.ingress.allow_default_secrets));
+    let reloader = Arc::new(
+        mapping::MappingReloader::new(
+            config.mappings.clone(),
+            config.env.clone(),
+            mappings.clone(),
+        )
+        .with_default_secrets_allowed(config.ingress.allow_default_secrets),
+    );
     // Watches the mapping directory and SIGHUP until run_with_clock returns.
     let _reload_task = reloader.clone().spawn();
     let reload = {

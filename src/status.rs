@@ -138,10 +138,7 @@ pub fn render(report: &StatusReport) -> String {
     ));
     for s in &report.sources {
         let note = if !s.configured {
-            format!(
-                "NOT SERVED (503): set {}",
-                s.unset_variables.join(", ")
-            )
+            format!("NOT SERVED (503): set {}", s.unset_variables.join(", "))
         } else if s.default_secret {
             "development default secret".to_string()
         } else {

@@ -263,7 +263,11 @@ mod tests {
         for path in [
             nested_filters(MAX_FILTER_NESTING + 1),
             nested_filters(32),
-            format!("$[?{}@.x == 1{}]", "(".repeat(MAX_FILTER_NESTING), ")".repeat(MAX_FILTER_NESTING)),
+            format!(
+                "$[?{}@.x == 1{}]",
+                "(".repeat(MAX_FILTER_NESTING),
+                ")".repeat(MAX_FILTER_NESTING)
+            ),
         ] {
             let err = CompiledPath::parse(&path).unwrap_err();
             assert_eq!(err, PathError::FiltersTooDeep, "{path}");

@@ -278,7 +278,10 @@ impl HmacScheme {
     /// The configured algorithm's MAC of `parts` under `key`.
     fn compute(&self, key: &Key, parts: &[&[u8]]) -> Vec<u8> {
         match self.algorithm {
-            HmacAlgorithm::Sha1 => mac::<Hmac<Sha1>>(key, parts).finalize().into_bytes().to_vec(),
+            HmacAlgorithm::Sha1 => mac::<Hmac<Sha1>>(key, parts)
+                .finalize()
+                .into_bytes()
+                .to_vec(),
             HmacAlgorithm::Sha256 => mac::<Hmac<Sha256>>(key, parts)
                 .finalize()
                 .into_bytes()

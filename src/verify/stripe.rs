@@ -65,7 +65,12 @@ impl Stripe {
             super::check_candidate_count(SIGNATURE_HEADER, candidates.len())?;
         }
         let t = t.ok_or_else(|| VerifyError::bad_format(SIGNATURE_HEADER, "no t= timestamp"))?;
-        if candidates.is_empty() {
+        // A v1 entry that is not hex cannot match; dropping it lets the others count.
+        let tags: Vec<Vec<u8>> = candidates
+            .iter()
+            .filter_map(|value| hex::decode(value).ok())
+            .collect();
+        if tags.is_empty() {
             return Err(VerifyError::bad_format(
                 SIGNATURE_HEADER,
                 "no v1= signature",
@@ -73,11 +78,6 @@ impl Stripe {
         }
         let signed_at = timestamp::parse_unix_secs(SIGNATURE_HEADER, t)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
-        // A v1 entry that is not hex cannot match; dropping it lets the others count.
-        let tags: Vec<Vec<u8>> = candidates
-            .iter()
-            .filter_map(|value| hex::decode(value).ok())
-            .collect();
         let parts: [&[u8]; 3] = [t.as_bytes(), b".", &request.body];
         if super::any_hmac_sha256_matches(&self.keys, &parts, &tags) {
             Ok(())

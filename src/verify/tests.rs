@@ -307,8 +307,9 @@ fn a_verify_spec_prints_no_secret_and_no_default() {
         assert!(!leaks(&debug), "{name}: {debug}");
         assert!(debug.contains(name), "{name}: {debug}");
     }
-    let with_default = parse("{ scheme: stripe, secrets: ['${STRIPE_SECRET:-whsec_dev_default_value}'] }")
-        .unwrap();
+    let with_default =
+        parse("{ scheme: stripe, secrets: ['${STRIPE_SECRET:-whsec_dev_default_value}'] }")
+            .unwrap();
     let debug = format!("{with_default:?}");
     assert!(!debug.contains("whsec_dev_default_value"), "{debug}");
 }
@@ -323,7 +324,11 @@ fn secret_equality_compares_whole_values() {
 // ---- bounded work ----------------------------------------------------------------------------
 
 /// MACs computed (on this thread) while verifying `request`, and the verdict.
-fn macs_for(v: &Verifier, request: InboundRequest, now: std::time::SystemTime) -> (u64, Result<(), VerifyError>) {
+fn macs_for(
+    v: &Verifier,
+    request: InboundRequest,
+    now: std::time::SystemTime,
+) -> (u64, Result<(), VerifyError>) {
     let before = macs_computed();
     let verdict = v.verify(request, now).map(|_| ());
     (macs_computed() - before, verdict)
@@ -334,12 +339,17 @@ fn a_header_with_thousands_of_candidates_is_refused_without_hashing() {
     let now = at(1_700_000_000);
     let body = vec![b'x'; 64 * 1024];
     let stripe = verifier("{ scheme: stripe, secrets: [whsec_a, whsec_b] }");
-    let svix = verifier(&format!("{{ scheme: standard-webhooks, secrets: [{WHSEC}, {WHSEC}] }}"));
+    let svix = verifier(&format!(
+        "{{ scheme: standard-webhooks, secrets: [{WHSEC}, {WHSEC}] }}"
+    ));
     let t = 1_700_000_000;
     let many_stripe = format!("t={t},{}", vec!["v1="; 5000].join(","));
     let many_svix = vec!["v1,AAAA"; 5000].join(" ");
     for (v, request) in [
-        (&stripe, request(&[("Stripe-Signature", &many_stripe)], &body)),
+        (
+            &stripe,
+            request(&[("Stripe-Signature", &many_stripe)], &body),
+        ),
         (
             &svix,
             request(
@@ -374,12 +384,20 @@ fn each_secret_is_hashed_once_however_many_candidates_are_sent() {
     // The limit: seven wrong candidates of the right length, then the right one.
     let wrong = "ab".repeat(32);
     let full = format!("{t},{},v1={v1}", vec![format!("v1={wrong}"); 7].join(","));
-    let (macs, verdict) = macs_for(&stripe, with_header(good.clone(), "Stripe-Signature", &full), now);
+    let (macs, verdict) = macs_for(
+        &stripe,
+        with_header(good.clone(), "Stripe-Signature", &full),
+        now,
+    );
     assert!(verdict.is_ok(), "{verdict:?}");
     assert_eq!(macs, 3, "one MAC per secret");
     // Wrong length or encoding: dropped unhashed.
     let short = format!("{t},v1=abcd,v1=zz,v1=");
-    let (macs, verdict) = macs_for(&stripe, with_header(good.clone(), "Stripe-Signature", &short), now);
+    let (macs, verdict) = macs_for(
+        &stripe,
+        with_header(good.clone(), "Stripe-Signature", &short),
+        now,
+    );
     assert_eq!((macs, verdict), (0, Err(VerifyError::Mismatch)));
     // One over the limit is refused.
     let over = format!("{t},{},v1={v1}", vec![format!("v1={wrong}"); 8].join(","));

@@ -37,9 +37,10 @@ fn with(headers: &Headers, name: &str, value: &str) -> Headers {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_header_with_thousands_of_entries_is_refused_as_malformed() {
     let mapping = stripe_mapping();
-    let svix = "verify: {scheme: standard-webhooks, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}\n"
-        .to_string()
-        + &rule();
+    let svix =
+        "verify: {scheme: standard-webhooks, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}\n"
+            .to_string()
+            + &rule();
     let gateway = TestGateway::start(GatewayOptions::embedded(&[
         ("stripe.yaml", &mapping),
         ("svix.yaml", &svix),
@@ -47,24 +48,49 @@ async fn a_signature_header_with_thousands_of_entries_is_refused_as_malformed() 
     .await;
     let now = SystemTime::now();
     let body = json!({"id": 1, "pad": "x".repeat(1024 * 1024)}).to_string();
-    let signed = sign(&mapping, &gateway.url("/hooks/stripe"), &body, Headers::new(), now);
+    let signed = sign(
+        &mapping,
+        &gateway.url("/hooks/stripe"),
+        &body,
+        Headers::new(),
+        now,
+    );
     let header = signed.get("stripe-signature").unwrap().to_string();
     let (t, v1) = header.split_once(",v1=").unwrap();
 
     // 5,000 empty candidates over a 1 MiB body: refused before anything is hashed.
-    let hostile = with(&signed, "stripe-signature", &format!("{t},{}", vec!["v1="; 5000].join(",")));
+    let hostile = with(
+        &signed,
+        "stripe-signature",
+        &format!("{t},{}", vec!["v1="; 5000].join(",")),
+    );
     let started = Instant::now();
     let answer = gateway.post("stripe", &hostile, body.clone()).await;
     let hostile_took = started.elapsed();
     assert_eq!(answer.status, 401, "{}", answer.body);
     assert_eq!(answer.body["error"], "malformed_signature_header");
-    assert!(answer.body["message"].as_str().unwrap().contains("more than 8"));
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 8")
+    );
 
     // The same for Standard Webhooks' space-separated list.
-    let svix_signed = sign(&svix, &gateway.url("/hooks/svix"), &body, Headers::new(), now);
+    let svix_signed = sign(
+        &svix,
+        &gateway.url("/hooks/svix"),
+        &body,
+        Headers::new(),
+        now,
+    );
     let entries = vec!["v1,AAAA"; 5000].join(" ");
     let answer = gateway
-        .post("svix", &with(&svix_signed, "webhook-signature", &entries), body.clone())
+        .post(
+            "svix",
+            &with(&svix_signed, "webhook-signature", &entries),
+            body.clone(),
+        )
         .await;
     assert_eq!(answer.status, 401, "{}", answer.body);
     assert_eq!(answer.body["error"], "malformed_signature_header");
@@ -73,7 +99,11 @@ async fn a_signature_header_with_thousands_of_entries_is_refused_as_malformed() 
     let wrong = "ab".repeat(32);
     let eight = format!("{t},{},v1={v1}", vec![format!("v1={wrong}"); 7].join(","));
     let answer = gateway
-        .post("stripe", &with(&signed, "stripe-signature", &eight), body.clone())
+        .post(
+            "stripe",
+            &with(&signed, "stripe-signature", &eight),
+            body.clone(),
+        )
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     eprintln!("5,000-entry header over 1 MiB answered in {hostile_took:?}");
@@ -107,7 +137,13 @@ async fn a_webhook_forged_with_a_development_default_secret_is_refused_outside_d
     assert!(!message.contains("whsec_public_default"), "{message}");
     assert!(answer.headers.get("retry-after").is_some());
     // Sources without a default are unaffected.
-    assert_eq!(gateway.post("open", &Headers::new(), body.clone()).await.status, 415);
+    assert_eq!(
+        gateway
+            .post("open", &Headers::new(), body.clone())
+            .await
+            .status,
+        415
+    );
 
     let metrics = gateway.get("/metrics").await.body;
     let metrics = metrics.as_str().unwrap();
@@ -147,7 +183,12 @@ async fn development_defaults_serve_only_with_the_explicit_opt_in() {
     )
     .await;
     let answer = gateway
-        .post_signed("stripe", &mapping, &json!({"id": 8}).to_string(), SystemTime::now())
+        .post_signed(
+            "stripe",
+            &mapping,
+            &json!({"id": 8}).to_string(),
+            SystemTime::now(),
+        )
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
 }
@@ -171,11 +212,17 @@ async fn a_replayed_body_with_a_fresh_id_is_a_duplicate_on(options: GatewayOptio
     // The captured request, replayed with a new (unsigned) delivery id.
     let replay = with(&headers, "x-shopify-event-id", "evt-2-fresh");
     let answer = gateway.post("shop", &replay, body.clone()).await;
-    assert_eq!((answer.status, &answer.body), (200, &json!({"duplicate": true})));
+    assert_eq!(
+        (answer.status, &answer.body),
+        (200, &json!({"duplicate": true}))
+    );
     // And without any delivery id at all.
     let bare = with(&headers, "x-shopify-event-id", "");
     let answer = gateway.post("shop", &bare, body.clone()).await;
-    assert_eq!((answer.status, &answer.body), (200, &json!({"duplicate": true})));
+    assert_eq!(
+        (answer.status, &answer.body),
+        (200, &json!({"duplicate": true}))
+    );
     // A different body is a different event.
     let other = json!({"id": 1002}).to_string();
     let long_id = "i".repeat(4096);
@@ -183,7 +230,9 @@ async fn a_replayed_body_with_a_fresh_id_is_a_duplicate_on(options: GatewayOptio
         &mapping,
         &url,
         &other,
-        [("x-shopify-event-id", long_id.as_str())].into_iter().collect(),
+        [("x-shopify-event-id", long_id.as_str())]
+            .into_iter()
+            .collect(),
         SystemTime::now(),
     );
     let answer = gateway.post("shop", &headers, other.clone()).await;
@@ -194,11 +243,16 @@ async fn a_replayed_body_with_a_fresh_id_is_a_duplicate_on(options: GatewayOptio
         &mapping,
         &url,
         &third,
-        [("x-shopify-event-id", long_id.as_str())].into_iter().collect(),
+        [("x-shopify-event-id", long_id.as_str())]
+            .into_iter()
+            .collect(),
         SystemTime::now(),
     );
     let answer = gateway.post("shop", &headers, third).await;
-    assert_eq!((answer.status, &answer.body), (200, &json!({"duplicate": true})));
+    assert_eq!(
+        (answer.status, &answer.body),
+        (200, &json!({"duplicate": true}))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +336,13 @@ async fn bodies_above_the_offload_threshold_are_verified_like_any_other() {
     let body = json!({"id": 5, "pad": "y".repeat(256 * 1024)}).to_string();
     let answer = gateway.post_signed("stripe", &mapping, &body, now).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let headers = sign(&mapping, &gateway.url("/hooks/stripe"), &body, Headers::new(), now);
+    let headers = sign(
+        &mapping,
+        &gateway.url("/hooks/stripe"),
+        &body,
+        Headers::new(),
+        now,
+    );
     let tampered = body.replace("\"id\":5", "\"id\":6");
     let answer = gateway.post("stripe", &headers, tampered).await;
     assert_eq!(answer.status, 401, "{}", answer.body);
