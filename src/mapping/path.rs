@@ -220,11 +220,8 @@ fn nesting_depth(text: &str) -> Depth {
                 max.brackets = max.brackets.max(open.len());
                 max.expressions = max.expressions.max(expressions);
             }
-            ']' | ')' => {
-                if open.pop() == Some(true) {
-                    expressions -= 1;
-                }
-            }
+            // The guard pops every closing bracket; only an expression's lowers the count.
+            ']' | ')' if open.pop() == Some(true) => expressions -= 1,
             _ => {}
         }
     }
