@@ -231,6 +231,10 @@ impl Ingestor {
                     metrics::counter!(crate::prometheus::CASES_ENQUEUED, "queue" => queue)
                         .increment(1);
                 }
+                if !dead_letter_ids.is_empty() {
+                    metrics::counter!(crate::prometheus::CASES_DEAD_LETTERED, "kind" => crate::prometheus::DEAD_LETTER_MAPPING_FAILURE, "source" => mapping.source.clone())
+                        .increment(dead_letter_ids.len() as u64);
+                }
                 if let Some(wake) = self.wake.as_ref().filter(|_| !case_ids.is_empty()) {
                     wake.notify_one();
                 }
@@ -433,6 +437,17 @@ mod tests {
         let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(
             parse_payload(bomb.as_bytes(), BodyFormat::Json),
+            Err(IngestError::TooDeep { .. })
+        ));
+    }
+
+    /// README's "Limits" section states this number.
+    #[test]
+    fn json_nests_up_to_127_levels() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_payload(nested(127).as_bytes(), BodyFormat::Json).is_ok());
+        assert!(matches!(
+            parse_payload(nested(128).as_bytes(), BodyFormat::Json),
             Err(IngestError::TooDeep { .. })
         ));
     }

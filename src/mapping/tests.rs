@@ -308,3 +308,106 @@ fn a_path_nesting_bomb_is_refused_at_load_not_at_runtime() {
         "{error}"
     );
 }
+
+#[test]
+fn template_load_errors_say_file_line_and_column() {
+    let cases = [
+        (
+            "    title: '{{ $.a | shout }}'\n",
+            5,
+            22,
+            "unknown filter `shout`",
+        ),
+        (
+            "    title: t\n    labels:\n      - {key: k, value: '{{ $.a | date(\"%Q\") }}'}\n",
+            7,
+            35,
+            "unknown date format `%Q`",
+        ),
+        (
+            "    title: t\n    data:\n      when: '$.a | replace(\"x\")'\n",
+            7,
+            20,
+            "takes two arguments",
+        ),
+        (
+            "    title: '{{ $.s | map(\"nope\") }}'\n",
+            5,
+            22,
+            "no map named \"nope\"",
+        ),
+    ];
+    for (rule_tail, line, column, fragment) in cases {
+        let yaml = format!(
+            "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n{rule_tail}"
+        );
+        let error = compile(&yaml).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(fragment), "{text}");
+        assert!(
+            text.starts_with(&format!("test-source.yaml:{line}:{column}: rule `r`: ")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_duplicated_key_is_reported_where_the_duplicate_is() {
+    let cases = [
+        (
+            format!(
+                "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: t\n    # note\n    title: u\n"
+            ),
+            (7, 5),
+            "rules[0]: duplicate key `title`",
+        ),
+        (
+            format!(
+                "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: t\n    data: {{a: 1, b: {{a: 3}}, 'a': 2}}\n"
+            ),
+            (6, 29),
+            "rules[0].data: duplicate key `a`",
+        ),
+        (
+            format!(
+                "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: t\nverify: {{scheme: none}}\n"
+            ),
+            (6, 1),
+            "duplicate key `verify`",
+        ),
+    ];
+    for (yaml, (line, column), fragment) in cases {
+        match compile(&yaml).unwrap_err() {
+            MappingLoadError::Syntax {
+                line: l,
+                column: c,
+                message,
+                ..
+            } => {
+                assert_eq!((l, c), (line, column), "{message}");
+                assert!(message.contains(fragment), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_match_names_the_absent_event_type_header() {
+    let yaml = format!(
+        "verify: {{scheme: none}}\nevent_type: {{header: X-Shopify-Topic}}\nrules:\n  - name: r\n    when: {{event: orders/create}}\n    queue: {QUEUE}\n    title: t\n"
+    );
+    let mapping = compile(&yaml).unwrap();
+    let mut headers = Headers::new();
+    let reason = mapping.no_match_reason(&headers);
+    assert!(
+        reason.contains("`X-Shopify-Topic` header, which the request lacks"),
+        "{reason}"
+    );
+    headers.insert("x-shopify-topic", "orders/updated");
+    let reason = mapping.no_match_reason(&headers);
+    assert!(
+        !reason.contains("lacks") && reason.starts_with("no rule matched"),
+        "{reason}"
+    );
+}

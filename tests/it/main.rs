@@ -8,6 +8,7 @@ mod hostile;
 mod ingest_props;
 mod ingress;
 mod operate;
+mod operators;
 mod readme;
 mod reload;
 mod security;
