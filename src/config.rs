@@ -50,6 +50,7 @@ struct RawBuffer {
     key_prefix: String,
     op_timeout_ms: u64,
     retry_after_secs: u64,
+    wait_replicas: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +79,8 @@ struct RawDelivery {
     backoff_base_ms: u64,
     backoff_max_secs: u64,
     probe_interval_secs: u64,
+    max_attempts: u32,
+    consumer: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +144,8 @@ pub struct BufferConfig {
     pub key_prefix: String,
     pub op_timeout: Duration,
     pub retry_after: Duration,
+    /// Redis replicas that must confirm a webhook's write before its 2xx (`WAIT`); 0: none.
+    pub wait_replicas: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +173,9 @@ pub struct DeliverySettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub probe_interval: Duration,
+    pub max_attempts: u32,
+    /// This replica's consumer name in the buffer (the host name unless set).
+    pub consumer: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,6 +418,7 @@ impl Config {
                 key_prefix: raw.buffer.key_prefix,
                 op_timeout: Duration::from_millis(raw.buffer.op_timeout_ms.max(1)),
                 retry_after: Duration::from_secs(raw.buffer.retry_after_secs.max(1)),
+                wait_replicas: raw.buffer.wait_replicas,
             },
             duvo: DuvoConfig {
                 base_url,
@@ -436,6 +445,8 @@ impl Config {
                 backoff_base: Duration::from_millis(delivery.backoff_base_ms.max(1)),
                 backoff_max: Duration::from_secs(delivery.backoff_max_secs.max(1)),
                 probe_interval: Duration::from_secs(delivery.probe_interval_secs.max(1)),
+                max_attempts: delivery.max_attempts.max(1),
+                consumer: consumer_name(&delivery.consumer),
             },
             admin_token: non_empty(raw.admin.token),
             admin_listen,
@@ -450,6 +461,21 @@ impl Config {
 
 fn load_error(error: config::ConfigError) -> ConfigError {
     ConfigError::Load(error.to_string())
+}
+
+/// The configured consumer name, or the host name: stable across restarts of a container or
+/// host, so a restarted replica resumes the cases it held at once.
+fn consumer_name(configured: &str) -> String {
+    let configured = configured.trim();
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "casegate".to_string())
 }
 
 #[cfg(test)]

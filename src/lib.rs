@@ -59,7 +59,8 @@ pub async fn open_buffer(config: &BufferConfig) -> Result<Buffer, BufferError> {
                 &config.key_prefix,
                 config.op_timeout,
             )
-            .await?,
+            .await?
+            .with_wait_replicas(config.wait_replicas),
         ),
     })
 }
@@ -251,11 +252,10 @@ pub fn start_delivery(
             max: settings.backoff_max,
         },
         probe_interval: settings.probe_interval,
-        consumer: format!(
-            "casegate-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ),
+        max_attempts: settings.max_attempts,
+        consumer: settings.consumer.clone(),
+        jitter: delivery::Jitter::random(),
+        now_ms: clock::now_ms,
     };
     Ok(delivery::Delivery::new(
         buffer.clone(),

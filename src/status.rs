@@ -64,7 +64,10 @@ pub async fn report(
             default_secret: m.verifier.uses_default_secret(),
         })
         .collect();
-    let activity = delivery.map(|d| d.activity()).unwrap_or_default();
+    let activity = match delivery {
+        Some(d) => d.activity().await,
+        None => Vec::new(),
+    };
     let mut queue_names = buffer.queues().await?;
     queue_names.extend(activity.iter().map(|a| a.queue.clone()));
     queue_names.sort();
@@ -87,14 +90,15 @@ pub async fn report(
             queue,
         });
     }
-    let paused_keys = delivery
-        .map(|d| {
-            d.paused_keys()
-                .into_iter()
-                .map(|(key, for_ms)| PausedKey { key, for_ms })
-                .collect()
-        })
-        .unwrap_or_default();
+    let paused_keys = match delivery {
+        Some(d) => d
+            .paused_keys()
+            .await
+            .into_iter()
+            .map(|(key, for_ms)| PausedKey { key, for_ms })
+            .collect(),
+        None => Vec::new(),
+    };
     let dead_letters = buffer.list_dead_letters(None, 10_000).await?.len();
     Ok(StatusReport {
         delivery_running: delivery.is_some(),

@@ -337,6 +337,67 @@ impl EmbeddedBuffer {
         .await
     }
 
+    /// Resets the claim time of `ids` that are still claimed and not idle past `max_idle`
+    /// (after that, another worker may have taken them), so a batch waiting out a backoff or a
+    /// pause stays exclusive. Returns how many were renewed.
+    pub async fn renew(
+        &self,
+        queue: &str,
+        _consumer: &str,
+        max_idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        let now = Instant::now();
+        let mut claims = self.inner.lock_claims();
+        let Some(claimed) = claims.get_mut(queue) else {
+            return Ok(0);
+        };
+        let mut renewed = 0;
+        for id in ids {
+            if let Some(claim) = id.parse::<u64>().ok().and_then(|s| claimed.get_mut(&s))
+                && now.duration_since(claim.claimed_at) < max_idle
+            {
+                claim.claimed_at = now;
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// Forgets the claims on `ids`, so the next claim hands them out again, in order, ahead of
+    /// newer cases. Returns how many were released.
+    pub async fn release(
+        &self,
+        queue: &str,
+        _consumer: &str,
+        _idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        let seqs: Vec<u64> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+        let before = self
+            .inner
+            .lock_claims()
+            .get(queue)
+            .map_or(0, |claimed| claimed.len());
+        self.inner.forget_claims(queue, &seqs);
+        let after = self
+            .inner
+            .lock_claims()
+            .get(queue)
+            .map_or(0, |claimed| claimed.len());
+        Ok((before - after) as u64)
+    }
+
+    /// Claims live in memory only, so a restarted process holds none: nothing to resume.
+    pub async fn own_pending(
+        &self,
+        _queue: &str,
+        _consumer: &str,
+        _max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        Ok(Vec::new())
+    }
+
     pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
         // A malformed id cannot name a case: acking it is a no-op like any unknown id.
         let seqs: Vec<u64> = ids.iter().filter_map(|id| id.parse().ok()).collect();

@@ -21,7 +21,10 @@
 //! group's pending list (the claim script creates the group on `NOGROUP`, from id `0` with
 //! `MKSTREAM`, so entries written before the first claim are not skipped); after the API accepted a case it is acked with `XACK` + `XDEL`, so `XLEN`
 //! is exactly the undelivered depth. Entries claimed but never acked stay pending and are taken
-//! over with `XAUTOCLAIM` once idle longer than the visibility timeout.
+//! over with `XAUTOCLAIM` once idle longer than the visibility timeout. A live consumer renews the
+//! entries it holds (`XCLAIM ... JUSTID`, [`RedisBuffer::renew`]) so only a stopped consumer's
+//! claims go idle; a pause hands them back at once ([`RedisBuffer::release`]); a restarted
+//! consumer with the same name reads its own pending entries first ([`RedisBuffer::own_pending`]).
 //!
 //! What survives a crash: of casegate, everything (the pending list lives in Redis). Of Redis,
 //! whatever its persistence keeps: run it with `appendonly yes` (AOF). Redis writes the AOF before
@@ -152,6 +155,78 @@ return out
     )
 });
 
+/// Resets the idle time of entries `consumer` still holds, so no other consumer takes them
+/// while their holder waits out a backoff or a pause. An entry that is no longer pending, belongs
+/// to another consumer, or already sat idle past the visibility timeout (anyone may have taken it
+/// since) is left alone: a late renewal never steals a claim back.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 max idle ms, 4.. ids. Returns how many renewed.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local renewed = 0
+for i = 4, #ARGV do
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if type(p) == 'table' and not p.err and p[1] and tonumber(p[1][3]) < tonumber(ARGV[3]) then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    renewed = renewed + 1
+  end
+end
+return renewed
+",
+    )
+});
+
+/// Hands entries `consumer` holds back to the group at once: their idle time is set to the
+/// visibility timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of
+/// newer entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms to set, 4.. ids. Returns how many.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local released = 0
+for i = 4, #ARGV do
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if type(p) == 'table' and not p.err and p[1] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    released = released + 1
+  end
+end
+return released
+",
+    )
+});
+
+/// This consumer's own pending entries (what it held when it stopped), oldest first, with their
+/// delivery counts, their idle time reset in the same step (so no other consumer reclaims them
+/// before the first renewal); entries deleted meanwhile are acked away. Read on start, so a restarted
+/// consumer resumes at once instead of after the visibility timeout.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 count. Returns `{id, fields, deliveries}`.
+static OWN_PENDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '0')
+if type(r) ~= 'table' or r.err or not r[1] then
+  return {}
+end
+local out = {}
+for _, e in ipairs(r[1][2]) do
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local n = 2
+    if p[1] then
+      n = p[1][4]
+    end
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'JUSTID')
+    out[#out + 1] = {e[1], e[2], n}
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], e[1])
+  end
+end
+return out
+",
+    )
+});
+
 /// Acks and deletes entries. KEYS: 1 stream. ARGV: 1 group, 2.. ids.
 static ACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -211,6 +286,8 @@ pub struct RedisBuffer {
     conn: ConnectionManager,
     prefix: String,
     op_timeout: Duration,
+    /// Replicas that must confirm a webhook's write before it is acknowledged (`WAIT`); 0: none.
+    wait_replicas: u32,
 }
 
 impl std::fmt::Debug for RedisBuffer {
@@ -248,6 +325,7 @@ impl RedisBuffer {
             conn,
             prefix: key_prefix.to_owned(),
             op_timeout,
+            wait_replicas: 0,
         };
         // Start connecting now rather than on the first webhook; a failure here only means the
         // next operation tries again.
@@ -260,7 +338,23 @@ impl RedisBuffer {
         Ok(buffer)
     }
 
+    /// Makes every enqueue wait until `replicas` Redis replicas confirmed it (`WAIT`, bounded by
+    /// half the operation timeout), for deployments where Redis fails over to a replica.
+    pub fn with_wait_replicas(mut self, replicas: u32) -> Self {
+        self.wait_replicas = replicas;
+        self
+    }
+
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
+        let outcome = self.enqueue_unreplicated(batch).await?;
+        if matches!(outcome, EnqueueOutcome::Stored { .. }) {
+            self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn enqueue_unreplicated(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let dedupe = batch.dedupe.as_ref().map(|m| {
             let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             (self.seen_key(&m.source, &m.delivery_id), ttl_ms)
@@ -376,27 +470,114 @@ impl RedisBuffer {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        into_array(reply)
-            .into_iter()
-            .map(|triple| {
-                let mut parts = into_array(triple).into_iter();
-                let (Some(id), Some(fields), Some(deliveries)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(unexpected(
-                        "reclaim",
-                        "entry is not an (id, fields, count) triple",
-                    ));
-                };
-                let (id, record) = decode_entry(Value::Array(vec![id, fields]))?;
-                let deliveries = as_u64(&deliveries).unwrap_or(2).max(2);
-                Ok(BufferedCase {
-                    id,
-                    record,
-                    deliveries,
-                })
+        decode_triples(reply, "reclaim")
+    }
+
+    /// See [`RENEW`]: keeps `consumer`'s claims on `ids` from expiring.
+    pub async fn renew(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max_idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        self.pending_op("renew", &RENEW, queue, consumer, max_idle, ids)
+            .await
+    }
+
+    /// See [`RELEASE`]: makes `consumer`'s claims on `ids` reclaimable at once.
+    pub async fn release(
+        &self,
+        queue: &str,
+        consumer: &str,
+        idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        self.pending_op("release", &RELEASE, queue, consumer, idle, ids)
+            .await
+    }
+
+    async fn pending_op(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        queue: &str,
+        consumer: &str,
+        idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        let ids: Vec<&CaseId> = ids.iter().filter(|id| is_stream_id(id)).collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(idle_ms)
+            .arg(ids);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed(operation, async {
+                invocation.invoke_async(&mut conn).await
             })
-            .collect()
+            .await?;
+        Ok(as_u64(&reply).unwrap_or(0))
+    }
+
+    /// See [`OWN_PENDING`]: what `consumer` held when it last stopped.
+    pub async fn own_pending(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = OWN_PENDING.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(max);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("own_pending", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        decode_triples(reply, "own_pending")
+    }
+
+    /// Blocks until `replicas` replicas acknowledged every write made on this connection so
+    /// far, or `timeout` passed; fails when fewer did, so ingress answers 503 rather than a 2xx
+    /// a failover could lose.
+    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<(), BufferError> {
+        if replicas == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let timeout_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let acked: u64 = self
+            .timed_for("wait", timeout + self.op_timeout, async {
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout_ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if acked < u64::from(replicas) {
+            return Err(BufferError::Unavailable(format!(
+                "only {acked} of {replicas} redis replicas confirmed the write within {timeout_ms} ms"
+            )));
+        }
+        Ok(())
     }
 
     pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
@@ -636,7 +817,16 @@ impl RedisBuffer {
         operation: &'static str,
         future: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, BufferError> {
-        match tokio::time::timeout(self.op_timeout, future).await {
+        self.timed_for(operation, self.op_timeout, future).await
+    }
+
+    async fn timed_for<T>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        future: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, BufferError> {
+        match tokio::time::timeout(limit, future).await {
             Ok(Ok(value)) => Ok(value),
             // The error text names the failure (refused, timed out, server error), never the
             // URL.
@@ -645,7 +835,7 @@ impl RedisBuffer {
             ))),
             Err(_) => Err(BufferError::Unavailable(format!(
                 "redis {operation} got no answer within {} ms",
-                self.op_timeout.as_millis()
+                limit.as_millis()
             ))),
         }
     }
@@ -690,6 +880,31 @@ fn encode(record: &impl serde::Serialize) -> Result<Vec<u8>, BufferError> {
 fn is_stream_id(id: &str) -> bool {
     id.split_once('-')
         .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+}
+
+/// Decodes the `{id, fields, deliveries}` triples the reclaim scripts return.
+fn decode_triples(reply: Value, operation: &str) -> Result<Vec<BufferedCase>, BufferError> {
+    into_array(reply)
+        .into_iter()
+        .map(|triple| {
+            let mut parts = into_array(triple).into_iter();
+            let (Some(id), Some(fields), Some(deliveries)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(unexpected(
+                    operation,
+                    "entry is not an (id, fields, count) triple",
+                ));
+            };
+            let (id, record) = decode_entry(Value::Array(vec![id, fields]))?;
+            let deliveries = as_u64(&deliveries).unwrap_or(2).max(2);
+            Ok(BufferedCase {
+                id,
+                record,
+                deliveries,
+            })
+        })
+        .collect()
 }
 
 /// Decodes a stream entry `[id, [field, value, ...]]` holding a [`CaseRecord`].

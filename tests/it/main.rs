@@ -6,6 +6,7 @@ mod delivery;
 mod faults;
 mod ingest_props;
 mod ingress;
+mod long_faults;
 mod operate;
 mod operators;
 mod readme;
