@@ -25,6 +25,7 @@ use crate::buffer::{
     Enqueue, EnqueueOutcome,
 };
 use crate::inbound::InboundRequest;
+use crate::mapping::prune::Keep;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};
 use crate::verify::{Verified, VerifyError};
 
@@ -213,7 +214,8 @@ impl Ingestor {
             Err(VerifyError::UnsignedPing) => return Ok(IngestOutcome::Ping),
             verified => verified?,
         };
-        let payload = parse_payload(verified.get().body.as_ref(), format)?;
+        // Only what the mapping reads is built; the raw bytes stay for digests and dead letters.
+        let payload = parse_payload_for(verified.get().body.as_ref(), format, &mapping.keep)?;
         let received_at_ms = crate::clock::unix_ms(now);
         let batch = self.map(mapping, &verified, &payload, request_id, received_at_ms);
         let queues: Vec<String> = batch.cases.iter().map(|c| c.queue.clone()).collect();
@@ -357,7 +359,18 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, IngestError
 
 /// Parses the verified body into JSON, with errors that say where.
 pub fn parse_payload(body: &[u8], format: BodyFormat) -> Result<Value, IngestError> {
+    parse_payload_for(body, format, &Keep::All)
+}
+
+/// Parses the verified body like [`parse_payload`] (the same errors), building only the parts
+/// `keep` keeps: a mapping's results are the same as over the full payload.
+pub fn parse_payload_for(
+    body: &[u8],
+    format: BodyFormat,
+    keep: &Keep,
+) -> Result<Value, IngestError> {
     let text = std::str::from_utf8(body).map_err(|e| IngestError::InvalidUtf8(e.valid_up_to()))?;
+    let parse_json = |text: &str| parse_json(text, keep);
     match format {
         BodyFormat::Json => parse_json(text),
         BodyFormat::FormPayload => {
@@ -372,8 +385,8 @@ pub fn parse_payload(body: &[u8], format: BodyFormat) -> Result<Value, IngestErr
     }
 }
 
-fn parse_json(text: &str) -> Result<Value, IngestError> {
-    serde_json::from_str(text).map_err(|e| {
+fn parse_json(text: &str, keep: &Keep) -> Result<Value, IngestError> {
+    crate::mapping::prune::from_str(text, keep).map_err(|e| {
         let (line, column) = (e.line(), e.column());
         if e.to_string().starts_with("recursion limit exceeded") {
             IngestError::TooDeep { line, column }

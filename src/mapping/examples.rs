@@ -31,31 +31,50 @@ pub fn run_examples(mapping: &CompiledMapping, env: &Env) -> Vec<ExampleResult> 
 }
 
 fn run_one(mapping: &CompiledMapping, example: &ExampleSpec, env: &Env) -> Result<(), String> {
-    let payload = match (&example.payload, &example.payload_file) {
-        (Some(payload), None) => payload.clone(),
+    let text = match (&example.payload, &example.payload_file) {
+        (Some(payload), None) => payload.to_string(),
         (None, Some(file)) => {
             let path = mapping.dir.join(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("payload_file {}: {e}", path.display()))?;
-            serde_json::from_str(&text)
-                .map_err(|e| format!("payload_file {}: not JSON: {e}", path.display()))?
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("payload_file {}: {e}", path.display()))?
         }
         _ => return Err("give exactly one of `payload` or `payload_file`".into()),
     };
+    let not_json = |e: serde_json::Error| match &example.payload_file {
+        Some(file) => format!(
+            "payload_file {}: not JSON: {e}",
+            mapping.dir.join(file).display()
+        ),
+        None => format!("payload: not JSON: {e}"),
+    };
+    let payload: Value = serde_json::from_str(&text).map_err(not_json)?;
+    // Ingest builds only what the mapping reads: the example runs on that pruned payload too,
+    // and must give exactly what the full payload gives.
+    let pruned = super::prune::from_str(&text, &mapping.keep).map_err(not_json)?;
     let headers: Headers = example
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    let delivery_id = mapping.delivery_id_of(&payload, &headers);
-    let input = EventInput {
-        payload: &payload,
-        headers: &headers,
-        request_id: "example",
-        delivery_id: delivery_id.as_deref(),
-        received_at_ms: 0,
+    let run = |payload: &Value| {
+        let delivery_id = mapping.delivery_id_of(payload, &headers);
+        let input = EventInput {
+            payload,
+            headers: &headers,
+            request_id: "example",
+            delivery_id: delivery_id.as_deref(),
+            received_at_ms: 0,
+        };
+        (delivery_id.clone(), mapping.apply(&input))
     };
-    match (mapping.apply(&input), &example.expect_error) {
+    let (full, partial) = (run(&payload), run(&pruned));
+    if full != partial {
+        return Err(format!(
+            "the payload parsed for ingest (only what the mapping reads) maps differently from \
+             the full payload:\n- {full:?}\n+ {partial:?}"
+        ));
+    }
+    match (partial.1, &example.expect_error) {
         (Err(failure), Some(expected)) if failure.to_string().contains(expected.as_str()) => Ok(()),
         (Err(failure), Some(expected)) => Err(format!(
             "- error containing {expected:?}\n+ error {:?}",

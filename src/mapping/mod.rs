@@ -10,6 +10,7 @@ pub mod condition;
 pub mod examples;
 pub mod model;
 pub mod path;
+pub mod prune;
 pub mod reload;
 pub mod schema;
 pub mod set;
@@ -157,6 +158,8 @@ pub struct CompiledMapping {
     pub examples: Vec<ExampleSpec>,
     /// Directory of the mapping file, for examples' `payload_file`.
     pub dir: PathBuf,
+    /// The parts of a payload the mapping can read: ingest builds only these.
+    pub keep: prune::Keep,
 }
 
 /// What the mapper needs to know about one event besides its payload.
@@ -227,16 +230,22 @@ impl CompiledMapping {
             .verify
             .build(env)
             .map_err(|e| invalid(None, "verify", e.to_string()))?;
-        let delivery_id = raw
-            .delivery_id
-            .as_ref()
-            .map(|f| compile_field_ref(f).map_err(|m| invalid(None, "delivery_id", m)))
-            .transpose()?;
-        let event_type = raw
-            .event_type
-            .as_ref()
-            .map(|f| compile_field_ref(f).map_err(|m| invalid(None, "event_type", m)))
-            .transpose()?;
+        let (delivery_id, delivery_id_reads) = prune::collecting(|| {
+            raw.delivery_id
+                .as_ref()
+                .map(|f| compile_field_ref(f).map_err(|m| invalid(None, "delivery_id", m)))
+                .transpose()
+        });
+        let delivery_id = delivery_id?;
+        let (event_type, mut mapping_reads) = prune::collecting(|| {
+            raw.event_type
+                .as_ref()
+                .map(|f| compile_field_ref(f).map_err(|m| invalid(None, "event_type", m)))
+                .transpose()
+        });
+        let event_type = event_type?;
+        mapping_reads.extend(delivery_id_reads);
+        let mut rule_reads = Vec::with_capacity(raw.rules.len());
         if raw.rules.is_empty() {
             return Err(invalid(
                 None,
@@ -253,7 +262,8 @@ impl CompiledMapping {
                     "two rules share this name".into(),
                 ));
             }
-            rules.push(compile_rule(rule, env, &raw.maps).map_err(
+            let (compiled, reads) = prune::collecting(|| compile_rule(rule, env, &raw.maps));
+            rules.push(compiled.map_err(
                 |RuleError {
                      field,
                      message,
@@ -270,7 +280,13 @@ impl CompiledMapping {
                     }
                 },
             )?);
+            let for_each = rules
+                .last()
+                .and_then(|r| r.for_each.as_ref())
+                .map(|p| p.as_str().to_string());
+            rule_reads.push((reads, for_each));
         }
+        let keep = prune::keep_for(&mapping_reads, &rule_reads);
         let digest = Sha256::digest(text.as_bytes());
         Ok(CompiledMapping {
             source,
@@ -283,6 +299,7 @@ impl CompiledMapping {
             rules,
             examples: raw.examples,
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            keep,
         })
     }
 

@@ -99,6 +99,7 @@ impl CompiledPath {
             position: e.position(),
             message: e.message().to_string(),
         })?;
+        super::prune::note(text, anchor == Anchor::Element);
         Ok(CompiledPath {
             text: text.to_string(),
             anchor,

@@ -1,0 +1,384 @@
+//! Parsing only what a mapping reads.
+//!
+//! A webhook body is often kilobytes of JSON of which a mapping reads a dozen fields; building
+//! the whole `serde_json::Value` (a `String` per key and string, a map per object) and dropping
+//! it again was a large share of the CPU per webhook. When a mapping compiles, every JSONPath it
+//! parses (rules, filters, templates, each `??` alternative, `for_each`, `event_type`,
+//! `delivery_id`) is noted, and the union becomes a [`Keep`] tree: object members no path can
+//! reach are parsed but not built.
+//!
+//! Soundness rule (results must equal those of a full parse):
+//! - a path is reduced to its leading run of plain member names (`.name`, `['name']`); from the
+//!   node it reaches, the whole subtree is kept. Indexes, wildcards, slices, descendants (`..`)
+//!   and filters therefore keep everything below the last plain name before them: a filter's
+//!   `@` reads only inside the node it filters. A path that mentions `$` anywhere after its
+//!   anchor (a filter comparing with the root) keeps the whole document.
+//! - `@` paths of a rule with `for_each` read inside the elements, which are inside the subtree
+//!   kept for the `for_each` path itself; every other `@` path (mapping level, rules without
+//!   `for_each`) reads the payload, and counts as a `$` path.
+//! - a node the tree wants to prune that is not an object (an array, a string...) is kept whole.
+//!
+//! Skipped members are still parsed by serde_json's own `deserialize_any`, so syntax, UTF-8,
+//! number range and nesting-depth errors are the same errors at the same line and column as a
+//! full parse; only nothing is allocated for them.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// Which parts of a payload a mapping can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// The whole subtree.
+    All,
+    /// Only these members of an object (a non-object is kept whole).
+    Members(BTreeMap<String, Keep>),
+}
+
+/// One path a mapping parsed, as written, and whether it is `@`-anchored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRead {
+    pub text: String,
+    pub element: bool,
+}
+
+thread_local! {
+    /// Paths parsed on this thread while [`collecting`] runs. A thread-local rather than a walk
+    /// over the compiled mapping: no path a future part of the language parses can be missed.
+    static READS: RefCell<Option<Vec<PathRead>>> = const { RefCell::new(None) };
+}
+
+/// Called by every successful path parse.
+pub(crate) fn note(text: &str, element: bool) {
+    READS.with(|reads| {
+        if let Some(reads) = reads.borrow_mut().as_mut() {
+            reads.push(PathRead {
+                text: text.to_string(),
+                element,
+            });
+        }
+    });
+}
+
+/// Runs `f`, returning the paths it parsed (on this thread). Nests: an inner call's paths are
+/// returned by it, not by the outer one.
+pub(crate) fn collecting<T>(f: impl FnOnce() -> T) -> (T, Vec<PathRead>) {
+    let outer = READS.with(|reads| reads.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let inner = READS.with(|reads| std::mem::replace(&mut *reads.borrow_mut(), outer));
+    (result, inner.unwrap_or_default())
+}
+
+impl Keep {
+    /// Keeps nothing (a mapping that reads no path).
+    pub fn nothing() -> Keep {
+        Keep::Members(BTreeMap::new())
+    }
+
+    /// Adds what a payload-anchored path (`$...`, or `@...` read against the payload) reads.
+    pub fn add(&mut self, text: &str) {
+        let text = text.trim();
+        let rest = text.get(1..).unwrap_or("");
+        if rest.contains('$') {
+            *self = Keep::All;
+            return;
+        }
+        let mut node = self;
+        for name in plain_prefix(rest) {
+            node = match node {
+                Keep::All => return,
+                Keep::Members(members) => members.entry(name).or_insert_with(Keep::nothing),
+            };
+        }
+        *node = Keep::All;
+    }
+
+    /// True when nothing is pruned (a plain full parse does the same work).
+    pub fn is_all(&self) -> bool {
+        matches!(self, Keep::All)
+    }
+}
+
+/// The leading plain member names of a path after its anchor: `.name` and `['name']` segments,
+/// each ending where the next segment starts; stops at anything else.
+fn plain_prefix(mut rest: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        let (name, after) = if let Some(after) = rest.strip_prefix('.') {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                break;
+            }
+            (name, &after[end..])
+        } else if let Some(after) = rest.strip_prefix("['") {
+            let Some(end) = after.find('\'') else { break };
+            let name = &after[..end];
+            match after[end..].strip_prefix("']") {
+                Some(after) if !name.contains('\\') => (name, after),
+                _ => break,
+            }
+        } else {
+            break;
+        };
+        // A name must end at the next segment (or the end): `.café` stops before `caf`.
+        if !(after.is_empty() || after.starts_with(['.', '['])) {
+            break;
+        }
+        names.push(name.to_string());
+        rest = after;
+    }
+    names
+}
+
+/// The keep tree of one mapping: `mapping_reads` are the paths outside rules, `rules` each
+/// rule's paths with the text of its `for_each` path, if any.
+pub fn keep_for(mapping_reads: &[PathRead], rules: &[(Vec<PathRead>, Option<String>)]) -> Keep {
+    let mut keep = Keep::nothing();
+    for read in mapping_reads {
+        keep.add(&read.text);
+    }
+    for (reads, for_each) in rules {
+        if let Some(for_each) = for_each {
+            keep.add(for_each);
+        }
+        for read in reads {
+            if !(read.element && for_each.is_some()) {
+                keep.add(&read.text);
+            }
+        }
+    }
+    keep
+}
+
+/// Parses `text` as JSON, building only what `keep` keeps; errors are a full parse's errors.
+pub fn from_str(text: &str, keep: &Keep) -> serde_json::Result<Value> {
+    if keep.is_all() {
+        return serde_json::from_str(text);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Pruned(keep).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Deserializes one value, pruned by its keep tree.
+struct Pruned<'k>(&'k Keep);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        match self.0 {
+            Keep::All => Value::deserialize(deserializer),
+            Keep::Members(members) => deserializer.deserialize_any(PrunedVisitor(members)),
+        }
+    }
+}
+
+struct PrunedVisitor<'k>(&'k BTreeMap<String, Keep>);
+
+impl<'de> Visitor<'de> for PrunedVisitor<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    // Everything but an object is kept whole, built exactly as serde_json's own Value does.
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Value>()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(kept) = map.next_key_seed(KeyOf(self.0))? {
+            match kept {
+                Some((name, keep)) => {
+                    let value = map.next_value_seed(Pruned(keep))?;
+                    // A repeated member replaces the earlier one, as in a full parse.
+                    object.insert(name, value);
+                }
+                None => map.next_value_seed(Skip)?,
+            }
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// A member name: the kept member's name and keep tree, or `None` for a member to skip.
+struct KeyOf<'k>(&'k BTreeMap<String, Keep>);
+
+impl<'de, 'k> DeserializeSeed<'de> for KeyOf<'k> {
+    type Value = Option<(String, &'k Keep)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de, 'k> Visitor<'de> for KeyOf<'k> {
+    type Value = Option<(String, &'k Keep)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.0.get(name).map(|keep| (name.to_string(), keep)))
+    }
+}
+
+/// Parses one value completely (so it fails exactly where a full parse fails) and builds nothing.
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Skip)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn keep(paths: &[&str]) -> Keep {
+        let mut keep = Keep::nothing();
+        for path in paths {
+            keep.add(path);
+        }
+        keep
+    }
+
+    #[test]
+    fn plain_names_prune_and_the_rest_keeps_subtrees() {
+        let text = r#"{"a": {"b": 1, "c": [1, 2]}, "d": {"e": "x"}, "f": [{"g": 1}], "h": 5}"#;
+        let value = from_str(text, &keep(&["$.a.b", "$.f[0].g", "$['h']"])).unwrap();
+        assert_eq!(value, json!({"a": {"b": 1}, "f": [{"g": 1}], "h": 5}));
+        // A name that does not end at a segment boundary stops the prefix before it.
+        assert_eq!(plain_prefix(".a.café"), vec!["a".to_string()]);
+        assert_eq!(plain_prefix("..a"), Vec::<String>::new());
+        assert_eq!(plain_prefix(".a[?@.b == 1]"), vec!["a".to_string()]);
+        assert!(keep(&["$..x"]).is_all());
+        assert!(keep(&["$.*"]).is_all());
+        assert!(keep(&["$"]).is_all());
+        assert!(keep(&["$.a[?@.b == $.c]"]).is_all());
+    }
+
+    #[test]
+    fn a_pruned_node_that_is_not_an_object_is_kept_whole() {
+        let value = from_str(r#"{"a": [1, {"b": 2}], "z": 0}"#, &keep(&["$.a.b"])).unwrap();
+        assert_eq!(value, json!({"a": [1, {"b": 2}]}));
+        assert_eq!(from_str("[1]", &keep(&["$.a"])).unwrap(), json!([1]));
+    }
+
+    #[test]
+    fn a_repeated_member_replaces_the_earlier_one() {
+        let text = r#"{"a": {"b": 1, "x": 1}, "a": {"c": 2}}"#;
+        let full: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(full, json!({"a": {"c": 2}}));
+        assert_eq!(from_str(text, &keep(&["$.a.b", "$.a.c"])).unwrap(), full);
+    }
+
+    /// Skipped members fail exactly where a full parse fails, with the same message.
+    #[test]
+    fn skipped_members_keep_a_full_parses_errors() {
+        let deep = format!(
+            "{{\"skip\": {}{}, \"a\": 1}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let bad = [
+            r#"{"skip": 1e400, "a": 1}"#.to_string(),
+            r#"{"skip": "\x", "a": 1}"#.to_string(),
+            r#"{"skip": {"k": tru}, "a": 1}"#.to_string(),
+            "{\"skip\": \"\u{1}\", \"a\": 1}".to_string(),
+            r#"{"skip": [1,], "a": 1}"#.to_string(),
+            r#"{"a": 1} x"#.to_string(),
+            deep,
+        ];
+        let keep = keep(&["$.a"]);
+        for text in bad {
+            let full = serde_json::from_str::<Value>(&text).unwrap_err();
+            let pruned = from_str(&text, &keep).unwrap_err();
+            assert_eq!(pruned.to_string(), full.to_string(), "{text}");
+        }
+    }
+}
