@@ -453,7 +453,7 @@ fn the_rich_mapping_makes_cases_from_a_typical_payload() {
 }
 
 /// Reads the payload in every way the pruning rule distinguishes: plain names and quoted names,
-/// indexes, wildcards and filters below a name, `??` chains, a projection copying a subtree,
+/// indexes and wildcards followed by names, filters below a name, `??` chains, a projection copying a subtree,
 /// `@` paths with and without `for_each`, event type and delivery id from the payload.
 const PRUNABLE: &str = r#"
 verify: {scheme: none}
@@ -467,7 +467,7 @@ rules:
           - {path: $.status, ne: cancelled}
           - {path: '@.customer.email', exists: true}
     queue: QUEUE
-    title: '{{ $.name ?? $.customer.name ?? "?" }} {{ $.items[0].sku ?? "" }} {{ $.tags[*] ?? "" }}'
+    title: '{{ $.name ?? $.customer.name ?? "?" }} {{ $.items[0].sku ?? "" }} {{ $.tags[*] ?? "" }} {{ $.customer.items[*].sku ?? "" }} {{ $.status[0].qty ?? "" }} {{ $.total.*.name ?? "" }} {{ $.tags.customer.email ?? "" }}'
     data:
       customer: $.customer.email ?? null
       skus: '$.items[?@.qty > 1].sku ?? []'
@@ -585,7 +585,7 @@ fn the_shipped_mappings_prune_and_the_test_mapping_reads_everything_it_needs() {
         }
     }
     let prunable = compile(PRUNABLE);
-    let prune::Keep::Members(members) = &prunable.keep else {
+    let prune::Keep::Members { members, .. } = &prunable.keep else {
         panic!("PRUNABLE keeps everything")
     };
     let names: Vec<&str> = members.keys().map(String::as_str).collect();
@@ -596,13 +596,17 @@ fn the_shipped_mappings_prune_and_the_test_mapping_reads_everything_it_needs() {
             "type"
         ]
     );
-    let prune::Keep::Members(customer) = &members["customer"] else {
+    let prune::Keep::Members {
+        members: customer, ..
+    } = &members["customer"]
+    else {
         panic!("all of customer kept")
     };
     assert_eq!(
         customer.keys().collect::<Vec<_>>(),
-        ["email", "name", "type"]
+        ["email", "items", "name", "type"]
     );
+    // `$.items` (for_each) keeps the items whole, whatever `[*]` and `[0]` read.
     assert!(members["items"].is_all());
     // A filter comparing with the root keeps the whole document.
     let root =

@@ -35,8 +35,25 @@ use serde_json::{Map, Value};
 pub enum Keep {
     /// The whole subtree.
     All,
-    /// Only these members of an object (a non-object is kept whole).
-    Members(BTreeMap<String, Keep>),
+    /// Parts of an object or array (any other value is kept whole).
+    Members {
+        /// Object members by name, each with what is kept of it. Every entry already includes
+        /// `each`, so a member's tree is `members[name]`, else `each`.
+        members: BTreeMap<String, Keep>,
+        /// What is kept of every array element and of every object member not named in
+        /// `members` (`[*]`, `.*`, `[N]`); `None`: objects keep only `members`, arrays are
+        /// kept whole.
+        each: Option<Box<Keep>>,
+    },
+}
+
+/// One step of a path's prefix that the keep tree follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Name(String),
+    /// A wildcard or an index: every child (an index keeps its step in every element, a
+    /// superset of what it reads).
+    Each,
 }
 
 /// One path a mapping parsed, as written, and whether it is `@`-anchored.
@@ -76,7 +93,10 @@ pub(crate) fn collecting<T>(f: impl FnOnce() -> T) -> (T, Vec<PathRead>) {
 impl Keep {
     /// Keeps nothing (a mapping that reads no path).
     pub fn nothing() -> Keep {
-        Keep::Members(BTreeMap::new())
+        Keep::Members {
+            members: BTreeMap::new(),
+            each: None,
+        }
     }
 
     /// Adds what a payload-anchored path (`$...`, or `@...` read against the payload) reads.
@@ -87,14 +107,28 @@ impl Keep {
             *self = Keep::All;
             return;
         }
-        let mut node = self;
-        for name in plain_prefix(rest) {
-            node = match node {
-                Keep::All => return,
-                Keep::Members(members) => members.entry(name).or_insert_with(Keep::nothing),
-            };
+        self.insert(&plain_prefix(rest));
+    }
+
+    /// Keeps the subtree at the end of `segments`.
+    fn insert(&mut self, segments: &[Segment]) {
+        let Keep::Members { members, each } = self else {
+            return;
+        };
+        match segments.split_first() {
+            None => *self = Keep::All,
+            Some((Segment::Name(name), rest)) => members
+                .entry(name.clone())
+                .or_insert_with(|| each.as_deref().cloned().unwrap_or_else(Keep::nothing))
+                .insert(rest),
+            Some((Segment::Each, rest)) => {
+                each.get_or_insert_with(|| Box::new(Keep::nothing()))
+                    .insert(rest);
+                for member in members.values_mut() {
+                    member.insert(rest);
+                }
+            }
         }
-        *node = Keep::All;
     }
 
     /// True when nothing is pruned (a plain full parse does the same work).
@@ -103,12 +137,18 @@ impl Keep {
     }
 }
 
-/// The leading plain member names of a path after its anchor: `.name` and `['name']` segments,
-/// each ending where the next segment starts; stops at anything else.
-fn plain_prefix(mut rest: &str) -> Vec<String> {
-    let mut names = Vec::new();
+/// The leading segments of a path after its anchor that the keep tree follows: `.name` and
+/// `['name']` (each ending where the next segment starts), `[*]`, `.*` and `[N]`; stops at
+/// anything else (filters, slices, descendants, quoting it does not read), whose subtree is
+/// then kept whole.
+fn plain_prefix(mut rest: &str) -> Vec<Segment> {
+    let mut segments = Vec::new();
     loop {
-        let (name, after) = if let Some(after) = rest.strip_prefix('.') {
+        let (segment, after) = if let Some(after) = rest.strip_prefix(".*") {
+            (Segment::Each, after)
+        } else if let Some(after) = rest.strip_prefix("[*]") {
+            (Segment::Each, after)
+        } else if let Some(after) = rest.strip_prefix('.') {
             let end = after
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(after.len());
@@ -116,25 +156,33 @@ fn plain_prefix(mut rest: &str) -> Vec<String> {
             if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
                 break;
             }
-            (name, &after[end..])
+            (Segment::Name(name.to_string()), &after[end..])
         } else if let Some(after) = rest.strip_prefix("['") {
             let Some(end) = after.find('\'') else { break };
             let name = &after[..end];
             match after[end..].strip_prefix("']") {
-                Some(after) if !name.contains('\\') => (name, after),
+                Some(after) if !name.contains('\\') => (Segment::Name(name.to_string()), after),
+                _ => break,
+            }
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let end = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            match after[end..].strip_prefix(']') {
+                Some(after) if end > 0 => (Segment::Each, after),
                 _ => break,
             }
         } else {
             break;
         };
-        // A name must end at the next segment (or the end): `.café` stops before `caf`.
+        // A segment must end at the next one (or the end): `.café` stops before `caf`.
         if !(after.is_empty() || after.starts_with(['.', '['])) {
             break;
         }
-        names.push(name.to_string());
+        segments.push(segment);
         rest = after;
     }
-    names
+    segments
 }
 
 /// The keep tree of one mapping: `mapping_reads` are the paths outside rules, `rules` each
@@ -177,12 +225,14 @@ impl<'de> DeserializeSeed<'de> for Pruned<'_> {
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         match self.0 {
             Keep::All => Value::deserialize(deserializer),
-            Keep::Members(members) => deserializer.deserialize_any(PrunedVisitor(members)),
+            Keep::Members { members, each } => {
+                deserializer.deserialize_any(PrunedVisitor(members, each.as_deref()))
+            }
         }
     }
 }
 
-struct PrunedVisitor<'k>(&'k BTreeMap<String, Keep>);
+struct PrunedVisitor<'k>(&'k BTreeMap<String, Keep>, Option<&'k Keep>);
 
 impl<'de> Visitor<'de> for PrunedVisitor<'_> {
     type Value = Value;
@@ -191,7 +241,8 @@ impl<'de> Visitor<'de> for PrunedVisitor<'_> {
         f.write_str("any JSON value")
     }
 
-    // Everything but an object is kept whole, built exactly as serde_json's own Value does.
+    // Everything but an object or array is kept whole, built exactly as serde_json's own Value
+    // does.
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
         Ok(Value::Bool(v))
     }
@@ -217,8 +268,9 @@ impl<'de> Visitor<'de> for PrunedVisitor<'_> {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let each = self.1.unwrap_or(&Keep::All);
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Value>()? {
+        while let Some(item) = seq.next_element_seed(Pruned(each))? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -226,7 +278,7 @@ impl<'de> Visitor<'de> for PrunedVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
-        while let Some(kept) = map.next_key_seed(KeyOf(self.0))? {
+        while let Some(kept) = map.next_key_seed(KeyOf(self.0, self.1))? {
             match kept {
                 Some((name, keep)) => {
                     let value = map.next_value_seed(Pruned(keep))?;
@@ -241,7 +293,7 @@ impl<'de> Visitor<'de> for PrunedVisitor<'_> {
 }
 
 /// A member name: the kept member's name and keep tree, or `None` for a member to skip.
-struct KeyOf<'k>(&'k BTreeMap<String, Keep>);
+struct KeyOf<'k>(&'k BTreeMap<String, Keep>, Option<&'k Keep>);
 
 impl<'de, 'k> DeserializeSeed<'de> for KeyOf<'k> {
     type Value = Option<(String, &'k Keep)>;
@@ -259,7 +311,11 @@ impl<'de, 'k> Visitor<'de> for KeyOf<'k> {
     }
 
     fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
-        Ok(self.0.get(name).map(|keep| (name.to_string(), keep)))
+        Ok(self
+            .0
+            .get(name)
+            .or(self.1)
+            .map(|keep| (name.to_string(), keep)))
     }
 }
 
@@ -333,19 +389,47 @@ mod tests {
         let value = from_str(text, &keep(&["$.a.b", "$.f[0].g", "$['h']"])).unwrap();
         assert_eq!(value, json!({"a": {"b": 1}, "f": [{"g": 1}], "h": 5}));
         // A name that does not end at a segment boundary stops the prefix before it.
-        assert_eq!(plain_prefix(".a.café"), vec!["a".to_string()]);
-        assert_eq!(plain_prefix("..a"), Vec::<String>::new());
-        assert_eq!(plain_prefix(".a[?@.b == 1]"), vec!["a".to_string()]);
+        let a = Segment::Name("a".into());
+        assert_eq!(plain_prefix(".a.café"), vec![a.clone()]);
+        assert_eq!(plain_prefix("..a"), vec![]);
+        assert_eq!(plain_prefix(".a[?@.b == 1]"), vec![a.clone()]);
+        assert_eq!(plain_prefix(".a[1:2]"), vec![a.clone()]);
+        assert_eq!(plain_prefix(".a[-1]"), vec![a.clone()]);
+        assert_eq!(
+            plain_prefix(".a[*].*[12]"),
+            vec![a, Segment::Each, Segment::Each, Segment::Each]
+        );
         assert!(keep(&["$..x"]).is_all());
-        assert!(keep(&["$.*"]).is_all());
+        let full: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(from_str(text, &keep(&["$.*"])).unwrap(), full);
         assert!(keep(&["$"]).is_all());
         assert!(keep(&["$.a[?@.b == $.c]"]).is_all());
+    }
+
+    #[test]
+    fn wildcards_and_indexes_keep_the_same_members_of_every_child() {
+        let text =
+            r#"{"items": [{"n": 1, "x": 2}, {"n": 3, "y": [4]}, 5], "m": {"p": {"n": 1, "z": 0}}}"#;
+        let value = from_str(text, &keep(&["$.items[*].n", "$.m.*.n", "$.m.q"])).unwrap();
+        assert_eq!(
+            value,
+            json!({"items": [{"n": 1}, {"n": 3}, 5], "m": {"p": {"n": 1}}})
+        );
+        // A name next to a wildcard keeps both what the name and what the wildcard reads.
+        let value = from_str(text, &keep(&["$.m.p.z", "$.m[*].n"])).unwrap();
+        assert_eq!(value, json!({"m": {"p": {"n": 1, "z": 0}}}));
+        let value = from_str(text, &keep(&["$.m[*].n", "$.m.p.z"])).unwrap();
+        assert_eq!(value, json!({"m": {"p": {"n": 1, "z": 0}}}));
+        let value = from_str(text, &keep(&["$.items[1].y[0]"])).unwrap();
+        assert_eq!(value, json!({"items": [{}, {"y": [4]}, 5]}));
     }
 
     #[test]
     fn a_pruned_node_that_is_not_an_object_is_kept_whole() {
         let value = from_str(r#"{"a": [1, {"b": 2}], "z": 0}"#, &keep(&["$.a.b"])).unwrap();
         assert_eq!(value, json!({"a": [1, {"b": 2}]}));
+        let value = from_str(r#"{"a": "text", "z": 0}"#, &keep(&["$.a[*].b"])).unwrap();
+        assert_eq!(value, json!({"a": "text"}));
         assert_eq!(from_str("[1]", &keep(&["$.a"])).unwrap(), json!([1]));
     }
 
