@@ -33,12 +33,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
+// Claims age on tokio's clock (the real one outside tests), so paused-time tests of delivery
+// see visibility timeouts pass.
+use tokio::time::Instant;
 
 use super::{
     BufferError, BufferedCase, CaseId, CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord,
@@ -669,7 +672,7 @@ impl From<BufferError> for ReadError {
 }
 
 fn run_writer(db: &Database, mut requests: mpsc::Receiver<Job>) {
-    let mut last_purge: Option<Instant> = None;
+    let mut last_purge: Option<std::time::Instant> = None;
     while let Some(first) = requests.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -691,7 +694,7 @@ fn run_writer(db: &Database, mut requests: mpsc::Receiver<Job>) {
         match commit_group(db, &writes, purge) {
             Ok(dones) => {
                 if purge {
-                    last_purge = Some(Instant::now());
+                    last_purge = Some(std::time::Instant::now());
                 }
                 for (reply, done) in replies.into_iter().zip(dones) {
                     let _ = reply.send(Ok(done));

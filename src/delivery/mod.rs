@@ -40,7 +40,7 @@ use crate::prometheus;
 use crate::secret::Secret;
 use activity::Activity;
 pub use activity::QueueActivity;
-use client::DuvoClient;
+use client::Api;
 use health::Health;
 use limiter::{PauseInfo, PauseKind, RateLimiter, key_id};
 use policy::Backoff;
@@ -124,7 +124,7 @@ pub struct Delivery {
 
 struct Inner {
     buffer: Buffer,
-    client: DuvoClient,
+    client: Api,
     limiter: RateLimiter,
     keys: ApiKeys,
     config: DeliveryConfig,
@@ -138,7 +138,7 @@ struct Inner {
 impl Delivery {
     pub fn new(
         buffer: Buffer,
-        client: DuvoClient,
+        client: impl Into<Api>,
         limiter: RateLimiter,
         keys: ApiKeys,
         config: DeliveryConfig,
@@ -147,7 +147,7 @@ impl Delivery {
         Delivery {
             inner: Arc::new(Inner {
                 buffer,
-                client,
+                client: client.into(),
                 limiter,
                 keys,
                 config,
