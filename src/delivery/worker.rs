@@ -693,3 +693,6 @@ fn answer_summary(answer: &ApiAnswer) -> String {
         ApiAnswer::Transport(reason) => reason.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;
