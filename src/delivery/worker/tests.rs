@@ -528,10 +528,10 @@ async fn a_500_poison_case_is_bisected_out_and_dead_lettered_while_the_rest_flow
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_whole_api_outage_of_hours_dead_letters_nothing() {
+async fn a_whole_api_outage_of_an_hour_dead_letters_nothing() {
     let start = Instant::now();
     let fake = Fake::new(move |_| {
-        if start.elapsed() < Duration::from_secs(3 * 3600) {
+        if start.elapsed() < Duration::from_secs(3600) {
             status(500)
         } else {
             status(200)
@@ -539,7 +539,7 @@ async fn a_whole_api_outage_of_hours_dead_letters_nothing() {
     });
     let rig = Rig::new(&fake, limits(300, Duration::from_secs(60)), config());
     enqueue(&rig.buffer, QUEUE, None, 0..250).await;
-    tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
     assert!(
         fake.requests().len() > 1000,
         "it kept trying: {}",
@@ -562,26 +562,18 @@ async fn a_whole_api_outage_of_hours_dead_letters_nothing() {
 /// the neighbours succeed again.
 #[tokio::test(start_paused = true)]
 async fn an_outage_that_begins_after_a_case_started_failing_does_not_dead_letter_it() {
-    #[derive(Default)]
-    struct Phase {
-        poison_alone: u32,
-        outage_from: Option<Instant>,
-    }
-    let outage = Duration::from_secs(2 * 3600);
-    let phase = Arc::new(Mutex::new(Phase::default()));
-    let seen = phase.clone();
+    let outage = Duration::from_secs(1800);
+    let outage_from: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let poison_alone: Arc<Mutex<u32>> = Arc::default();
+    let (from, alone) = (outage_from.clone(), poison_alone.clone());
     let fake = Fake::new(move |r| {
-        let mut phase = seen.lock().unwrap();
         let poison = r.titles.iter().any(|t| t == "Event 0");
         if poison && r.titles.len() == 1 {
-            phase.poison_alone += 1;
-            // Two attempts with neighbours succeeding in between, then the outage begins.
-            if phase.poison_alone == 3 && phase.outage_from.is_none() {
-                phase.outage_from = Some(r.at);
-            }
+            *alone.lock().unwrap() += 1;
         }
-        let in_outage = phase
-            .outage_from
+        let in_outage = from
+            .lock()
+            .unwrap()
             .is_some_and(|from| r.at >= from && r.at - from < outage);
         if poison || in_outage {
             status(500)
@@ -589,28 +581,38 @@ async fn an_outage_that_begins_after_a_case_started_failing_does_not_dead_letter
             status(200)
         }
     });
+    let max_attempts = config().max_attempts;
     let rig = Rig::new(&fake, limits(300, Duration::from_secs(60)), config());
     enqueue(&rig.buffer, QUEUE, None, 0..10).await;
     let mut next = 10;
-    // Neighbours keep arriving until the outage begins.
-    while phase.lock().unwrap().outage_from.is_none() {
+    // Neighbours keep arriving and succeeding while the poison case is retried alone a few
+    // times (fewer than max_attempts)...
+    while *poison_alone.lock().unwrap() < max_attempts - 2 {
         enqueue(&rig.buffer, QUEUE, None, next..next + 1).await;
         next += 1;
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(next < 1000, "the poison case was never retried alone");
     }
-    let from = phase.lock().unwrap().outage_from.unwrap();
-    tokio::time::sleep_until(from + outage - Duration::from_secs(1)).await;
-    let alone = phase.lock().unwrap().poison_alone;
+    // ...then they stop, every one of them delivered, and the whole API goes down.
     assert!(
-        alone > 2 * config().max_attempts,
-        "retried through the outage: {alone}"
+        eventually(Duration::from_secs(10), || fake.accepted().len()
+            == next - 1)
+        .await
+    );
+    *outage_from.lock().unwrap() = Some(Instant::now());
+    let before = *poison_alone.lock().unwrap();
+    tokio::time::sleep(outage - Duration::from_secs(1)).await;
+    let during = *poison_alone.lock().unwrap() - before;
+    assert!(
+        during > 2 * max_attempts,
+        "retried through the outage: {during}"
     );
     assert!(
         rig.dead_letters().await.is_empty(),
         "an outage that began later never dead-letters it"
     );
     // The API recovers and neighbours flow again: the poison case's attempts count now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut waited = 0;
     while rig.dead_letters().await.is_empty() {
         enqueue(&rig.buffer, QUEUE, None, next..next + 1).await;
