@@ -74,6 +74,20 @@ impl TestSandbox {
         }
     }
 
+    /// Polls `condition` every 20 ms until it holds (true) or `within` passes (false).
+    pub async fn wait_until(&self, within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if condition() {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The CASEGATE_* settings that point a gateway at this sandbox.
     pub fn settings(&self) -> Vec<(String, String)> {
         vec![
