@@ -19,7 +19,9 @@
 //! Shape: a supervisor ([`Delivery::run`]) runs one [`worker`] per queue and keeps the paused
 //! gauge in step with the pause table; the [`batcher`] assembles batches; [`policy`] decides
 //! what an answer means (pure); [`health`] tells a poison case from an outage; [`activity`]
-//! keeps what `status` shows. Time is tokio's (paused in tests) and jitter is injected.
+//! keeps what `status` shows. Time is tokio's (paused in tests) and jitter is injected; requests
+//! go through [`client::Api`], the HTTP client or an in-process stand-in, so every rule above is
+//! unit-tested on paused time (`worker/tests.rs`).
 
 pub mod activity;
 pub mod batcher;
