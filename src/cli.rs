@@ -296,6 +296,8 @@ async fn serve(
     if let Some(listen) = &sandbox {
         overrides.duvo_base_url = Some(format!("http://{listen}/v1"));
         overrides.duvo_api_key = Some(SandboxConfig::default().api_key);
+        // Development mode: the shipped mappings' `${VAR:-default}` secrets may serve.
+        overrides.allow_default_secrets = true;
     }
     let mut config = load_config(config_file.as_deref(), &overrides).map_err(|e| e.to_string())?;
     if sandbox.is_some() && config.admin_token.is_none() {

@@ -21,6 +21,8 @@ pub const BUFFER_OLDEST_AGE: &str = "casegate_buffer_oldest_case_age_seconds";
 pub const PAUSED: &str = "casegate_delivery_paused";
 pub const AMBIGUOUS_RESENDS: &str = "casegate_delivery_ambiguous_resends_total";
 pub const MAPPING_RELOADS: &str = "casegate_mapping_reloads_total";
+/// 1 when a source is served, 0 when it is refused for running on a development default secret.
+pub const SOURCE_CONFIGURED: &str = "casegate_source_configured";
 
 /// Every `outcome` of [`WEBHOOKS`]: each starts at zero for every loaded source.
 pub const WEBHOOK_OUTCOMES: &[&str] = &[

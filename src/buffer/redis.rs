@@ -5,7 +5,8 @@
 //!   the field `r`; the entry id is the [`CaseId`].
 //! - `{casegate}:queues`: set of every queue that was ever written to (never pruned;
 //!   [`RedisBuffer::queues`] skips the empty ones).
-//! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry.
+//! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry
+//!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
 //!   names.
 //! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
@@ -59,8 +60,8 @@ const FIELD: &str = "r";
 
 /// Writes one webhook (or one replay) atomically. Denied as a whole when Redis is out of memory.
 ///
-/// KEYS: 1 queue set, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4.. one stream
-/// per case. ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of
+/// KEYS: 1 queue set, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4 second dedupe
+/// mark (the body digest; KEYS[3] again when unused), 5.. one stream per case. ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of
 /// cases n, 4 number of dead letters m, then n queue names, n case records, m dead-letter records.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -69,15 +70,19 @@ local ttl = tonumber(ARGV[1])
 if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then
   return {'missing'}
 end
-if ttl > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then
-  return {'duplicate'}
+if ttl > 0 then
+  if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    return {'duplicate'}
+  end
+  redis.call('SET', KEYS[3], '1', 'PX', ttl)
+  redis.call('SET', KEYS[4], '1', 'PX', ttl)
 end
 local n = tonumber(ARGV[3])
 local m = tonumber(ARGV[4])
 local cases = {}
 for i = 1, n do
   redis.call('SADD', KEYS[1], ARGV[4 + i])
-  cases[i] = redis.call('XADD', KEYS[3 + i], '*', 'r', ARGV[4 + n + i])
+  cases[i] = redis.call('XADD', KEYS[4 + i], '*', 'r', ARGV[4 + n + i])
 end
 local dead = {}
 for i = 1, m do
@@ -357,7 +362,12 @@ impl RedisBuffer {
     async fn enqueue_unreplicated(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let dedupe = batch.dedupe.as_ref().map(|m| {
             let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            (self.seen_key(&m.source, &m.delivery_id), ttl_ms)
+            let id_key = self.seen_key(&m.source, &m.delivery_id);
+            let body_key = m
+                .body_digest
+                .as_ref()
+                .map_or_else(|| id_key.clone(), |d| self.seen_key(&m.source, d));
+            (id_key, body_key, ttl_ms)
         });
         let dead_letters = batch
             .dead_letters
@@ -762,7 +772,7 @@ impl RedisBuffer {
     /// Runs the write script shared by [`Self::enqueue`] and [`Self::replay_dead_letter`].
     async fn write(
         &self,
-        dedupe: Option<(String, u64)>,
+        dedupe: Option<(String, String, u64)>,
         consume_dead_letter: Option<&str>,
         cases: &[CaseRecord],
         dead_letters: &[Vec<u8>],
@@ -770,11 +780,13 @@ impl RedisBuffer {
         let records = cases.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let mut invocation = WRITE.prepare_invoke();
         let queue_set = self.key("queues");
-        let (seen_key, ttl_ms) = dedupe.unwrap_or_else(|| (queue_set.clone(), 0));
+        let (seen_key, body_key, ttl_ms) =
+            dedupe.unwrap_or_else(|| (queue_set.clone(), queue_set.clone(), 0));
         invocation
             .key(&queue_set)
             .key(self.key("dlq"))
-            .key(seen_key);
+            .key(seen_key)
+            .key(body_key);
         for case in cases {
             invocation.key(self.stream_key(&case.queue));
         }

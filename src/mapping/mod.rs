@@ -71,7 +71,9 @@ pub struct MapFailure {
 #[derive(Debug, Clone)]
 pub enum FieldGetter {
     Header(String),
-    Path(CompiledPath),
+    /// `$.a ?? $.b`: the first path that finds a non-null value wins, so a field that a provider
+    /// renamed (HubSpot's `eventType`, now `subscriptionType`) is read under either name.
+    Path(Vec<CompiledPath>),
 }
 
 impl FieldGetter {
@@ -82,20 +84,26 @@ impl FieldGetter {
                 .get(name)
                 .map(|v| vec![v.to_string()])
                 .unwrap_or_default(),
-            FieldGetter::Path(path) => path
-                .select(scope)
-                .into_iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Null => None,
-                    other => Some(other.to_string()),
+            FieldGetter::Path(alternatives) => alternatives
+                .iter()
+                .map(|path| {
+                    path.select(scope)
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Value::String(s) => Some(s.clone()),
+                            Value::Null => None,
+                            other => Some(other.to_string()),
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect(),
+                .find(|found| !found.is_empty())
+                .unwrap_or_default(),
         }
     }
 
     fn is_element_relative(&self) -> bool {
-        matches!(self, FieldGetter::Path(p) if p.is_element_relative())
+        matches!(self, FieldGetter::Path(alternatives)
+            if alternatives.iter().any(CompiledPath::is_element_relative))
     }
 }
 
@@ -551,9 +559,11 @@ fn compile_field_ref(field: &FieldRef) -> Result<FieldGetter, String> {
         (Some(header), None) if !header.trim().is_empty() => {
             Ok(FieldGetter::Header(header.trim().to_string()))
         }
-        (None, Some(path)) => CompiledPath::parse(path)
-            .map(FieldGetter::Path)
-            .map_err(|e| e.to_string()),
+        (None, Some(path)) => template::split_top_level(path, "??")
+            .iter()
+            .map(|alternative| CompiledPath::parse(alternative).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .map(FieldGetter::Path),
         _ => Err("give exactly one of `header` or `path`".into()),
     }
 }

@@ -53,7 +53,8 @@ pub struct MappingFile {
 pub struct FieldRef {
     /// A request header's name (case-insensitive), e.g. `X-Shopify-Topic`.
     pub header: Option<String>,
-    /// A JSONPath into the payload (`$...`), or into the `for_each` element (`@...`).
+    /// A JSONPath into the payload (`$...`), or into the `for_each` element (`@...`); `??`
+    /// tries further paths in turn (`@.subscriptionType ?? @.eventType`).
     pub path: Option<String>,
 }
 

@@ -691,7 +691,7 @@ fn parse_filter(text: &str, expr: &str, maps: &ValueMaps) -> Result<Filter, Temp
 
 /// Splits on `separator` outside brackets, parentheses and quotes. A `|` that is part of `||`
 /// (a JSONPath "or") does not split.
-fn split_top_level(text: &str, separator: &str) -> Vec<String> {
+pub(crate) fn split_top_level(text: &str, separator: &str) -> Vec<String> {
     let mut segments = vec![String::new()];
     let mut scanner = Scanner::default();
     let mut rest = text;

@@ -206,6 +206,43 @@ rules:
 }
 
 #[test]
+fn event_type_and_delivery_id_paths_fall_back_with_double_question_marks() {
+    // HubSpot's documentation still shows `eventType` where deliveries now carry
+    // `subscriptionType`; a mapping reads either, preferring the first path that finds a value.
+    let yaml = format!(
+        r#"
+verify: {{scheme: none}}
+event_type: {{path: '@.subscriptionType ?? @.eventType'}}
+delivery_id: {{path: '$[0].deliveryId ?? $[0].eventId'}}
+rules:
+  - name: contacts
+    for_each: '$[*]'
+    when: {{event: contact.creation}}
+    queue: {QUEUE}
+    title: 'Contact {{{{ @.objectId }}}}'
+"#
+    );
+    let mapping = compile(&yaml).unwrap();
+    let payload = json!([
+        {"objectId": 1, "eventType": "contact.creation", "eventId": 7},
+        {"objectId": 2, "subscriptionType": "contact.creation", "eventType": "ignored"},
+        {"objectId": 3, "subscriptionType": null, "eventType": "contact.creation"},
+        {"objectId": 4, "eventType": "contact.deletion"},
+        {"objectId": 5}
+    ]);
+    let cases = apply(&mapping, &payload, &Headers::new()).unwrap();
+    let titles: Vec<_> = cases.iter().map(|c| c.title.as_str()).collect();
+    assert_eq!(titles, ["Contact 1", "Contact 2", "Contact 3"]);
+    assert_eq!(
+        mapping.delivery_id_of(&payload, &Headers::new()).as_deref(),
+        Some("7")
+    );
+    let bad = yaml.replace("@.subscriptionType ?? @.eventType", "@.subscriptionType ??");
+    let err = compile(&bad).unwrap_err().to_string();
+    assert!(err.contains("event_type"), "{err}");
+}
+
+#[test]
 fn titles_are_cut_to_500_characters_and_empty_titles_fail() {
     let mapping = compile(&format!("verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: '{{{{ $.t }}}}'\n")).unwrap();
     let long = "é".repeat(800);

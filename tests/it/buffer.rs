@@ -1074,6 +1074,7 @@ fn mark(source: &str, delivery_id: &str, ttl: Duration) -> DedupeMark {
     DedupeMark {
         source: source.into(),
         delivery_id: delivery_id.into(),
+        body_digest: None,
         ttl,
     }
 }

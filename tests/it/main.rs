@@ -4,6 +4,7 @@
 mod buffer;
 mod delivery;
 mod faults;
+mod hostile;
 mod ingest_props;
 mod ingress;
 mod long_faults;
