@@ -22,8 +22,9 @@ use crate::buffer::{BufferedCase, CaseId, CaseRecord, DeadLetterKind, DeadLetter
 use crate::prometheus;
 use crate::secret::Secret;
 
-/// An idle worker stops after this long; the supervisor starts a new one when cases arrive.
-const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// The longest a worker whose queue holds only other consumers' claims waits before it looks
+/// again (a worker whose queue is drained stops; the supervisor starts one when cases arrive).
+const IDLE_MAX: Duration = Duration::from_secs(1);
 
 /// The ids this worker holds, renewed in the background.
 #[derive(Clone, Default)]
@@ -241,7 +242,7 @@ impl Worker {
     }
 
     async fn run(mut self) {
-        let mut idle_since = Instant::now();
+        let mut idle_wait = Duration::ZERO;
         {
             let mut resumed = Vec::new();
             self.claims().own_pending(&mut resumed).await;
@@ -274,18 +275,24 @@ impl Worker {
             let mut batch = std::mem::take(&mut self.carry);
             self.fill(&mut batch).await;
             if batch.is_empty() {
-                if idle_since.elapsed() > IDLE_EXIT {
-                    return;
+                match self.inner().buffer.settle(&self.queue).await {
+                    // Drained: the queue left the ready set, and a later case puts it back and
+                    // gets a new worker from the supervisor.
+                    Ok(true) => return,
+                    // Other consumers hold its cases: look again, less and less often, for
+                    // cases they give up (reclaim) until new work wakes this worker.
+                    Ok(false) => idle_wait = (idle_wait * 2).clamp(config.poll_interval, IDLE_MAX),
+                    Err(_) => idle_wait = config.poll_interval,
                 }
                 let mut shutdown = self.inner().shutdown.clone();
                 tokio::select! {
-                    _ = self.notify.notified() => {}
-                    _ = tokio::time::sleep(config.poll_interval) => {}
+                    _ = self.notify.notified() => idle_wait = Duration::ZERO,
+                    _ = tokio::time::sleep(idle_wait) => {}
                     _ = shutdown.wait_for(|stop| *stop) => {}
                 }
                 continue;
             }
-            idle_since = Instant::now();
+            idle_wait = Duration::ZERO;
             if batch.len() < config.max_batch {
                 let oldest_age = batcher::age(&batch, (config.now_ms)());
                 if oldest_age < config.linger {
