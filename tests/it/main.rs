@@ -2,6 +2,7 @@
 //! instances spawned per test, real signatures.
 
 mod buffer;
+mod cluster;
 mod delivery;
 mod faults;
 mod ingest_props;
