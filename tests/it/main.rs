@@ -11,6 +11,7 @@ mod long_faults;
 mod operate;
 mod readme;
 mod reload;
+mod scale;
 mod security;
 mod serve;
 mod support;
