@@ -39,9 +39,11 @@ struct RawIngress {
     client_timeout_secs: u64,
     workers: usize,
     keep_alive_secs: u64,
+    offload_verify_bytes: usize,
+    allow_default_secrets: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
     backend: String,
@@ -54,7 +56,7 @@ struct RawBuffer {
     queue_retention_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDuvo {
     base_url: String,
@@ -84,7 +86,7 @@ struct RawDelivery {
     consumer: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     token: String,
@@ -96,6 +98,44 @@ struct RawAdmin {
 struct RawLog {
     format: String,
     level: String,
+}
+
+// The raw layers hold the Redis URL (with its password), the API keys and the admin token as
+// plain strings: their `Debug` redacts them.
+impl std::fmt::Debug for RawBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBuffer")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("redis_url", &"***")
+            .field("key_prefix", &self.key_prefix)
+            .field("op_timeout_ms", &self.op_timeout_ms)
+            .field("retry_after_secs", &self.retry_after_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawDuvo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut key_names: Vec<&String> = self.api_keys.keys().collect();
+        key_names.sort();
+        f.debug_struct("RawDuvo")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"***")
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("api_keys", &key_names)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAdmin")
+            .field("token", &"***")
+            .field("listen", &self.listen)
+            .finish()
+    }
 }
 
 /// The validated configuration.
@@ -128,6 +168,12 @@ pub struct IngressConfig {
     pub workers: usize,
     /// Idle keep-alive time; `None` turns keep-alive off.
     pub keep_alive: Option<Duration>,
+    /// Bodies larger than this are verified on the blocking pool, not the HTTP worker, so one
+    /// large HMAC does not stall the other connections of its worker.
+    pub offload_verify_bytes: usize,
+    /// Serve sources whose secret fell back to a `${VAR:-default}`. Off in production: the
+    /// default is public (it is in the repository). `serve --sandbox` turns it on.
+    pub allow_default_secrets: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +258,47 @@ pub struct Overrides {
     /// `serve --sandbox` points delivery at the local sandbox.
     pub duvo_base_url: Option<String>,
     pub duvo_api_key: Option<String>,
+    /// `serve --sandbox` is development mode: sources may run on `${VAR:-default}` secrets.
+    pub allow_default_secrets: bool,
+}
+
+/// Refuses a `CASEGATE_*` variable that names no setting, by the variable's own name (the
+/// config layer would only say ``unknown field `foo` ``, which hides where the typo is).
+/// Settings are the keys of config/casegate.toml; an empty table there (`duvo.api_keys`) is a
+/// map whose keys are free.
+fn check_variable_names(vars: &config::Map<String, String>) -> Result<(), ConfigError> {
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
+        .map_err(load_error)?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let path = name["CASEGATE_".len()..].to_ascii_lowercase();
+        let mut level = defaults.clone();
+        let segments: Vec<&str> = path.split("__").collect();
+        for (i, segment) in segments.iter().enumerate() {
+            if level.is_empty() && i > 0 {
+                break;
+            }
+            let last = i + 1 == segments.len();
+            match level.get(*segment).map(|v| v.clone().into_table()) {
+                Some(Ok(table)) if !last => level = table,
+                Some(Err(_)) if last => break,
+                // A scalar given a sub-key, a table given a value, or no such key.
+                Some(_) | None => {
+                    return Err(ConfigError::Load(format!(
+                        "unknown environment variable {name}: it names no setting (settings are listed in config/casegate.toml; `a.b` is CASEGATE_A__B)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -222,6 +309,16 @@ impl Config {
         env: &Env,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
+        let raw = Self::load_raw(file, env, overrides)?;
+        Self::validate(raw, env.clone(), overrides.allow_default_secrets)
+    }
+
+    /// The layered settings before validation.
+    fn load_raw(
+        file: Option<&Path>,
+        env: &Env,
+        overrides: &Overrides,
+    ) -> Result<RawConfig, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULTS_TOML,
             config::FileFormat::Toml,
@@ -240,6 +337,7 @@ impl Config {
             .filter(|(k, _)| k.starts_with("CASEGATE_"))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        check_variable_names(&vars)?;
         builder = builder.add_source(
             config::Environment::with_prefix("CASEGATE")
                 .prefix_separator("_")
@@ -266,15 +364,18 @@ impl Config {
                 .set_override("mappings", mappings.to_string_lossy().as_ref())
                 .map_err(load_error)?;
         }
-        let raw: RawConfig = builder
+        builder
             .build()
             .map_err(load_error)?
             .try_deserialize()
-            .map_err(load_error)?;
-        Self::validate(raw, env.clone())
+            .map_err(load_error)
     }
 
-    fn validate(raw: RawConfig, env: Env) -> Result<Config, ConfigError> {
+    fn validate(
+        raw: RawConfig,
+        env: Env,
+        overrides_allow_default_secrets: bool,
+    ) -> Result<Config, ConfigError> {
         let listen = raw.listen.parse().map_err(|_| ConfigError::Invalid {
             key: "listen",
             reason: format!("{:?} is not an address such as 0.0.0.0:8080", raw.listen),
@@ -385,6 +486,9 @@ impl Config {
                 workers: raw.ingress.workers,
                 keep_alive: (raw.ingress.keep_alive_secs > 0)
                     .then(|| Duration::from_secs(raw.ingress.keep_alive_secs)),
+                offload_verify_bytes: raw.ingress.offload_verify_bytes,
+                allow_default_secrets: raw.ingress.allow_default_secrets
+                    || overrides_allow_default_secrets,
             },
             buffer: BufferConfig {
                 backend,
@@ -439,9 +543,62 @@ fn load_error(error: config::ConfigError) -> ConfigError {
     ConfigError::Load(error.to_string())
 }
 
+/// The configured consumer name, or the host name: stable across restarts of a container or
+/// host, so a restarted replica resumes the cases it held at once.
+fn consumer_name(configured: &str) -> String {
+    let configured = configured.trim();
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "casegate".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_the_config_and_its_raw_layers_holds_no_secret() {
+        let secrets = [
+            "redis-pass-4b1c",
+            "dv_api_key_7e2a",
+            "dv_named_key_9f3d",
+            "admin-token-0c5e-0123456789abcdef0123456789",
+            "whsec_env_secret_61aa",
+        ];
+        let pairs = [
+            (
+                "CASEGATE_BUFFER__REDIS_URL",
+                "redis://:redis-pass-4b1c@10.0.0.1:6380/2",
+            ),
+            ("CASEGATE_DUVO__API_KEY", secrets[1]),
+            ("CASEGATE_DUVO__API_KEYS__SUPPORT", secrets[2]),
+            ("CASEGATE_ADMIN__TOKEN", secrets[3]),
+            ("STRIPE_WEBHOOK_SECRET", secrets[4]),
+        ];
+        let env = Env::from_pairs(pairs);
+        let raw = Config::load_raw(None, &env, &Overrides::default()).unwrap();
+        let config = Config::load(None, &env, &Overrides::default()).unwrap();
+        for (what, dump) in [
+            ("Config", format!("{config:?}")),
+            ("Config (pretty)", format!("{config:#?}")),
+            ("raw config", format!("{raw:?}")),
+            ("environment", format!("{:?}", config.env)),
+        ] {
+            for secret in secrets {
+                assert!(!dump.contains(secret), "{what} shows {secret}: {dump}");
+            }
+            assert!(!dump.contains("redis-pass"), "{what}: {dump}");
+        }
+        // What is not secret still shows, so the dumps stay useful.
+        assert!(format!("{config:?}").contains("STRIPE_WEBHOOK_SECRET"));
+        assert!(format!("{raw:?}").contains("SUPPORT") || format!("{raw:?}").contains("support"));
+    }
 
     fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::load(
@@ -503,7 +660,18 @@ mod tests {
         let error = load_env(&[("CASEGATE_BUFFER__BACKEDN", "redis")])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("backedn"), "{error}");
+        assert!(error.contains("CASEGATE_BUFFER__BACKEDN"), "{error}");
+        for name in ["CASEGATE_FOO", "CASEGATE_LISTEN__PORT", "CASEGATE_DUVO"] {
+            let error = load_env(&[(name, "x")]).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("unknown environment variable {name}")),
+                "{error}"
+            );
+            assert!(!error.contains("unknown field"), "{error}");
+        }
+        // The named-key map takes any key.
+        let config = load_env(&[("CASEGATE_DUVO__API_KEYS__EU", "dv_eu")]).unwrap();
+        assert!(config.duvo.api_keys.contains_key("eu"));
     }
 
     #[test]
@@ -560,19 +728,4 @@ mod tests {
         );
         assert!(error.unwrap_err().to_string().contains("does not exist"));
     }
-}
-
-/// The configured consumer name, or the host name: stable across restarts of a container or
-/// host, so a restarted replica resumes the cases it held at once.
-fn consumer_name(configured: &str) -> String {
-    let configured = configured.trim();
-    if !configured.is_empty() {
-        return configured.to_string();
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "casegate".to_string())
 }

@@ -109,6 +109,11 @@ pub async fn run_with_clock(
     clock: Clock,
 ) -> Result<(), RunError> {
     let mappings = load_mappings(&config)?;
+    let mut api_keys: Vec<String> = config.duvo.api_keys.keys().cloned().collect();
+    if config.duvo.api_key.is_some() {
+        api_keys.push("default".to_string());
+    }
+    prometheus::register_zeros(&mappings, &api_keys);
     tracing::info!(sources = mappings.len(), dir = %config.mappings.display(), "mappings loaded");
     let buffer = open_buffer(&config.buffer).await?;
     let mappings = Arc::new(ArcSwap::from_pointee(mappings));
@@ -136,12 +141,18 @@ pub async fn run_with_clock(
     if let Some(delivery) = &delivery {
         ingestor = ingestor.with_waker(delivery.waker());
     }
+    ingestor = ingestor
+        .allow_default_secrets(config.ingress.allow_default_secrets)
+        .offload_verify_above(config.ingress.offload_verify_bytes);
     let delivery_task = delivery.clone().map(|d| tokio::spawn(d.run()));
-    let reloader = Arc::new(mapping::MappingReloader::new(
-        config.mappings.clone(),
-        config.env.clone(),
-        mappings.clone(),
-    ));
+    let reloader = Arc::new(
+        mapping::MappingReloader::new(
+            config.mappings.clone(),
+            config.env.clone(),
+            mappings.clone(),
+        )
+        .with_default_secrets_allowed(config.ingress.allow_default_secrets),
+    );
     // Watches the mapping directory and SIGHUP until run_with_clock returns.
     let _reload_task = reloader.clone().spawn();
     let reload = {
@@ -157,6 +168,9 @@ pub async fn run_with_clock(
         }) as Arc<dyn Fn() -> Result<usize, String> + Send + Sync>
     };
     prometheus::handle();
+    mappings
+        .load()
+        .report_source_configuration(config.ingress.allow_default_secrets);
     let state = AppState {
         ingestor,
         max_body_bytes: config.ingress.max_body_bytes,

@@ -16,6 +16,17 @@ pub struct SourceStatus {
     pub scheme: String,
     /// True while a secret falls back to its development default.
     pub default_secret: bool,
+    /// False when the source is refused (503 `source_not_configured`): it runs on a development
+    /// default outside development mode.
+    #[serde(default = "configured_by_default")]
+    pub configured: bool,
+    /// The variables to set so the source stops running on development defaults.
+    #[serde(default)]
+    pub unset_variables: Vec<String>,
+}
+
+fn configured_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +64,7 @@ pub async fn report(
     buffer: &Buffer,
     mappings: &MappingSet,
     delivery: Option<&Delivery>,
+    allow_default_secrets: bool,
 ) -> Result<StatusReport, BufferError> {
     let sources = mappings
         .iter()
@@ -62,6 +74,8 @@ pub async fn report(
             version: m.version.clone(),
             scheme: m.verifier.scheme_name().to_string(),
             default_secret: m.verifier.uses_default_secret(),
+            configured: allow_default_secrets || !m.verifier.uses_default_secret(),
+            unset_variables: m.verifier.defaulted_variables().to_vec(),
         })
         .collect();
     let activity = match delivery {
@@ -127,10 +141,12 @@ pub fn render(report: &StatusReport) -> String {
         "SOURCE", "FILE", "SCHEME", "VERSION", "NOTE"
     ));
     for s in &report.sources {
-        let note = if s.default_secret {
-            "development default secret"
+        let note = if !s.configured {
+            format!("NOT SERVED (503): set {}", s.unset_variables.join(", "))
+        } else if s.default_secret {
+            "development default secret".to_string()
         } else {
-            ""
+            String::new()
         };
         out.push_str(&format!(
             "{:<22} {:<20} {:<18} {:<13} {note}\n",

@@ -105,7 +105,8 @@ struct Claim {
 /// One request to the writer.
 enum Write {
     Enqueue {
-        dedupe: Option<(String, String, u64)>,
+        /// `(source, delivery id, body digest, ttl ms)`.
+        dedupe: Option<(String, String, Option<String>, u64)>,
         /// `(queue, record JSON)`.
         cases: Vec<(String, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
@@ -191,7 +192,7 @@ impl EmbeddedBuffer {
         let write = Write::Enqueue {
             dedupe: batch.dedupe.map(|m| {
                 let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX);
-                (m.source, m.delivery_id, ttl_ms)
+                (m.source, m.delivery_id, m.body_digest, ttl_ms)
             }),
             cases: batch
                 .cases
@@ -739,11 +740,16 @@ fn commit_group(db: &Database, writes: &[Write], purge: bool) -> Result<Vec<Done
                         None => false,
                     };
                     let duplicate = match dedupe {
-                        Some((source, delivery_id, _)) => {
+                        Some((source, delivery_id, body_digest, _)) => {
                             // Marks written earlier in this group are visible here, so a repeat
                             // inside one group is caught too.
-                            seen.get((source.as_str(), delivery_id.as_str()))?
-                                .is_some_and(|exp| exp.value() > now)
+                            let mut seen_before = false;
+                            for key in std::iter::once(delivery_id).chain(body_digest.as_ref()) {
+                                seen_before |= seen
+                                    .get((source.as_str(), key.as_str()))?
+                                    .is_some_and(|exp| exp.value() > now);
+                            }
+                            seen_before
                         }
                         None => false,
                     };
@@ -752,11 +758,13 @@ fn commit_group(db: &Database, writes: &[Write], purge: bool) -> Result<Vec<Done
                     } else if duplicate {
                         Done::Duplicate
                     } else {
-                        if let Some((source, delivery_id, ttl_ms)) = dedupe {
-                            seen.insert(
-                                (source.as_str(), delivery_id.as_str()),
-                                now.saturating_add(*ttl_ms),
-                            )?;
+                        if let Some((source, delivery_id, body_digest, ttl_ms)) = dedupe {
+                            for key in std::iter::once(delivery_id).chain(body_digest.as_ref()) {
+                                seen.insert(
+                                    (source.as_str(), key.as_str()),
+                                    now.saturating_add(*ttl_ms),
+                                )?;
+                            }
                         }
                         if let Some(seq) = consume_dead_letter {
                             dead.remove(*seq)?;

@@ -127,10 +127,15 @@ pub struct DeadLetter {
 }
 
 /// "This delivery id of this source has been seen" for `ttl`.
+///
+/// `body_digest` is a second key of the same source, written and checked in the same atomic
+/// write: for schemes that sign no timestamp, a captured body replayed with a fresh (unsigned)
+/// delivery id is still a duplicate. Either key already seen makes the write a duplicate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupeMark {
     pub source: String,
     pub delivery_id: String,
+    pub body_digest: Option<String>,
     pub ttl: Duration,
 }
 

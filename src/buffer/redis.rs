@@ -11,7 +11,8 @@
 //!   [`RedisBuffer::prune`] forgets queues empty past the retention period (stream, group and
 //!   all). Older versions kept `{casegate}:queues`, a plain set; it is folded into these two on
 //!   first use.
-//! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry.
+//! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry
+//!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
 //!   names.
 //! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
@@ -68,11 +69,12 @@ const FIELD: &str = "r";
 
 /// Writes one webhook (or one replay) atomically. Denied as a whole when Redis is out of memory.
 ///
-/// KEYS: 1 queue registry, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4 ready
-/// set, 5.. one stream per case. ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('':
-/// none), 3 number of cases n, 4 number of dead letters m, then n queue names, n case records, m
-/// dead-letter records. Each case's queue enters the ready set (if not in it: its score says
-/// since when it has work) and has its last write noted in the registry.
+/// KEYS: 1 queue registry, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4 second
+/// dedupe mark (the body digest; KEYS[3] again when unused), 5 ready set, 6.. one stream per case.
+/// ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of cases n, 4
+/// number of dead letters m, then n queue names, n case records, m dead-letter records. Each
+/// case's queue enters the ready set (if not in it: its score says since when it has work) and
+/// has its last write noted in the registry.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua
@@ -80,17 +82,21 @@ local ttl = tonumber(ARGV[1])
 if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then
   return {'missing'}
 end
-if ttl > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then
-  return {'duplicate'}
+if ttl > 0 then
+  if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    return {'duplicate'}
+  end
+  redis.call('SET', KEYS[3], '1', 'PX', ttl)
+  redis.call('SET', KEYS[4], '1', 'PX', ttl)
 end
 local n = tonumber(ARGV[3])
 local m = tonumber(ARGV[4])
 local cases = {}
 for i = 1, n do
-  local id = redis.call('XADD', KEYS[4 + i], '*', 'r', ARGV[4 + n + i])
+  local id = redis.call('XADD', KEYS[5 + i], '*', 'r', ARGV[4 + n + i])
   local ms = tonumber(string.match(id, '^(%d+)'))
   redis.call('ZADD', KEYS[1], ms, ARGV[4 + i])
-  redis.call('ZADD', KEYS[4], 'NX', ms, ARGV[4 + i])
+  redis.call('ZADD', KEYS[5], 'NX', ms, ARGV[4 + i])
   cases[i] = id
 end
 local dead = {}
@@ -264,7 +270,8 @@ return released
 });
 
 /// This consumer's own pending entries (what it held when it stopped), oldest first, with their
-/// delivery counts; entries deleted meanwhile are acked away. Read on start, so a restarted
+/// delivery counts, their idle time reset in the same step (so no other consumer reclaims them
+/// before the first renewal); entries deleted meanwhile are acked away. Read on start, so a restarted
 /// consumer resumes at once instead of after the visibility timeout.
 /// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 count. Returns `{id, fields, deliveries}`.
 static OWN_PENDING: LazyLock<Script> = LazyLock::new(|| {
@@ -282,6 +289,7 @@ for _, e in ipairs(r[1][2]) do
     if p[1] then
       n = p[1][4]
     end
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'JUSTID')
     out[#out + 1] = {e[1], e[2], n}
   else
     redis.call('XACK', KEYS[1], ARGV[1], e[1])
@@ -431,7 +439,12 @@ impl RedisBuffer {
     async fn enqueue_unreplicated(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let dedupe = batch.dedupe.as_ref().map(|m| {
             let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            (self.seen_key(&m.source, &m.delivery_id), ttl_ms)
+            let id_key = self.seen_key(&m.source, &m.delivery_id);
+            let body_key = m
+                .body_digest
+                .as_ref()
+                .map_or_else(|| id_key.clone(), |d| self.seen_key(&m.source, d));
+            (id_key, body_key, ttl_ms)
         });
         let dead_letters = batch
             .dead_letters
@@ -933,7 +946,7 @@ impl RedisBuffer {
     /// Runs the write script shared by [`Self::enqueue`] and [`Self::replay_dead_letter`].
     async fn write(
         &self,
-        dedupe: Option<(String, u64)>,
+        dedupe: Option<(String, String, u64)>,
         consume_dead_letter: Option<&str>,
         cases: &[CaseRecord],
         dead_letters: &[Vec<u8>],
@@ -941,11 +954,13 @@ impl RedisBuffer {
         let records = cases.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let mut invocation = WRITE.prepare_invoke();
         let registry = self.key("registry");
-        let (seen_key, ttl_ms) = dedupe.unwrap_or_else(|| (registry.clone(), 0));
+        let (seen_key, body_key, ttl_ms) =
+            dedupe.unwrap_or_else(|| (registry.clone(), registry.clone(), 0));
         invocation
             .key(&registry)
             .key(self.key("dlq"))
             .key(seen_key)
+            .key(body_key)
             .key(self.key("ready"));
         for case in cases {
             invocation.key(self.stream_key(&case.queue));

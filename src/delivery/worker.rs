@@ -26,6 +26,19 @@ use crate::secret::Secret;
 /// again (a worker whose queue is drained stops; the supervisor starts one when cases arrive).
 const IDLE_MAX: Duration = Duration::from_secs(1);
 
+/// Single cases a worker sets aside (keeps claimed and retries on their own backoff) while the
+/// rest of its queue flows. Beyond this, failing cases are retried in place: in an outage
+/// everything fails, and setting everything aside would only shuffle the queue.
+const MAX_SUSPECTS: usize = 4;
+
+/// A single case that keeps failing, set aside: retried alone from `due` on.
+struct Suspect {
+    group: Group,
+    key: String,
+    secret: Secret,
+    due: Instant,
+}
+
 /// The ids this worker holds, renewed in the background.
 #[derive(Clone, Default)]
 struct Held(Arc<Mutex<BTreeSet<CaseId>>>);
@@ -58,6 +71,7 @@ pub(super) async fn run(delivery: Delivery, queue: String, notify: Arc<Notify>) 
         held,
         carry: Vec::new(),
         key_hint: None,
+        suspects: VecDeque::new(),
     }
     .run()
     .await;
@@ -110,6 +124,8 @@ struct Group {
     /// a stopped consumer: the API may hold them already.
     ambiguous: bool,
     last_answer: String,
+    /// Set aside once already: it keeps its own backoff instead of holding the queue.
+    aside: bool,
 }
 
 impl Group {
@@ -123,6 +139,7 @@ impl Group {
             healthy: false,
             ambiguous,
             last_answer: String::new(),
+            aside: false,
         }
     }
 
@@ -136,6 +153,7 @@ impl Group {
             healthy: self.healthy,
             ambiguous: self.ambiguous,
             last_answer: self.last_answer.clone(),
+            aside: false,
         };
         (half(self.cases.clone()), half(right))
     }
@@ -161,6 +179,8 @@ struct Worker {
     carry: Vec<BufferedCase>,
     /// The key of this queue's last batch: gated before claiming.
     key_hint: Option<String>,
+    /// Cases set aside after repeated failures (see [`MAX_SUSPECTS`]).
+    suspects: VecDeque<Suspect>,
 }
 
 impl Worker {
@@ -235,8 +255,9 @@ impl Worker {
 
     /// Waits out a pause: releases what the worker holds and claims nothing meanwhile.
     async fn wait_paused(&mut self, wait: Duration) -> bool {
-        let carry = std::mem::take(&mut self.carry);
-        self.release(carry).await;
+        let mut held = std::mem::take(&mut self.carry);
+        held.extend(self.suspects.drain(..).flat_map(|s| s.group.cases));
+        self.release(held).await;
         self.sleep(wait.min(self.inner().config.probe_interval))
             .await
     }
@@ -272,22 +293,52 @@ impl Worker {
                 }
             }
             let config = self.inner().config.clone();
+            let now = Instant::now();
+            if let Some(due) = self.suspects.iter().position(|s| s.due <= now) {
+                let suspect = self.suspects.remove(due).expect("just found");
+                self.inner().limiter.acquire(&suspect.key).await;
+                let work = VecDeque::from([suspect.group]);
+                match self
+                    .send(&suspect.key, &suspect.secret, work, probing)
+                    .await
+                {
+                    Sent::Done => {}
+                    Sent::Paused(left) => {
+                        self.release(left).await;
+                    }
+                    Sent::Stopped => break,
+                }
+                continue;
+            }
             let mut batch = std::mem::take(&mut self.carry);
             self.fill(&mut batch).await;
             if batch.is_empty() {
-                match self.inner().buffer.settle(&self.queue).await {
-                    // Drained: the queue left the ready set, and a later case puts it back and
-                    // gets a new worker from the supervisor.
-                    Ok(true) => return,
-                    // Other consumers hold its cases: look again, less and less often, for
-                    // cases they give up (reclaim) until new work wakes this worker.
-                    Ok(false) => idle_wait = (idle_wait * 2).clamp(config.poll_interval, IDLE_MAX),
-                    Err(_) => idle_wait = config.poll_interval,
+                if self.suspects.is_empty() {
+                    match self.inner().buffer.settle(&self.queue).await {
+                        // Drained: the queue left the ready set, and a later case puts it back
+                        // and gets a new worker from the supervisor.
+                        Ok(true) => return,
+                        // Other consumers hold its cases: look again, less and less often, for
+                        // cases they give up (reclaim) until new work wakes this worker.
+                        Ok(false) => {
+                            idle_wait = (idle_wait * 2).clamp(config.poll_interval, IDLE_MAX)
+                        }
+                        Err(_) => idle_wait = config.poll_interval,
+                    }
+                } else {
+                    idle_wait = config.poll_interval;
                 }
                 let mut shutdown = self.inner().shutdown.clone();
+                let wait = self
+                    .suspects
+                    .iter()
+                    .map(|s| s.due.saturating_duration_since(Instant::now()))
+                    .min()
+                    .unwrap_or(idle_wait)
+                    .min(idle_wait);
                 tokio::select! {
                     _ = self.notify.notified() => idle_wait = Duration::ZERO,
-                    _ = tokio::time::sleep(idle_wait) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.wait_for(|stop| *stop) => {}
                 }
                 continue;
@@ -347,7 +398,8 @@ impl Worker {
             }));
             let rest = batcher::cap_request_size(&mut batch, config.max_request_bytes);
             self.carry.splice(0..0, rest);
-            match self.send(&key, &secret, batch, probing).await {
+            let work = VecDeque::from([Group::new(batch)]);
+            match self.send(&key, &secret, work, probing).await {
                 Sent::Done => {}
                 Sent::Paused(mut left) => {
                     left.append(&mut self.carry);
@@ -364,17 +416,13 @@ impl Worker {
         &mut self,
         key: &str,
         secret: &Secret,
-        batch: Vec<BufferedCase>,
+        mut work: VecDeque<Group>,
         mut probing: Probing,
     ) -> Sent {
         let inner = self.delivery.inner.clone();
         let config = &inner.config;
         let queue = self.queue.clone();
-        let mut work = VecDeque::from([Group::new(batch)]);
         let mut granted = true;
-        // Transient failures in a row across the groups: drives the backoff, so an outage slows
-        // every retry down whichever group is sent.
-        let mut streak: u32 = 0;
         while !work.is_empty() {
             if self.stopping() {
                 return Sent::Stopped;
@@ -386,6 +434,7 @@ impl Worker {
                 }
             }
             granted = false;
+            let others = work.len() > 1;
             let group = work.front_mut().expect("not empty");
             if group.ambiguous {
                 metrics::counter!(prometheus::AMBIGUOUS_RESENDS, "queue" => queue.clone())
@@ -412,7 +461,6 @@ impl Worker {
                     self.ack(&ids).await;
                     self.record_delivered(&group.cases);
                     tracing::info!(%queue, key, cases = ids.len(), "batch delivered");
-                    streak = 0;
                     if probing.key {
                         inner.limiter.resume(&key_pause(key)).await;
                         tracing::info!(%queue, key, "the API accepts the key again; resuming");
@@ -455,15 +503,20 @@ impl Worker {
                         }
                     }
                     inner.health.record(key, now, false, &queue, &ids);
-                    streak = streak.saturating_add(1);
+                    // Each group backs off on its own failures: a bisected half starts
+                    // afresh (it is a different request), a case retried in place slows down.
+                    let attempt = group.failures - 1;
                     self.record_error(format!("{summary}; retrying"));
-                    let step = after_failure(
+                    let mut step = after_failure(
                         group.cases.len(),
                         group.failures,
                         group.counted,
                         config.max_attempts,
-                        work.len() > 1,
+                        others || self.suspects.len() < MAX_SUSPECTS,
                     );
+                    if step == AfterFailure::Retry && group.aside && !others {
+                        step = AfterFailure::SetAside;
+                    }
                     match step {
                         AfterFailure::Retry => {}
                         AfterFailure::Split => {
@@ -473,9 +526,27 @@ impl Worker {
                             work.push_front(right);
                             work.push_front(left);
                         }
-                        AfterFailure::SetAside => {
+                        AfterFailure::SetAside if work.len() > 1 => {
                             let group = work.pop_front().expect("not empty");
                             work.push_back(group);
+                        }
+                        AfterFailure::SetAside => {
+                            // The last of its batch: keep it claimed and retry it on its own
+                            // backoff while the rest of the queue goes on (whose answers also
+                            // tell a poison case from an outage).
+                            let mut group = work.pop_front().expect("not empty");
+                            group.aside = true;
+                            let delay = config
+                                .backoff
+                                .delay(group.failures.saturating_sub(1), config.jitter.sample());
+                            tracing::warn!(%queue, case = %group.cases[0].id, failures = group.failures, retry_in_ms = delay.as_millis() as u64, "a case keeps failing; retrying it aside while the queue goes on");
+                            self.suspects.push_back(Suspect {
+                                group,
+                                key: key.to_string(),
+                                secret: secret.clone(),
+                                due: Instant::now() + delay,
+                            });
+                            continue;
                         }
                         AfterFailure::DeadLetter => {
                             let group = work.pop_front().expect("not empty");
@@ -483,7 +554,7 @@ impl Worker {
                                 "failed {} times while the API accepted other cases; last answer: {}",
                                 group.failures, group.last_answer
                             );
-                            metrics::counter!(prometheus::CASES_DEAD_LETTERED, "queue" => queue.clone()).increment(1);
+                            metrics::counter!(prometheus::CASES_DEAD_LETTERED, "kind" => prometheus::DEAD_LETTER_REFUSED, "queue" => queue.clone()).increment(1);
                             self.record_error(format!("case dead-lettered: {reason}"));
                             let status = match &answer {
                                 ApiAnswer::Response { status, .. } => *status,
@@ -494,9 +565,7 @@ impl Worker {
                             continue;
                         }
                     }
-                    let delay = config
-                        .backoff
-                        .delay(streak.saturating_sub(1), config.jitter.sample());
+                    let delay = config.backoff.delay(attempt, config.jitter.sample());
                     tracing::warn!(%queue, key, answer = %summary, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying");
                     if !self.sleep(delay).await {
                         return Sent::Stopped;
@@ -511,7 +580,7 @@ impl Worker {
                 }
                 Action::DeadLetter { status, reason } => {
                     let group = work.pop_front().expect("not empty");
-                    metrics::counter!(prometheus::CASES_DEAD_LETTERED, "queue" => queue.clone())
+                    metrics::counter!(prometheus::CASES_DEAD_LETTERED, "kind" => prometheus::DEAD_LETTER_REFUSED, "queue" => queue.clone())
                         .increment(group.cases.len() as u64);
                     self.record_error(format!("case dead-lettered: {reason}"));
                     let attempts = group.failures + 1;

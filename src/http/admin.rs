@@ -75,14 +75,21 @@ fn dlq_error(error: DlqError, state: &AppState) -> ApiError {
 pub struct Filter {
     source: Option<String>,
     limit: Option<usize>,
+    /// `?dry_run=true` on a replay: say what it would do, write nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 async fn status(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mappings = state.ingestor.mappings();
-    let mut report =
-        crate::status::report(state.ingestor.buffer(), &mappings, state.delivery.as_ref())
-            .await
-            .map_err(|e| ApiError::from_buffer(e, state.retry_after))?;
+    let mut report = crate::status::report(
+        state.ingestor.buffer(),
+        &mappings,
+        state.delivery.as_ref(),
+        state.ingestor.default_secrets_allowed(),
+    )
+    .await
+    .map_err(|e| ApiError::from_buffer(e, state.retry_after))?;
     report.mappings = state.mapping_reloader.as_ref().map(|r| r.status());
     Ok(HttpResponse::Ok().json(report))
 }
@@ -118,8 +125,17 @@ async fn replay_one(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    filter: web::Query<Filter>,
 ) -> Result<HttpResponse, ApiError> {
     let mappings = state.ingestor.mappings();
+    if filter.dry_run {
+        let letter = dlq::show(state.ingestor.buffer(), &id)
+            .await
+            .map_err(|e| dlq_error(e, &state))?;
+        let mapping = mappings.get(&letter.record.source);
+        let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()));
+        return Ok(HttpResponse::Ok().json(preview));
+    }
     let outcome = dlq::replay(state.ingestor.buffer(), &mappings, &id)
         .await
         .map_err(|e| dlq_error(e, &state))?;
@@ -133,6 +149,13 @@ async fn replay_all(
     filter: web::Query<Filter>,
 ) -> Result<HttpResponse, ApiError> {
     let mappings = state.ingestor.mappings();
+    if filter.dry_run {
+        let previews =
+            dlq::preview_all(state.ingestor.buffer(), &mappings, filter.source.as_deref())
+                .await
+                .map_err(|e| dlq_error(e, &state))?;
+        return Ok(HttpResponse::Ok().json(json!({"dry_run": previews})));
+    }
     let outcomes = dlq::replay_all(
         state.ingestor.buffer(),
         &mappings,

@@ -13,6 +13,8 @@ use crate::support::process::GatewayProcess;
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
 
+const ADMIN_TOKEN: &str = "long-faults-admin-token-0123456789abcdef";
+
 fn mapping() -> String {
     format!(
         "verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Event {{{{ $.id }}}}'}}\n"
@@ -175,7 +177,8 @@ async fn a_refused_key_pauses_three_replicas_with_one_probe_per_interval() {
     let mut replicas = Vec::new();
     for _ in 0..3 {
         let options = options(&sandbox, Backend::Redis(redis.url()))
-            .setting("CASEGATE_DUVO__API_KEY", "dv_wrong_key");
+            .setting("CASEGATE_DUVO__API_KEY", "dv_wrong_key")
+            .setting("CASEGATE_ADMIN__TOKEN", ADMIN_TOKEN);
         replicas.push(TestGateway::start(options).await);
     }
     assert!(eventually(Duration::from_secs(10), || status_count(&sandbox, 401) >= 1).await);
@@ -191,6 +194,46 @@ async fn a_refused_key_pauses_three_replicas_with_one_probe_per_interval() {
         "one probe per 1 s interval for the fleet: {probes} in 4 s"
     );
     assert_eq!(sandbox.stats().accepted_cases, 0);
+    // Every replica tells the same story: its status lists the paused key, its gauge says 1.
+    let client = crate::support::http_client();
+    for replica in &replicas {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let status: serde_json::Value = client
+                .get(replica.url("/admin/status"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let metrics = client
+                .get(replica.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let listed = status["paused_keys"]
+                .as_array()
+                .is_some_and(|keys| keys.len() == 1);
+            let gauged = metrics.lines().any(|line| {
+                line.starts_with("casegate_delivery_paused{")
+                    && line.contains("kind=\"key\"")
+                    && line.ends_with(" 1")
+            });
+            if listed && gauged {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status and gauge disagree with the pause: {status} / paused key gauged: {gauged}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let depth = redis_buffer(&redis).await.stats(QUEUE).await.unwrap();
     assert_eq!(depth.depth, 300, "the cases stay buffered");
     assert!(
@@ -326,6 +369,9 @@ async fn a_500_poison_case_is_dead_lettered_and_an_outage_is_not() {
     let expected: Vec<usize> = (0..300).filter(|i| *i != 150).collect();
     assert_eq!(order, expected, "the others in order, each once");
     let requests = sandbox.stats().total_requests;
+    println!(
+        "500-poison case among 300: the other 299 delivered in {poisoned_after:?} with {requests} requests"
+    );
     assert!(
         requests <= 60,
         "bisecting 100 cases costs a few requests per level, not one per case: {requests}"
@@ -422,4 +468,53 @@ async fn a_replica_killed_mid_batch_resumes_at_once_under_the_same_identity() {
     println!("restart under the same identity: batch delivered {resumed_in:?} after restart");
     assert!(resumed_in < Duration::from_secs(10));
     process.kill9().await;
+}
+
+/// `buffer.wait_replicas = 1`: without a replica the write is not confirmed and the webhook gets
+/// 503 (the provider retries); once a replica follows the primary, webhooks get 202 and the
+/// replica holds their cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_acknowledged_only_once_the_configured_replicas_have_it() {
+    let primary = RedisServer::start().await;
+    let replica = RedisServer::start().await;
+    let mut options = GatewayOptions::embedded(&[("src.yaml", &mapping())])
+        .setting("CASEGATE_BUFFER__WAIT_REPLICAS", "1")
+        .setting("CASEGATE_DELIVERY__ENABLED", "false");
+    options.backend = Backend::Redis(primary.url());
+    let gateway = TestGateway::start(options).await;
+    let headers: casegate::inbound::Headers =
+        [("content-type", "application/json")].into_iter().collect();
+    let answer = gateway.post("src", &headers, r#"{"id": 1}"#).await;
+    assert_eq!(answer.status, 503, "no replica confirmed the write");
+    assert!(answer.body["error"].is_string(), "{}", answer.body);
+
+    let client = redis::Client::open(replica.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut accepted = false;
+    for id in 2..200 {
+        if gateway
+            .post("src", &headers, format!(r#"{{"id": {id}}}"#))
+            .await
+            .status
+            == 202
+        {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "a replica following the primary confirms writes");
+    let on_replica: u64 = redis::cmd("XLEN")
+        .arg(format!("{{casegate}}:q:{QUEUE}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(on_replica >= 1, "the acknowledged case is on the replica");
+    gateway.stop().await;
 }

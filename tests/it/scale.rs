@@ -49,7 +49,11 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 }
 
 async fn zcard(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
-    redis::cmd("ZCARD").arg(key).query_async(conn).await.unwrap()
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 async fn wait_until<F: std::future::Future<Output = bool>>(
@@ -74,7 +78,10 @@ async fn an_idle_gateway_costs_few_commands_whatever_the_queues_and_forgets_empt
     let mut pipe = redis::pipe();
     for i in 0..3_000u64 {
         let queue = format!("00000000-0000-4000-8000-{i:012x}");
-        pipe.cmd("ZADD").arg("{casegate}:registry").arg(1_000).arg(&queue);
+        pipe.cmd("ZADD")
+            .arg("{casegate}:registry")
+            .arg(1_000)
+            .arg(&queue);
         pipe.cmd("XGROUP")
             .arg("CREATE")
             .arg(format!("{{casegate}}:q:{queue}"))
@@ -102,7 +109,11 @@ async fn an_idle_gateway_costs_few_commands_whatever_the_queues_and_forgets_empt
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(keys.is_empty(), "their empty streams are gone: {}", keys.len());
+    assert!(
+        keys.is_empty(),
+        "their empty streams are gone: {}",
+        keys.len()
+    );
 
     // Idle cost over two seconds: the ready set is read every poll interval (50 ms), the pause
     // table every second; nothing per queue.
@@ -125,10 +136,14 @@ async fn an_idle_gateway_costs_few_commands_whatever_the_queues_and_forgets_empt
         "idle latency {:?}",
         sent.elapsed()
     );
-    wait_until("the drained queue leaves the ready set", Duration::from_secs(5), || {
-        let mut conn = conn.clone();
-        async move { zcard(&mut conn, "{casegate}:ready").await == 0 }
-    })
+    wait_until(
+        "the drained queue leaves the ready set",
+        Duration::from_secs(5),
+        || {
+            let mut conn = conn.clone();
+            async move { zcard(&mut conn, "{casegate}:ready").await == 0 }
+        },
+    )
     .await;
     assert_eq!(zcard(&mut conn, "{casegate}:registry").await, 1);
     gateway.stop().await;
