@@ -1,6 +1,8 @@
 //! casegate on a real Redis Cluster (three masters, one replica each, on loopback): signed
 //! webhooks in, cases out to the sandbox API through the shared limiter, the CLI reading the
 //! same cluster; and a failover of the master that owns casegate's slot under load.
+//!
+//! Tests here are few: each starts six redis-server processes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -286,7 +288,7 @@ async fn killing_the_slot_masters_process_loses_no_acknowledged_case() {
         ledger.other
     );
 
-    // Delivery resumes by itself, and every acknowledged webhook arrives exactly once.
+    // Delivery resumes by itself, and every acknowledged webhook arrives.
     let wanted = ledger.acknowledged.len();
     wait_until(
         "every acknowledged case is delivered",
@@ -300,8 +302,17 @@ async fn killing_the_slot_masters_process_loses_no_acknowledged_case() {
     )
     .await;
     let counts = counts(&sandbox);
+    // Delivery is at-least-once: a batch the API accepted just as the master died may have its
+    // ack lost with the master and go out again from the promoted replica. That is the only
+    // duplicate allowed: at most one batch.
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    if !twice.is_empty() {
+        eprintln!("failover: {} cases of a batch in flight at the kill were sent twice", twice.len());
+    }
+    assert!(
+        twice.len() <= 100 && twice.iter().all(|(_, n)| **n == 2),
+        "delivered more than once beyond the batch in flight at the kill: {twice:?}"
+    );
     assert!(wanted >= 200, "{wanted} acknowledged");
 
     // The dedupe marks of acknowledged webhooks survived the failover too.
