@@ -188,14 +188,16 @@ impl Delivery {
                 Ok(queues) => {
                     buffer_down_logged = false;
                     for queue in queues {
-                        if !workers.contains_key(&queue) {
+                        if let std::collections::hash_map::Entry::Vacant(slot) =
+                            workers.entry(queue)
+                        {
                             let notify = Arc::new(Notify::new());
                             let task = tokio::spawn(worker::run(
                                 self.clone(),
-                                queue.clone(),
+                                slot.key().clone(),
                                 notify.clone(),
                             ));
-                            workers.insert(queue, (notify, task));
+                            slot.insert((notify, task));
                         }
                     }
                 }

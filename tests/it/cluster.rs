@@ -307,7 +307,10 @@ async fn killing_the_slot_masters_process_loses_no_acknowledged_case() {
     // duplicate allowed: at most one batch.
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     if !twice.is_empty() {
-        eprintln!("failover: {} cases of a batch in flight at the kill were sent twice", twice.len());
+        eprintln!(
+            "failover: {} cases of a batch in flight at the kill were sent twice",
+            twice.len()
+        );
     }
     assert!(
         twice.len() <= 100 && twice.iter().all(|(_, n)| **n == 2),
