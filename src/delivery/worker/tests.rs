@@ -113,6 +113,7 @@ fn config() -> DeliveryConfig {
         consumer: "replica-1".into(),
         jitter: Jitter::fixed(0.5),
         now_ms: crate::clock::now_ms,
+        queue_retention: Duration::from_secs(3600),
     }
 }
 
