@@ -43,6 +43,10 @@ pub enum IngestError {
     UnsupportedMediaType(String),
     #[error("body is larger than the {limit} byte limit")]
     PayloadTooLarge { limit: usize },
+    #[error(
+        "the gateway is receiving too many large bodies at once (over {limit} bytes in flight); retry later"
+    )]
+    BodiesInFlight { limit: usize },
     #[error("the body was not received within {0:?}")]
     BodyTimeout(Duration),
     #[error("the body could not be read: {0}")]

@@ -156,6 +156,10 @@ pub async fn run_with_clock(
         max_body_bytes: config.ingress.max_body_bytes,
         client_timeout: config.ingress.client_timeout,
         public_url: config.public_url.clone(),
+        trusted_proxies: config.ingress.trusted_proxies.clone(),
+        inflight_bodies: Arc::new(http::ingress::InflightBodies::new(
+            config.ingress.max_inflight_body_bytes,
+        )),
         retry_after: config.buffer.retry_after,
         mappings_loaded: Arc::new(AtomicBool::new(true)),
         delivery,

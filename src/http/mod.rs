@@ -25,6 +25,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub client_timeout: Duration,
     pub public_url: Option<String>,
+    /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<crate::config::IpRange>,
+    /// Body bytes being received by all requests together, against their cap.
+    pub inflight_bodies: Arc<ingress::InflightBodies>,
     pub retry_after: Duration,
     pub mappings_loaded: Arc<std::sync::atomic::AtomicBool>,
     pub delivery: Option<crate::delivery::Delivery>,

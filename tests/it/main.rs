@@ -3,6 +3,7 @@
 
 mod buffer;
 mod delivery;
+mod exposure;
 mod faults;
 mod ingest_props;
 mod ingress;

@@ -33,7 +33,7 @@ const TOKEN: &str = "tok_CANARY_token_7a4e22";
 const API_KEY: &str = "dv_CANARY_apikey_d41e07";
 /// A second API key, which the sandbox refuses (401): the delivery error path logs about it.
 const REFUSED_API_KEY: &str = "dv_CANARY_refusedkey_88aa10";
-const ADMIN_TOKEN: &str = "adm_CANARY_admin_6b3f95";
+const ADMIN_TOKEN: &str = "adm_CANARY_admin_6b3f95_0123456789abcdef";
 const REDIS_PASSWORD: &str = "redisCANARYpw2d9c1b";
 /// What a client presents as a wrong credential: it is not echoed either.
 const PRESENTED: &str = "presented_CANARY_guess_417f";
