@@ -52,7 +52,10 @@ pub enum RunError {
 /// Opens the configured buffer backend.
 pub async fn open_buffer(config: &BufferConfig) -> Result<Buffer, BufferError> {
     Ok(match config.backend {
-        BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open(&config.path)?),
+        BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open_with_timeout(
+            &config.path,
+            config.op_timeout,
+        )?),
         BufferBackendKind::Redis => Buffer::Redis(
             RedisBuffer::connect(
                 config.redis_url.expose(),

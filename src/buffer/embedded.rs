@@ -63,6 +63,12 @@ const MAX_GROUP: usize = 1024;
 const QUEUE_CAPACITY: usize = 4096;
 /// How often the writer purges expired dedupe marks.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How long a caller waits for its write's commit when no timeout is configured.
+const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Buffer files whose writer is held before each commit, to test a stuck disk. Empty in
+/// production; the writer checks it once per commit.
+static STALLED: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
 
 /// Buffer in a local redb file. Clones share the database, the writer and the claims.
 #[derive(Clone)]
@@ -83,6 +89,8 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     /// Per queue: sequence → claim.
     claims: Mutex<HashMap<String, BTreeMap<u64, Claim>>>,
+    /// Longest wait for a write's commit (`buffer.op_timeout_ms`), like a Redis operation's.
+    op_timeout: Duration,
 }
 
 impl Drop for Inner {
@@ -152,6 +160,17 @@ impl EmbeddedBuffer {
     /// writer thread. Synchronous: it runs once at startup, and opening may take a moment while
     /// redb repairs a file left by a crash.
     pub fn open(path: &Path) -> Result<EmbeddedBuffer, BufferError> {
+        Self::open_with_timeout(path, DEFAULT_OP_TIMEOUT)
+    }
+
+    /// [`EmbeddedBuffer::open`] with the longest wait for a write's commit: past it the caller
+    /// gets [`BufferError::Unavailable`] (a webhook, 503), so a stuck disk never hangs ingress.
+    /// The write may still commit later; that is safe, as the sender's retry is then a
+    /// duplicate or a second delivery, never a loss.
+    pub fn open_with_timeout(
+        path: &Path,
+        op_timeout: Duration,
+    ) -> Result<EmbeddedBuffer, BufferError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 BufferError::Unavailable(format!("cannot create {}: {e}", parent.display()))
@@ -171,9 +190,10 @@ impl EmbeddedBuffer {
         let db = Arc::new(db);
         let (writes, requests) = mpsc::channel(QUEUE_CAPACITY);
         let writer_db = db.clone();
+        let writer_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("casegate-buffer-writer".into())
-            .spawn(move || run_writer(&writer_db, requests))
+            .spawn(move || run_writer(&writer_db, &writer_path, requests))
             .map_err(|e| {
                 BufferError::Unavailable(format!("cannot start the buffer writer: {e}"))
             })?;
@@ -183,8 +203,20 @@ impl EmbeddedBuffer {
                 writes: Some(writes),
                 writer: Some(writer),
                 claims: Mutex::new(HashMap::new()),
+                op_timeout,
             }),
         })
+    }
+
+    /// Test hook: while `stalled`, the writer of the buffer file at `path` holds every commit,
+    /// as a disk that stopped answering would.
+    #[doc(hidden)]
+    pub fn stall_writer_for_tests(path: &Path, stalled: bool) {
+        let mut paths = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        paths.retain(|p| p != path);
+        if stalled {
+            paths.push(path.to_path_buf());
+        }
     }
 
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
@@ -524,15 +556,26 @@ impl EmbeddedBuffer {
         }
     }
 
-    /// Hands a request to the writer and waits for its commit.
+    /// Hands a request to the writer and waits for its commit, at most `op_timeout` in all.
     async fn write(&self, write: Write) -> Result<Done, BufferError> {
         let (reply, answer) = oneshot::channel();
         let writes = self.inner.writes.as_ref().ok_or_else(writer_gone)?;
-        writes
-            .send(Job { write, reply })
+        let committed = async {
+            writes
+                .send(Job { write, reply })
+                .await
+                .map_err(|_| writer_gone())?;
+            answer.await.map_err(|_| writer_gone())?
+        };
+        let timeout = self.inner.op_timeout;
+        tokio::time::timeout(timeout, committed)
             .await
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+            .map_err(|_| {
+                BufferError::Unavailable(format!(
+                    "embedded buffer: the write was not committed within {} ms",
+                    timeout.as_millis()
+                ))
+            })?
     }
 
     /// Runs a read on the blocking pool.
@@ -607,9 +650,17 @@ impl From<BufferError> for ReadError {
     }
 }
 
-fn run_writer(db: &Database, mut requests: mpsc::Receiver<Job>) {
+fn run_writer(db: &Database, path: &Path, mut requests: mpsc::Receiver<Job>) {
     let mut last_purge: Option<Instant> = None;
     while let Some(first) = requests.blocking_recv() {
+        while STALLED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|p| p == path)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match requests.try_recv() {

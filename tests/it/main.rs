@@ -1,6 +1,7 @@
 //! casegate's integration tests: one binary, real servers on loopback port 0, real Redis
 //! instances spawned per test, real signatures.
 
+mod bounds;
 mod buffer;
 mod delivery;
 mod exposure;
