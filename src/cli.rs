@@ -177,7 +177,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check { dir, config } => {
             match load_config(config.as_deref(), &Overrides::default()) {
                 Ok(config) => {
-                    return check(dir.as_deref().unwrap_or(&config.mappings), &config.env);
+                    return check_within(
+                        dir.as_deref().unwrap_or(&config.mappings),
+                        &config.env,
+                        config.ingress.max_event_cases_bytes,
+                    );
                 }
                 Err(error) => Err(error.to_string()),
             }
@@ -566,6 +570,12 @@ pub fn load_config(
 /// `casegate check`: compiles every mapping and runs its examples; prints every error, one per
 /// line, and returns failure if there is any.
 pub fn check(dir: &Path, env: &Env) -> ExitCode {
+    check_within(dir, env, crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES)
+}
+
+/// [`check`], reporting `max_event_bytes` (`ingress.max_event_cases_bytes`) as each mapping's
+/// bound on the size of one event's cases.
+pub fn check_within(dir: &Path, env: &Env, max_event_bytes: usize) -> ExitCode {
     let set = match MappingSet::load_dir(dir, env) {
         Ok(set) => set,
         Err(errors) => {
@@ -585,12 +595,14 @@ pub fn check(dir: &Path, env: &Env) -> ExitCode {
             .collect();
         if failures.is_empty() {
             println!(
-                "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed)",
+                "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed; limits: max_cases {}, max_event_cases_bytes {})",
                 mapping.file,
                 mapping.source,
                 mapping.version,
                 mapping.rule_names().count(),
-                results.len()
+                results.len(),
+                mapping.max_cases,
+                max_event_bytes
             );
         }
         for (name, failure) in failures {

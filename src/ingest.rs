@@ -92,6 +92,8 @@ pub struct Ingestor {
     mappings: Arc<ArcSwap<MappingSet>>,
     buffer: Buffer,
     default_dedupe_ttl: Duration,
+    /// `ingress.max_event_cases_bytes`: the total size of one event's cases.
+    max_event_bytes: usize,
     clock: Clock,
     /// Poked after cases were written, so local delivery starts without waiting for its poll.
     wake: Option<Arc<Notify>>,
@@ -108,9 +110,17 @@ impl Ingestor {
             mappings,
             buffer,
             default_dedupe_ttl,
+            max_event_bytes: crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES,
             clock,
             wake: None,
         }
+    }
+
+    /// Bounds the total size of one event's cases (the default is
+    /// [`crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES`]).
+    pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
+        self.max_event_bytes = max_event_bytes;
+        self
     }
 
     /// Wakes `wake` after every write that stored cases.
@@ -211,7 +221,7 @@ impl Ingestor {
             delivery_id,
             ttl: mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl),
         });
-        match mapping.apply(&input) {
+        match mapping.apply_within(&input, self.max_event_bytes) {
             Ok(cases) => Enqueue {
                 dedupe,
                 cases,

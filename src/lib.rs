@@ -115,7 +115,8 @@ pub async fn run_with_clock(
         buffer.clone(),
         config.ingress.dedupe_ttl,
         clock,
-    );
+    )
+    .with_max_event_bytes(config.ingress.max_event_cases_bytes);
     let has_key = config.duvo.api_key.is_some() || !config.duvo.api_keys.is_empty();
     let delivery = match (config.delivery.enabled, has_key) {
         (true, true) => Some(start_delivery(&config, &buffer, delivery_stopped)?),
