@@ -36,7 +36,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -275,43 +276,76 @@ impl EmbeddedBuffer {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let queue_name = queue.to_owned();
         let queue = queue.to_owned();
-        self.read(move |db, inner| {
-            // Holding the claims lock across the read makes "not claimed yet" and "now claimed"
-            // one step, so two consumers never get the same case.
-            let mut claims = inner.lock_claims();
-            let claimed = claims.entry(queue.clone()).or_default();
-            let txn = db.begin_read()?;
-            let cases = txn.open_table(CASES)?;
-            let mut out = Vec::new();
-            for entry in cases.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
-                let (key, value) = entry?;
-                let seq = key.value().1;
-                if claimed.contains_key(&seq) {
-                    continue;
+        let (out, bad) = self
+            .read(move |db, inner| {
+                // Holding the claims lock across the read makes "not claimed yet" and "now claimed"
+                // one step, so two consumers never get the same case.
+                let mut claims = inner.lock_claims();
+                let claimed = claims.entry(queue.clone()).or_default();
+                let txn = db.begin_read()?;
+                let cases = txn.open_table(CASES)?;
+                let mut out = Vec::new();
+                let mut bad = Vec::new();
+                for entry in cases.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
+                    let (key, value) = entry?;
+                    let seq = key.value().1;
+                    if claimed.contains_key(&seq) {
+                        continue;
+                    }
+                    match decode(seq, value.value()) {
+                        Ok(record) => out.push(BufferedCase {
+                            id: seq.to_string(),
+                            record,
+                            deliveries: 1,
+                        }),
+                        Err(e) => bad.push(undecodable_entry(&queue, seq, value.value(), e)),
+                    }
+                    if out.len() == max || bad.len() == max {
+                        break;
+                    }
                 }
-                out.push(BufferedCase {
-                    id: seq.to_string(),
-                    record: decode(seq, value.value())?,
-                    deliveries: 1,
-                });
-                if out.len() == max {
-                    break;
+                let now = Instant::now();
+                // Undecodable entries are claimed too, so nobody else takes them while they move.
+                for seq in out
+                    .iter()
+                    .map(|c| seq_of(&c.id))
+                    .chain(bad.iter().map(|b| seq_of(&b.0)))
+                {
+                    claimed.insert(
+                        seq,
+                        Claim {
+                            claimed_at: now,
+                            deliveries: 1,
+                        },
+                    );
                 }
+                Ok((out, bad))
+            })
+            .await?;
+        self.move_undecodable(&queue_name, bad).await;
+        Ok(out)
+    }
+
+    /// Moves entries that failed to decode to the dead-letter store (kind `undecodable`, raw
+    /// bytes kept), so one bad record never blocks its queue.
+    async fn move_undecodable(&self, queue: &str, bad: Vec<(CaseId, DeadLetterRecord)>) {
+        if bad.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = bad.iter().map(|b| b.0.clone()).collect();
+        // On failure the entries stay claimed and come back through reclaim: retried, not lost.
+        match self.dead_letter_cases(queue, bad).await {
+            Ok(_) => tracing::error!(
+                queue,
+                ?ids,
+                "undecodable buffer records moved to the dead-letter store"
+            ),
+            Err(e) => {
+                tracing::error!(queue, ?ids, error = %e, "undecodable buffer records could not be moved yet")
             }
-            let now = Instant::now();
-            for case in &out {
-                claimed.insert(
-                    seq_of(&case.id),
-                    Claim {
-                        claimed_at: now,
-                        deliveries: 1,
-                    },
-                );
-            }
-            Ok(out)
-        })
-        .await
+        }
     }
 
     pub async fn reclaim(
@@ -324,49 +358,63 @@ impl EmbeddedBuffer {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let queue_name = queue.to_owned();
         let queue = queue.to_owned();
-        self.read(move |db, inner| {
-            let mut claims = inner.lock_claims();
-            let Some(claimed) = claims.get_mut(&queue) else {
-                return Ok(Vec::new());
-            };
-            let now = Instant::now();
-            let idle: Vec<u64> = claimed
-                .iter()
-                .filter(|(_, claim)| now.duration_since(claim.claimed_at) >= min_idle)
-                .map(|(seq, _)| *seq)
-                .collect();
-            if idle.is_empty() {
-                return Ok(Vec::new());
-            }
-            let txn = db.begin_read()?;
-            let cases = txn.open_table(CASES)?;
-            let mut out = Vec::new();
-            for seq in idle {
-                let Some(value) = cases.get((queue.as_str(), seq))? else {
-                    // Acked or dead-lettered meanwhile: nothing left to hand out.
-                    claimed.remove(&seq);
-                    continue;
+        let (out, bad) = self
+            .read(move |db, inner| {
+                let mut claims = inner.lock_claims();
+                let Some(claimed) = claims.get_mut(&queue) else {
+                    return Ok((Vec::new(), Vec::new()));
                 };
-                let record = decode(seq, value.value())?;
-                let claim = claimed.entry(seq).or_insert(Claim {
-                    claimed_at: now,
-                    deliveries: 1,
-                });
-                claim.claimed_at = now;
-                claim.deliveries += 1;
-                out.push(BufferedCase {
-                    id: seq.to_string(),
-                    record,
-                    deliveries: claim.deliveries,
-                });
-                if out.len() == max {
-                    break;
+                let now = Instant::now();
+                let idle: Vec<u64> = claimed
+                    .iter()
+                    .filter(|(_, claim)| now.duration_since(claim.claimed_at) >= min_idle)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                if idle.is_empty() {
+                    return Ok((Vec::new(), Vec::new()));
                 }
-            }
-            Ok(out)
-        })
-        .await
+                let txn = db.begin_read()?;
+                let cases = txn.open_table(CASES)?;
+                let mut out = Vec::new();
+                let mut bad = Vec::new();
+                for seq in idle {
+                    let Some(value) = cases.get((queue.as_str(), seq))? else {
+                        // Acked or dead-lettered meanwhile: nothing left to hand out.
+                        claimed.remove(&seq);
+                        continue;
+                    };
+                    let record = match decode(seq, value.value()) {
+                        Ok(record) => record,
+                        Err(e) => {
+                            if let Some(claim) = claimed.get_mut(&seq) {
+                                claim.claimed_at = now;
+                            }
+                            bad.push(undecodable_entry(&queue, seq, value.value(), e));
+                            continue;
+                        }
+                    };
+                    let claim = claimed.entry(seq).or_insert(Claim {
+                        claimed_at: now,
+                        deliveries: 1,
+                    });
+                    claim.claimed_at = now;
+                    claim.deliveries += 1;
+                    out.push(BufferedCase {
+                        id: seq.to_string(),
+                        record,
+                        deliveries: claim.deliveries,
+                    });
+                    if out.len() == max {
+                        break;
+                    }
+                }
+                Ok((out, bad))
+            })
+            .await?;
+        self.move_undecodable(&queue_name, bad).await;
+        Ok(out)
     }
 
     pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
@@ -479,6 +527,44 @@ impl EmbeddedBuffer {
                     id: key.value().to_string(),
                     record: decode(key.value(), value.value())?,
                 });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn count_dead_letters(&self) -> Result<u64, BufferError> {
+        self.read(|db, _| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEAD_LETTERS)?;
+            Ok(table.len()?)
+        })
+        .await
+    }
+
+    pub async fn list_dead_letter_ids(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterId>, BufferError> {
+        let start = match after {
+            None => 0,
+            Some(id) => match id.parse::<u64>() {
+                Ok(seq) => match seq.checked_add(1) {
+                    Some(start) => start,
+                    None => return Ok(Vec::new()),
+                },
+                Err(_) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+            },
+        };
+        self.read(move |db, _| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEAD_LETTERS)?;
+            let mut out = Vec::new();
+            // Keys only: the records (up to a body's size each) are never read.
+            for entry in table.range(start..)?.take(limit) {
+                let (key, _) = entry?;
+                out.push(key.value().to_string());
             }
             Ok(out)
         })
@@ -847,17 +933,33 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
 }
 
 fn encode(record: &impl serde::Serialize) -> Result<Vec<u8>, BufferError> {
-    serde_json::to_vec(record).map_err(|e| BufferError::Corrupt {
+    super::encode_record(record).map_err(|e| BufferError::Corrupt {
         id: "(new record)".into(),
         reason: e.to_string(),
     })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(seq: u64, json: &[u8]) -> Result<T, BufferError> {
-    serde_json::from_slice(json).map_err(|e| BufferError::Corrupt {
+    super::decode_record(json).map_err(|reason| BufferError::Corrupt {
         id: seq.to_string(),
-        reason: e.to_string(),
+        reason,
     })
+}
+
+/// The dead letter of an entry that failed to decode.
+fn undecodable_entry(
+    queue: &str,
+    seq: u64,
+    raw: &[u8],
+    error: BufferError,
+) -> (CaseId, DeadLetterRecord) {
+    let reason = match error {
+        BufferError::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    let id = seq.to_string();
+    let record = super::undecodable(queue, &id, raw, &reason);
+    (id, record)
 }
 
 /// The sequence of an id this module made.

@@ -205,6 +205,21 @@ return {depth, claimed, oldest}
     )
 });
 
+/// Ids of dead letters without their records: the records stay in Redis.
+/// KEYS: 1 dead-letter stream. ARGV: 1 start, 2 count.
+static DEAD_LETTER_IDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=no-writes
+local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local ids = {}
+for i, e in ipairs(r) do
+  ids[i] = e[1]
+end
+return ids
+",
+    )
+});
+
 /// Buffer on Redis Streams. Clones share one auto-reconnecting multiplexed connection.
 #[derive(Clone)]
 pub struct RedisBuffer {
@@ -339,17 +354,40 @@ impl RedisBuffer {
         let reply: Value = self
             .timed("claim", async { invocation.invoke_async(&mut conn).await })
             .await?;
-        into_array(reply)
-            .into_iter()
-            .map(|entry| {
-                let (id, record) = decode_entry(entry)?;
-                Ok(BufferedCase {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for entry in into_array(reply) {
+            match decode_entry_or_raw(queue, entry)? {
+                Ok((id, record)) => out.push(BufferedCase {
                     id,
                     record,
                     deliveries: 1,
-                })
-            })
-            .collect()
+                }),
+                Err(letter) => bad.push(letter),
+            }
+        }
+        self.move_undecodable(queue, bad).await;
+        Ok(out)
+    }
+
+    /// Moves entries that failed to decode to the dead-letter store (kind `undecodable`, raw
+    /// bytes kept), so one bad record never blocks its queue. On failure they stay pending and
+    /// come back through reclaim.
+    async fn move_undecodable(&self, queue: &str, bad: Vec<(CaseId, DeadLetterRecord)>) {
+        if bad.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = bad.iter().map(|b| b.0.clone()).collect();
+        match self.dead_letter_cases(queue, bad).await {
+            Ok(_) => tracing::error!(
+                queue,
+                ?ids,
+                "undecodable buffer records moved to the dead-letter store"
+            ),
+            Err(e) => {
+                tracing::error!(queue, ?ids, error = %e, "undecodable buffer records could not be moved yet")
+            }
+        }
     }
 
     pub async fn reclaim(
@@ -376,27 +414,29 @@ impl RedisBuffer {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        into_array(reply)
-            .into_iter()
-            .map(|triple| {
-                let mut parts = into_array(triple).into_iter();
-                let (Some(id), Some(fields), Some(deliveries)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(unexpected(
-                        "reclaim",
-                        "entry is not an (id, fields, count) triple",
-                    ));
-                };
-                let (id, record) = decode_entry(Value::Array(vec![id, fields]))?;
-                let deliveries = as_u64(&deliveries).unwrap_or(2).max(2);
-                Ok(BufferedCase {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for triple in into_array(reply) {
+            let mut parts = into_array(triple).into_iter();
+            let (Some(id), Some(fields), Some(deliveries)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(unexpected(
+                    "reclaim",
+                    "entry is not an (id, fields, count) triple",
+                ));
+            };
+            match decode_entry_or_raw(queue, Value::Array(vec![id, fields]))? {
+                Ok((id, record)) => out.push(BufferedCase {
                     id,
                     record,
-                    deliveries,
-                })
-            })
-            .collect()
+                    deliveries: as_u64(&deliveries).unwrap_or(2).max(2),
+                }),
+                Err(letter) => bad.push(letter),
+            }
+        }
+        self.move_undecodable(queue, bad).await;
+        Ok(out)
     }
 
     pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
@@ -502,6 +542,39 @@ impl RedisBuffer {
             .into_iter()
             .map(decode_dead_letter)
             .collect()
+    }
+
+    pub async fn count_dead_letters(&self) -> Result<u64, BufferError> {
+        let mut conn = self.conn.clone();
+        let dlq = self.key("dlq");
+        self.timed("count_dead_letters", async {
+            redis::cmd("XLEN").arg(&dlq).query_async(&mut conn).await
+        })
+        .await
+    }
+
+    pub async fn list_dead_letter_ids(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterId>, BufferError> {
+        let start = match after {
+            None => "-".to_owned(),
+            Some(id) if is_stream_id(id) => format!("({id}"),
+            Some(id) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = DEAD_LETTER_IDS.prepare_invoke();
+        invocation.key(self.key("dlq")).arg(&start).arg(limit);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("list_dead_letter_ids", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        strings(reply, "list_dead_letter_ids")
     }
 
     pub async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, BufferError> {
@@ -680,7 +753,7 @@ enum Written {
 }
 
 fn encode(record: &impl serde::Serialize) -> Result<Vec<u8>, BufferError> {
-    serde_json::to_vec(record).map_err(|e| BufferError::Corrupt {
+    super::encode_record(record).map_err(|e| BufferError::Corrupt {
         id: "(new record)".into(),
         reason: e.to_string(),
     })
@@ -692,13 +765,6 @@ fn is_stream_id(id: &str) -> bool {
         .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
 }
 
-/// Decodes a stream entry `[id, [field, value, ...]]` holding a [`CaseRecord`].
-fn decode_entry(entry: Value) -> Result<(String, CaseRecord), BufferError> {
-    let (id, json) = entry_parts(entry)?;
-    let record = decode(&id, &json)?;
-    Ok((id, record))
-}
-
 fn decode_dead_letter(entry: Value) -> Result<DeadLetter, BufferError> {
     let (id, json) = entry_parts(entry)?;
     let record = decode(&id, &json)?;
@@ -706,9 +772,39 @@ fn decode_dead_letter(entry: Value) -> Result<DeadLetter, BufferError> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(id: &str, json: &[u8]) -> Result<T, BufferError> {
-    serde_json::from_slice(json).map_err(|e| BufferError::Corrupt {
+    super::decode_record(json).map_err(|reason| BufferError::Corrupt {
         id: id.to_owned(),
-        reason: e.to_string(),
+        reason,
+    })
+}
+
+/// Decodes a claimed entry, or gives the dead letter for one that cannot be decoded. Only an
+/// entry without an id (not a stream entry at all) is an error.
+#[allow(clippy::type_complexity)]
+fn decode_entry_or_raw(
+    queue: &str,
+    entry: Value,
+) -> Result<Result<(String, CaseRecord), (CaseId, DeadLetterRecord)>, BufferError> {
+    let mut parts = into_array(entry).into_iter();
+    let id = parts
+        .next()
+        .as_ref()
+        .and_then(as_string)
+        .ok_or_else(|| unexpected("stream entry", "no id"))?;
+    let fields = parts.next().unwrap_or(Value::Nil);
+    let raw = match record_field(&id, fields) {
+        Ok(json) => json,
+        Err(e) => {
+            let letter = super::undecodable(queue, &id, &[], &e.to_string());
+            return Ok(Err((id, letter)));
+        }
+    };
+    Ok(match super::decode_record::<CaseRecord>(&raw) {
+        Ok(record) => Ok((id, record)),
+        Err(reason) => {
+            let letter = super::undecodable(queue, &id, &raw, &reason);
+            Err((id, letter))
+        }
     })
 }
 

@@ -10,6 +10,7 @@ mod ingest_props;
 mod ingress;
 mod operate;
 mod readme;
+mod records;
 mod reload;
 mod security;
 mod serve;
