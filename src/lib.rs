@@ -271,24 +271,50 @@ pub fn start_delivery(
 }
 
 /// Builds the actix server (kept out of the async fn: the builder is not `Send`).
+///
+/// Assembled from actix's parts rather than `HttpServer`, so each connection can be wrapped in
+/// [`http::slow::HeadDeadline`]: actix's own header timeout answers with an empty body, the
+/// wrapper with casegate's JSON error (the body's timeout is the handler's).
 fn http_server(
     state: AppState,
     config: &Config,
     listener: std::net::TcpListener,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let mut server = actix_web::HttpServer::new(move || http::build_app(state.clone()))
-        .client_request_timeout(config.ingress.client_timeout)
-        .client_disconnect_timeout(std::time::Duration::from_secs(5))
-        .keep_alive(match config.ingress.keep_alive {
-            Some(idle) => actix_web::http::KeepAlive::Timeout(idle),
-            None => actix_web::http::KeepAlive::Disabled,
-        })
+    use actix_service::{ServiceFactoryExt, fn_service, map_config};
+    let address = listener.local_addr()?;
+    let header_timeout = config.ingress.client_timeout;
+    let keep_alive = match config.ingress.keep_alive {
+        Some(idle) => actix_web::http::KeepAlive::Timeout(idle),
+        None => actix_web::http::KeepAlive::Disabled,
+    };
+    let mut builder = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(30);
     if config.ingress.workers > 0 {
-        server = server.workers(config.ingress.workers);
+        builder = builder.workers(config.ingress.workers);
     }
-    Ok(server.listen(listener)?.run())
+    builder = builder.listen("casegate", listener, move || {
+        let app = actix_web::dev::AppConfig::default();
+        let app_service = map_config(http::build_app(state.clone()), move |_| app.clone());
+        let http = actix_http::HttpService::build()
+            .keep_alive(keep_alive)
+            // Off here: HeadDeadline enforces it with a JSON answer.
+            .client_request_timeout(std::time::Duration::ZERO)
+            .client_disconnect_timeout(std::time::Duration::from_secs(5))
+            .local_addr(address)
+            .finish(app_service);
+        fn_service(move |io: actix_web::rt::net::TcpStream| async move {
+            let peer = io.peer_addr().ok();
+            let _ = io.set_nodelay(true);
+            Ok::<_, actix_http::error::DispatchError>((
+                http::slow::HeadDeadline::new(io, header_timeout),
+                actix_http::Protocol::Http1,
+                peer,
+            ))
+        })
+        .and_then(http)
+    })?;
+    Ok(builder.run())
 }
 
 /// Resolves on SIGTERM or SIGINT.
