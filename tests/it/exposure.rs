@@ -74,7 +74,7 @@ async fn post_with(gateway: &TestGateway, signed_url: &str, extra: &[(&str, &str
         pinned_now(),
     );
     for (name, value) in extra {
-        headers.insert(*name, *value);
+        headers.insert(name, *value);
     }
     gateway.post("src", &headers, body.to_string()).await.status
 }
