@@ -189,3 +189,49 @@ async fn a_form_encoded_dead_letter_replays_once_the_mapping_is_fixed() {
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0].record.title, "Action block_actions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_and_purge_pages_through_more_dead_letters_than_one_page() {
+    const TOKEN: &str = "records-admin-token-0123456789abcdef";
+    let strict = format!(
+        "verify: {{scheme: none}}\nrules:\n  - name: all\n    queue: {QUEUE}\n    title: 'Order {{{{ $.order.number }}}}'\n"
+    );
+    let gateway = TestGateway::start(
+        GatewayOptions::embedded(&[("src.yaml", &strict)]).setting("CASEGATE_ADMIN__TOKEN", TOKEN),
+    )
+    .await;
+    let total = casegate::dlq::PAGE * 2 + 37;
+    for id in 0..total {
+        let answer = gateway
+            .post("src", &json_headers(), format!(r#"{{"id": {id}}}"#))
+            .await;
+        assert_eq!(answer.body["accepted"], 0, "{}", answer.body);
+    }
+    let client = crate::support::http_client();
+    let status = |client: reqwest::Client| {
+        let url = gateway.url("/admin/status");
+        async move {
+            client
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(status(client.clone()).await["dead_letters"], total);
+    let purged: serde_json::Value = client
+        .delete(gateway.url("/admin/dlq"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged["purged"], total);
+    assert_eq!(status(client.clone()).await["dead_letters"], 0);
+}
