@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +16,27 @@ use crate::inbound::{Headers, InboundRequest};
 use crate::mapping::examples::run_examples;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};
 use crate::sandbox::SandboxConfig;
+
+/// `println!` for command output that exits quietly when the reader has gone away
+/// (`casegate try ... | head`): a closed pipe is not an error worth a backtrace.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to standard output; on a broken pipe, exits the process with success and no noise.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("casegate: cannot write to standard output: {error}");
+        std::process::exit(1);
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,14 +77,27 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Show the cases a payload would become under one mapping file, without sending anything.
+    /// With --dead-letter ID: what the current mapping (or MAPPING, when given) would now make of
+    /// that dead letter.
     Try {
-        /// The mapping file.
-        mapping: PathBuf,
+        /// The mapping file (with --dead-letter: optional, default the configured mapping of the
+        /// dead letter's source).
+        #[arg(required_unless_present = "dead_letter")]
+        mapping: Option<PathBuf>,
         /// The payload: a JSON file, or `-` for standard input.
-        payload: PathBuf,
+        #[arg(
+            required_unless_present = "dead_letter",
+            conflicts_with = "dead_letter"
+        )]
+        payload: Option<PathBuf>,
         /// A request header, `Name: value` (repeatable).
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
+        /// A dead letter's id: map its stored payload and headers instead of a file.
+        #[arg(long)]
+        dead_letter: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Inspect, replay and purge the dead-letter store (works on the configured buffer; with the
     /// embedded buffer, stop the gateway first or use the admin API).
@@ -142,6 +177,10 @@ pub enum DlqAction {
         all: bool,
         #[arg(long)]
         source: Option<String>,
+        /// Show per dead letter the cases it would enqueue or the error it would still hit,
+        /// and write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete one dead letter, or every one (--all / --source).
     Purge {
@@ -190,8 +229,26 @@ pub async fn run(cli: Cli) -> ExitCode {
             mapping,
             payload,
             headers,
-        } => try_mapping(&mapping, &payload, &headers, &Env::from_process())
-            .map(|output| println!("{output}")),
+            dead_letter: Some(id),
+            config,
+        } => {
+            let _ = (payload, headers);
+            try_dead_letter(config, mapping, &id)
+                .await
+                .map(|output| out!("{output}"))
+        }
+        Command::Try {
+            mapping,
+            payload,
+            headers,
+            ..
+        } => match (mapping, payload) {
+            (Some(mapping), Some(payload)) => {
+                try_mapping(&mapping, &payload, &headers, &Env::from_process())
+                    .map(|output| out!("{output}"))
+            }
+            _ => Err("give a mapping file and a payload, or --dead-letter ID".into()),
+        },
         Command::Dlq { config, action } => dlq(config, action).await,
         Command::Sandbox {
             listen,
@@ -218,7 +275,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status { url, json, config } => status(config, url, json).await,
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Schema => {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&crate::mapping::mapping_schema())
                     .expect("JSON values serialize")
@@ -244,7 +301,26 @@ async fn serve(
         overrides.duvo_base_url = Some(format!("http://{listen}/v1"));
         overrides.duvo_api_key = Some(SandboxConfig::default().api_key);
     }
-    let config = load_config(config_file.as_deref(), &overrides).map_err(|e| e.to_string())?;
+    let mut config = load_config(config_file.as_deref(), &overrides).map_err(|e| e.to_string())?;
+    if sandbox.is_some() && config.admin_token.is_none() {
+        let token = format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        );
+        let file = sandbox_token_file(&config);
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        write_private(&file, &token).map_err(|e| format!("{}: {e}", file.display()))?;
+        out!(
+            "sandbox: the admin API is on with the development token {token}\n\
+             (saved in {}, where `casegate status` and `casegate dlq` find it; set \
+             CASEGATE_ADMIN__TOKEN to choose your own)",
+            file.display()
+        );
+        config.admin_token = Some(crate::secret::Secret::new(token));
+    }
     crate::telemetry::init(&config.log);
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -294,40 +370,62 @@ async fn run_sandbox(
 async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), String> {
     let config =
         load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
-    let buffer = crate::open_buffer(&config.buffer).await.map_err(|e| {
-        format!("{e} (with the embedded buffer, stop the gateway first or use its admin API at /admin/dlq)")
-    })?;
-    let print = |value: &dyn erased::Show| println!("{}", value.show());
+    let buffer = match crate::open_buffer(&config.buffer).await {
+        Ok(buffer) => buffer,
+        // The embedded store is held by a running gateway: ask that gateway instead.
+        Err(error) => {
+            return match AdminApi::from_config(&config, None) {
+                Ok(admin) => dlq_remote(&admin, action).await,
+                Err(_) => Err(format!(
+                    "{error} (with the embedded buffer, stop the gateway first or give the CLI \
+                     the gateway's admin token, CASEGATE_ADMIN__TOKEN)"
+                )),
+            };
+        }
+    };
     match action {
         DlqAction::List { source, limit } => {
             let letters = dlq::list(&buffer, source.as_deref(), limit)
                 .await
                 .map_err(|e| e.to_string())?;
-            if letters.is_empty() {
-                println!("the dead-letter store is empty");
-            }
-            for letter in &letters {
-                let view = DeadLetterView::summary(letter);
-                println!(
-                    "{:<22} {:<16} {:<16} {}",
-                    view.id, view.source, view.kind, view.reason
-                );
-            }
+            let views: Vec<_> = letters.iter().map(DeadLetterView::summary).collect();
+            print_dead_letters(&serde_json::to_value(views).unwrap_or_default());
         }
         DlqAction::Show { id } => {
             let letter = dlq::show(&buffer, &id).await.map_err(|e| e.to_string())?;
-            print(&DeadLetterView::full(&letter));
+            out!("{}", pretty(&DeadLetterView::full(&letter)));
         }
-        DlqAction::Replay { id, all, source } => {
+        DlqAction::Replay {
+            id,
+            all,
+            source,
+            dry_run,
+        } => {
             let mappings = load_mapping_set(&config)?;
-            match (id, all || source.is_some()) {
-                (Some(id), false) => {
+            match (id, all || source.is_some(), dry_run) {
+                (Some(id), false, true) => {
+                    let letter = dlq::show(&buffer, &id).await.map_err(|e| e.to_string())?;
+                    let mapping = mappings.get(&letter.record.source);
+                    let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()));
+                    print_previews(&[serde_json::to_value(preview).unwrap_or_default()]);
+                }
+                (None, true, true) => {
+                    let previews = dlq::preview_all(&buffer, &mappings, source.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let previews: Vec<_> = previews
+                        .iter()
+                        .map(|p| serde_json::to_value(p).unwrap_or_default())
+                        .collect();
+                    print_previews(&previews);
+                }
+                (Some(id), false, false) => {
                     let outcome = dlq::replay(&buffer, &mappings, &id)
                         .await
                         .map_err(|e| e.to_string())?;
-                    print(&outcome);
+                    out!("{}", pretty(&outcome));
                 }
-                (None, true) => {
+                (None, true, false) => {
                     let outcomes = dlq::replay_all(
                         &buffer,
                         &mappings,
@@ -341,14 +439,11 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     )
                     .await
                     .map_err(|e| e.to_string())?;
-                    let failing = outcomes
+                    let outcomes: Vec<_> = outcomes
                         .iter()
-                        .filter(|o| matches!(o, dlq::ReplayOutcome::StillFailing { .. }))
-                        .count();
-                    println!(
-                        "replayed {} dead letter(s); {failing} still failing",
-                        outcomes.len()
-                    );
+                        .map(|o| serde_json::to_value(o).unwrap_or_default())
+                        .collect();
+                    print_replayed(&outcomes);
                 }
                 _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             }
@@ -362,10 +457,313 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
             let removed = dlq::purge(&buffer, &ids, source.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("purged {removed} dead letter(s)");
+            out!("purged {removed} dead letter(s)");
         }
     }
     buffer.flush().await.map_err(|e| e.to_string())
+}
+
+/// `casegate dlq` through a running gateway's admin API (the embedded store allows one process).
+async fn dlq_remote(admin: &AdminApi, action: DlqAction) -> Result<(), String> {
+    let query = |source: &Option<String>, extra: &[(&str, String)]| {
+        let mut pairs: Vec<(&str, String)> = extra.to_vec();
+        if let Some(source) = source {
+            pairs.push(("source", source.clone()));
+        }
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    };
+    match action {
+        DlqAction::List { source, limit } => {
+            let answer = admin
+                .call(
+                    "GET",
+                    &format!(
+                        "/admin/dlq?{}",
+                        query(&source, &[("limit", limit.to_string())])
+                    ),
+                )
+                .await?;
+            print_dead_letters(&answer["dead_letters"]);
+        }
+        DlqAction::Show { id } => {
+            let answer = admin
+                .call("GET", &format!("/admin/dlq/{}", path_segment(&id)))
+                .await?;
+            out!("{}", pretty(&answer));
+        }
+        DlqAction::Replay {
+            id,
+            all,
+            source,
+            dry_run,
+        } => {
+            let dry = if dry_run { "?dry_run=true" } else { "" };
+            match (id, all || source.is_some()) {
+                (Some(id), false) => {
+                    let answer = admin
+                        .call(
+                            "POST",
+                            &format!("/admin/dlq/{}/replay{dry}", path_segment(&id)),
+                        )
+                        .await?;
+                    if dry_run {
+                        print_previews(&[answer]);
+                    } else {
+                        out!("{}", pretty(&answer));
+                    }
+                }
+                (None, true) => {
+                    let extra = if dry_run {
+                        vec![("dry_run", "true".to_string())]
+                    } else {
+                        Vec::new()
+                    };
+                    let answer = admin
+                        .call(
+                            "POST",
+                            &format!("/admin/dlq/replay?{}", query(&source, &extra)),
+                        )
+                        .await?;
+                    let list = |key: &str| answer[key].as_array().cloned().unwrap_or_default();
+                    if dry_run {
+                        print_previews(&list("dry_run"));
+                    } else {
+                        print_replayed(&list("replayed"));
+                    }
+                }
+                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
+            }
+        }
+        DlqAction::Purge { id, all, source } => {
+            let answer = match (id, all || source.is_some()) {
+                (Some(id), false) => {
+                    admin
+                        .call("DELETE", &format!("/admin/dlq/{}", path_segment(&id)))
+                        .await?
+                }
+                (None, true) => {
+                    admin
+                        .call("DELETE", &format!("/admin/dlq?{}", query(&source, &[])))
+                        .await?
+                }
+                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
+            };
+            out!("purged {} dead letter(s)", answer["purged"]);
+        }
+    }
+    Ok(())
+}
+
+fn pretty(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+/// A dead-letter id as one URL path segment (ids are `[0-9-]` today; this keeps a typo from
+/// becoming another path).
+fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Dead-letter summaries (as JSON), one line each.
+fn print_dead_letters(views: &serde_json::Value) {
+    let views = views.as_array().cloned().unwrap_or_default();
+    if views.is_empty() {
+        out!("the dead-letter store is empty");
+    }
+    let text = |v: &serde_json::Value, key: &str| v[key].as_str().unwrap_or_default().to_string();
+    for view in &views {
+        out!(
+            "{:<22} {:<16} {:<16} {}",
+            text(view, "id"),
+            text(view, "source"),
+            text(view, "kind"),
+            text(view, "reason")
+        );
+    }
+}
+
+/// The summary line of a replay.
+fn print_replayed(outcomes: &[serde_json::Value]) {
+    let failing = outcomes
+        .iter()
+        .filter(|o| o["result"] == "still_failing")
+        .count();
+    out!(
+        "replayed {} dead letter(s); {failing} still failing",
+        outcomes.len()
+    );
+}
+
+/// Dry-run previews, per dead letter: the cases it would enqueue, or why it would still fail.
+fn print_previews(previews: &[serde_json::Value]) {
+    let (mut enqueue, mut filtered, mut failing) = (0, 0, 0);
+    for preview in previews {
+        let id = preview["id"].as_str().unwrap_or_default();
+        match preview["result"].as_str().unwrap_or_default() {
+            "would_enqueue" => {
+                enqueue += 1;
+                let cases = preview["cases"].as_array().cloned().unwrap_or_default();
+                out!("{id}: would enqueue {} case(s):", cases.len());
+                out!("{}", pretty(&cases));
+            }
+            "would_filter" => {
+                filtered += 1;
+                out!(
+                    "{id}: no rule matches any more; the dead letter would be removed, no case made"
+                );
+            }
+            _ => {
+                failing += 1;
+                out!(
+                    "{id}: would still fail: {}",
+                    preview["reason"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    out!(
+        "dry run over {} dead letter(s): {enqueue} would enqueue, {filtered} would be filtered out, \
+         {failing} would still fail; nothing was written",
+        previews.len()
+    );
+}
+
+/// `casegate try --dead-letter ID [MAPPING]`: the cases the dead letter would now become.
+async fn try_dead_letter(
+    config_file: Option<PathBuf>,
+    mapping_file: Option<PathBuf>,
+    id: &str,
+) -> Result<String, String> {
+    let config =
+        load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
+    let letter = match crate::open_buffer(&config.buffer).await {
+        Ok(buffer) => {
+            let letter = dlq::show(&buffer, id).await.map_err(|e| e.to_string());
+            buffer.flush().await.map_err(|e| e.to_string())?;
+            letter?
+        }
+        Err(error) => {
+            let admin = AdminApi::from_config(&config, None).map_err(|_| {
+                format!("{error} (stop the gateway first, or give the CLI its admin token, CASEGATE_ADMIN__TOKEN)")
+            })?;
+            let view = admin
+                .call("GET", &format!("/admin/dlq/{}", path_segment(id)))
+                .await?;
+            dead_letter_from_view(&view)?
+        }
+    };
+    let mapping = match &mapping_file {
+        Some(file) => {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            Some(Arc::new(
+                CompiledMapping::compile(file, &text, &config.env).map_err(|e| e.to_string())?,
+            ))
+        }
+        None => load_mapping_set(&config)?
+            .get(&letter.record.source)
+            .cloned(),
+    };
+    match dlq::preview(&letter, mapping.as_deref()) {
+        dlq::ReplayPreview::WouldEnqueue { cases, .. } => Ok(pretty(&cases)),
+        dlq::ReplayPreview::WouldFilter { .. } => Ok(format!(
+            "no rule matched: a replay of {id} would remove it and make no case"
+        )),
+        dlq::ReplayPreview::StillFailing { reason, .. } => Err(format!(
+            "mapping failed: {reason} (a replay of {id} would leave it in the dead-letter store)"
+        )),
+    }
+}
+
+/// A dead letter rebuilt from the admin API's full view of it.
+fn dead_letter_from_view(view: &serde_json::Value) -> Result<crate::buffer::DeadLetter, String> {
+    let kind: crate::buffer::DeadLetterKind = serde_json::from_value(view["detail"].clone())
+        .map_err(|e| format!("the admin API answered an unexpected dead letter: {e}"))?;
+    Ok(crate::buffer::DeadLetter {
+        id: view["id"].as_str().unwrap_or_default().to_string(),
+        record: crate::buffer::DeadLetterRecord {
+            source: view["source"].as_str().unwrap_or_default().to_string(),
+            reason: view["reason"].as_str().unwrap_or_default().to_string(),
+            created_at_ms: view["created_at_ms"].as_u64().unwrap_or_default(),
+            kind,
+        },
+    })
+}
+
+/// Where `serve --sandbox` keeps its generated admin token: next to the buffer file, so a CLI
+/// run with the same configuration finds it.
+pub fn sandbox_token_file(config: &Config) -> PathBuf {
+    config.buffer.path.with_file_name("sandbox-admin-token")
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+/// A running gateway's admin API, as the CLI reaches it.
+struct AdminApi {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl AdminApi {
+    /// The configured admin token, else the one `serve --sandbox` saved; the configured admin
+    /// (or listen) address unless `url` is given.
+    fn from_config(config: &Config, url: Option<String>) -> Result<AdminApi, String> {
+        let token = match &config.admin_token {
+            Some(token) => token.expose().to_string(),
+            None => std::fs::read_to_string(sandbox_token_file(config))
+                .map(|t| t.trim().to_string())
+                .ok()
+                .filter(|t| !t.is_empty())
+                .ok_or("the admin API is off: set CASEGATE_ADMIN__TOKEN (here and on the gateway), or run `serve --sandbox`")?,
+        };
+        let base = url.unwrap_or_else(|| local_url(config.admin_listen.unwrap_or(config.listen)));
+        Ok(AdminApi {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            client: http_client()?,
+        })
+    }
+
+    /// One admin call; a non-2xx answer becomes its `message`.
+    async fn call(&self, method: &str, path: &str) -> Result<serde_json::Value, String> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", self.base))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!(
+                "{} answered {status}: {}",
+                self.base,
+                body["message"].as_str().unwrap_or_default()
+            ));
+        }
+        Ok(body)
+    }
 }
 
 /// The configured mapping directory, compiled; every load error on its own line.
@@ -404,14 +802,12 @@ async fn status(
 ) -> Result<(), String> {
     let config =
         load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
-    let token = config
-        .admin_token
-        .as_ref()
-        .ok_or("the admin API is off: set CASEGATE_ADMIN__TOKEN (here and on the gateway)")?;
-    let base = url.unwrap_or_else(|| local_url(config.admin_listen.unwrap_or(config.listen)));
-    let response = http_client()?
-        .get(format!("{}/admin/status", base.trim_end_matches('/')))
-        .bearer_auth(token.expose())
+    let admin = AdminApi::from_config(&config, url)?;
+    let base = admin.base.clone();
+    let response = admin
+        .client
+        .get(format!("{base}/admin/status"))
+        .bearer_auth(&admin.token)
         .send()
         .await
         .map_err(|e| format!("cannot reach {base}: {e}"))?;
@@ -420,12 +816,12 @@ async fn status(
     }
     let report: crate::status::StatusReport = response.json().await.map_err(|e| e.to_string())?;
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print!("{}", crate::status::render(&report));
+        write_stdout(format_args!("{}", crate::status::render(&report)));
     }
     Ok(())
 }
@@ -448,19 +844,6 @@ async fn healthcheck(url: Option<String>) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("unhealthy: {}", response.status()))
-    }
-}
-
-/// Pretty JSON for anything serializable, without generic closures.
-mod erased {
-    pub trait Show {
-        fn show(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Show for T {
-        fn show(&self) -> String {
-            serde_json::to_string_pretty(self).unwrap_or_default()
-        }
     }
 }
 
@@ -545,9 +928,10 @@ async fn send_sample(
         .map_err(|e| format!("cannot reach {target}: {e}"))?;
     let status = response.status();
     let answer = response.text().await.unwrap_or_default();
-    println!(
+    out!(
         "POST {target} ({} example `{}`)\n{status}\n{answer}",
-        mapping.file, sample.name
+        mapping.file,
+        sample.name
     );
     if status.is_success() {
         Ok(())
@@ -594,7 +978,7 @@ pub fn check_within(dir: &Path, env: &Env, max_event_bytes: usize) -> ExitCode {
             .filter_map(|r| r.failure.as_deref().map(|f| (&r.name, f)))
             .collect();
         if failures.is_empty() {
-            println!(
+            out!(
                 "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed; limits: max_cases {}, max_event_cases_bytes {})",
                 mapping.file,
                 mapping.source,
@@ -617,7 +1001,7 @@ pub fn check_within(dir: &Path, env: &Env, max_event_bytes: usize) -> ExitCode {
         eprintln!("{failed} example(s) failed");
         return ExitCode::FAILURE;
     }
-    println!("{} mapping file(s) OK", set.len());
+    out!("{} mapping file(s) OK", set.len());
     ExitCode::SUCCESS
 }
 

@@ -273,6 +273,45 @@ pub struct Overrides {
     pub duvo_api_key: Option<String>,
 }
 
+/// Refuses a `CASEGATE_*` variable that names no setting, by the variable's own name (the
+/// config layer would only say ``unknown field `foo` ``, which hides where the typo is).
+/// Settings are the keys of config/casegate.toml; an empty table there (`duvo.api_keys`) is a
+/// map whose keys are free.
+fn check_variable_names(vars: &config::Map<String, String>) -> Result<(), ConfigError> {
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
+        .map_err(load_error)?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let path = name["CASEGATE_".len()..].to_ascii_lowercase();
+        let mut level = defaults.clone();
+        let segments: Vec<&str> = path.split("__").collect();
+        for (i, segment) in segments.iter().enumerate() {
+            if level.is_empty() && i > 0 {
+                break;
+            }
+            let last = i + 1 == segments.len();
+            match level.get(*segment).map(|v| v.clone().into_table()) {
+                Some(Ok(table)) if !last => level = table,
+                Some(Err(_)) if last => break,
+                // A scalar given a sub-key, a table given a value, or no such key.
+                Some(_) | None => {
+                    return Err(ConfigError::Load(format!(
+                        "unknown environment variable {name}: it names no setting (settings are listed in config/casegate.toml; `a.b` is CASEGATE_A__B)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Loads defaults, then `file` (when given), then `CASEGATE_*` variables from `env`, then
     /// `overrides`, and validates the result.
@@ -299,6 +338,7 @@ impl Config {
             .filter(|(k, _)| k.starts_with("CASEGATE_"))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        check_variable_names(&vars)?;
         builder = builder.add_source(
             config::Environment::with_prefix("CASEGATE")
                 .prefix_separator("_")
@@ -572,7 +612,18 @@ mod tests {
         let error = load_env(&[("CASEGATE_BUFFER__BACKEDN", "redis")])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("backedn"), "{error}");
+        assert!(error.contains("CASEGATE_BUFFER__BACKEDN"), "{error}");
+        for name in ["CASEGATE_FOO", "CASEGATE_LISTEN__PORT", "CASEGATE_DUVO"] {
+            let error = load_env(&[(name, "x")]).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("unknown environment variable {name}")),
+                "{error}"
+            );
+            assert!(!error.contains("unknown field"), "{error}");
+        }
+        // The named-key map takes any key.
+        let config = load_env(&[("CASEGATE_DUVO__API_KEYS__EU", "dv_eu")]).unwrap();
+        assert!(config.duvo.api_keys.contains_key("eu"));
     }
 
     #[test]

@@ -185,6 +185,10 @@ impl Ingestor {
                     metrics::counter!(crate::prometheus::CASES_ENQUEUED, "queue" => queue)
                         .increment(1);
                 }
+                if !dead_letter_ids.is_empty() {
+                    metrics::counter!(crate::prometheus::CASES_DEAD_LETTERED, "kind" => crate::prometheus::DEAD_LETTER_MAPPING_FAILURE, "source" => mapping.source.clone())
+                        .increment(dead_letter_ids.len() as u64);
+                }
                 if let Some(wake) = self.wake.as_ref().filter(|_| !case_ids.is_empty()) {
                     wake.notify_one();
                 }

@@ -106,6 +106,11 @@ pub async fn run_with_clock(
     clock: Clock,
 ) -> Result<(), RunError> {
     let mappings = load_mappings(&config)?;
+    let mut api_keys: Vec<String> = config.duvo.api_keys.keys().cloned().collect();
+    if config.duvo.api_key.is_some() {
+        api_keys.push("default".to_string());
+    }
+    prometheus::register_zeros(&mappings, &api_keys);
     tracing::info!(sources = mappings.len(), dir = %config.mappings.display(), "mappings loaded");
     let buffer = open_buffer(&config.buffer).await?;
     let mappings = Arc::new(ArcSwap::from_pointee(mappings));

@@ -21,7 +21,86 @@ pub const BUFFER_OLDEST_AGE: &str = "casegate_buffer_oldest_case_age_seconds";
 pub const PAUSED: &str = "casegate_delivery_paused";
 pub const MAPPING_RELOADS: &str = "casegate_mapping_reloads_total";
 
+/// Every `outcome` of [`WEBHOOKS`]: each starts at zero for every loaded source.
+pub const WEBHOOK_OUTCOMES: &[&str] = &[
+    "accepted",
+    "filtered",
+    "ping",
+    "duplicate",
+    "mapping_failure",
+    "unauthorized",
+    "unavailable",
+    "invalid",
+];
+/// `kind` of [`CASES_DEAD_LETTERED`]: refused by the Duvo API (labelled by queue) or failed to map
+/// (labelled by source).
+pub const DEAD_LETTER_REFUSED: &str = "refused";
+pub const DEAD_LETTER_MAPPING_FAILURE: &str = "mapping_failure";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Queues the buffer gauges have reported, so a queue that drains (and that a backend may stop
+/// listing) is reported at zero instead of keeping its last value.
+static KNOWN_QUEUES: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Starts every counter family at zero for the loaded sources, their queues and the configured
+/// API keys, so dashboards and alerts see zero rather than nothing before the first webhook.
+/// Called at startup and after every successful mapping reload (new sources get their zeros);
+/// adding zero to an existing counter changes nothing.
+pub fn register_zeros(set: &crate::mapping::MappingSet, api_keys: &[String]) {
+    use metrics::{counter, gauge};
+    handle();
+    let mut queues = std::collections::BTreeSet::new();
+    for mapping in set.iter() {
+        let source = mapping.source.clone();
+        for outcome in WEBHOOK_OUTCOMES {
+            counter!(WEBHOOKS, "source" => source.clone(), "outcome" => *outcome, "reason" => "")
+                .increment(0);
+        }
+        counter!(CASES_DEAD_LETTERED, "kind" => DEAD_LETTER_MAPPING_FAILURE, "source" => source)
+            .increment(0);
+        queues.extend(mapping.queues().map(str::to_string));
+    }
+    for queue in &queues {
+        counter!(CASES_ENQUEUED, "queue" => queue.clone()).increment(0);
+        counter!(CASES_DELIVERED, "queue" => queue.clone()).increment(0);
+        counter!(CASES_DEAD_LETTERED, "kind" => DEAD_LETTER_REFUSED, "queue" => queue.clone())
+            .increment(0);
+        gauge!(PAUSED, "kind" => "queue", "name" => queue.clone()).increment(0.0);
+    }
+    for key in api_keys {
+        gauge!(PAUSED, "kind" => "key", "name" => key.clone()).increment(0.0);
+    }
+    counter!(API_RESPONSES, "status" => "200").increment(0);
+    counter!(API_RATE_LIMITED).increment(0);
+    for result in ["ok", "failed"] {
+        counter!(MAPPING_RELOADS, "result" => result).increment(0);
+    }
+    known_queues().extend(queues);
+}
+
+fn known_queues() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    KNOWN_QUEUES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sets the buffer gauges from `(queue, Some((depth, oldest age)))` per queue the buffer
+/// answered for (`None`: it could not answer; the gauges keep their value). A queue known
+/// before and absent now (drained, no longer listed) is set to zero.
+pub fn set_buffer_gauges(stats: &[(String, Option<(u64, f64)>)]) {
+    let mut known = known_queues();
+    known.extend(stats.iter().map(|(q, _)| q.clone()));
+    for queue in known.iter() {
+        let (depth, age) = match stats.iter().find(|(q, _)| q == queue) {
+            Some((_, None)) => continue,
+            Some((_, Some(figures))) => *figures,
+            None => (0, 0.0),
+        };
+        metrics::gauge!(BUFFER_DEPTH, "queue" => queue.clone()).set(depth as f64);
+        metrics::gauge!(BUFFER_OLDEST_AGE, "queue" => queue.clone()).set(age);
+    }
+}
 
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> &'static PrometheusHandle {
@@ -61,7 +140,7 @@ fn describe() {
     describe_counter!(CASES_DELIVERED, "Cases the Duvo API accepted, by queue");
     describe_counter!(
         CASES_DEAD_LETTERED,
-        "Cases the Duvo API refused, moved to the dead-letter store, by queue"
+        "Dead letters made: cases the Duvo API refused (kind=refused, by queue) and events whose mapping failed (kind=mapping_failure, by source)"
     );
     describe_counter!(
         API_RESPONSES,

@@ -16,8 +16,10 @@ pub fn init(config: &LogConfig) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
+    // Colours only for a terminal: escape codes in a file or a pipe are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
     let result = if json {
         builder.json().flatten_event(true).try_init()

@@ -398,7 +398,7 @@ impl Delivery {
                         return;
                     }
                     Action::DeadLetter { status, reason } => {
-                        metrics::counter!(prometheus::CASES_DEAD_LETTERED, "queue" => queue.to_string()).increment(cases.len() as u64);
+                        metrics::counter!(prometheus::CASES_DEAD_LETTERED, "kind" => prometheus::DEAD_LETTER_REFUSED, "queue" => queue.to_string()).increment(cases.len() as u64);
                         self.record_error(queue, format!("case dead-lettered: {reason}"));
                         self.dead_letter(queue, cases, status, reason).await;
                         return;

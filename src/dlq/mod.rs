@@ -8,10 +8,10 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::buffer::{Buffer, BufferError, CaseId, DeadLetter, DeadLetterKind};
+use crate::buffer::{Buffer, BufferError, CaseId, CaseRecord, DeadLetter, DeadLetterKind};
 use crate::clock::now_ms;
 use crate::inbound::Headers;
-use crate::mapping::{EventInput, MappingSet};
+use crate::mapping::{CompiledMapping, EventInput, MappingSet};
 
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,6 +23,30 @@ pub enum ReplayOutcome {
     Filtered { id: String },
     /// Still failing; the dead letter stays, with this reason.
     StillFailing { id: String, reason: String },
+}
+
+/// What a replay would do, computed without writing anything (`dlq replay --dry-run`,
+/// `try --dead-letter`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReplayPreview {
+    /// The dead letter would become these cases.
+    WouldEnqueue { id: String, cases: Vec<Value> },
+    /// The current mapping filters the event out: the dead letter would be removed.
+    WouldFilter { id: String },
+    /// The replay would still fail, with this reason.
+    StillFailing { id: String, reason: String },
+}
+
+/// A case as `try` and dry runs show it: rule, queue, title, `data` as JSON, labels.
+pub fn case_preview(case: &CaseRecord) -> Value {
+    serde_json::json!({
+        "rule": case.meta.rule,
+        "queue": case.queue,
+        "title": case.title,
+        "data": serde_json::from_str::<Value>(&case.data).unwrap_or(Value::Null),
+        "labels": case.labels,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,32 +129,24 @@ pub async fn show(buffer: &Buffer, id: &str) -> Result<DeadLetter, DlqError> {
         .ok_or_else(|| DlqError::NotFound(id.to_string()))
 }
 
-/// Replays one dead letter.
-pub async fn replay(
-    buffer: &Buffer,
-    mappings: &MappingSet,
-    id: &str,
-) -> Result<ReplayOutcome, DlqError> {
-    let letter = show(buffer, id).await?;
-    let id = letter.id.clone();
-    let cases = match &letter.record.kind {
-        DeadLetterKind::Refused { case, .. } => vec![case.clone()],
+/// The cases a dead letter would become now: a refused case as it was, a mapping failure
+/// mapped again with `mapping` (the current one of its source, or another file for `try`).
+/// `Err` holds why it would still fail.
+pub fn plan(
+    letter: &DeadLetter,
+    mapping: Option<&CompiledMapping>,
+) -> Result<Vec<CaseRecord>, String> {
+    match &letter.record.kind {
+        DeadLetterKind::Refused { case, .. } => Ok(vec![case.clone()]),
         DeadLetterKind::Undecodable { raw_base64, .. } => {
             // Replayable once this build reads the bytes (after an upgrade or a manual fix).
             use base64::Engine;
-            let decoded = base64::engine::general_purpose::STANDARD
+            base64::engine::general_purpose::STANDARD
                 .decode(raw_base64)
                 .map_err(|e| e.to_string())
-                .and_then(|raw| crate::buffer::decode_record(&raw));
-            match decoded {
-                Ok(case) => vec![case],
-                Err(reason) => {
-                    return Ok(ReplayOutcome::StillFailing {
-                        id,
-                        reason: format!("still undecodable: {reason}"),
-                    });
-                }
-            }
+                .and_then(|raw| crate::buffer::decode_record(&raw))
+                .map(|case| vec![case])
+                .map_err(|reason| format!("still undecodable: {reason}"))
         }
         DeadLetterKind::MappingFailure {
             payload,
@@ -139,9 +155,11 @@ pub async fn replay(
             delivery_id,
             ..
         } => {
-            let Some(mapping) = mappings.get(&letter.record.source) else {
-                let reason = format!("no mapping for source `{}` any more", letter.record.source);
-                return Ok(ReplayOutcome::StillFailing { id, reason });
+            let Some(mapping) = mapping else {
+                return Err(format!(
+                    "no mapping for source `{}` any more",
+                    letter.record.source
+                ));
             };
             // The stored payload is the body as received: JSON, or a form with a `payload`
             // field, as its content type said.
@@ -151,15 +169,8 @@ pub async fn replay(
                 .map(|(_, v)| v.as_str());
             let format =
                 crate::ingest::body_format(content_type).unwrap_or(crate::ingest::BodyFormat::Json);
-            let payload: Value = match crate::ingest::parse_payload(payload.as_bytes(), format) {
-                Ok(payload) => payload,
-                Err(e) => {
-                    return Ok(ReplayOutcome::StillFailing {
-                        id,
-                        reason: format!("stored payload cannot be read: {e}"),
-                    });
-                }
-            };
+            let payload: Value = crate::ingest::parse_payload(payload.as_bytes(), format)
+                .map_err(|e| format!("stored payload cannot be read: {e}"))?;
             let headers: Headers = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.clone()))
@@ -171,16 +182,63 @@ pub async fn replay(
                 delivery_id: delivery_id.as_deref(),
                 received_at_ms: now_ms(),
             };
-            match mapping.apply(&input) {
-                Ok(cases) => cases,
-                Err(failure) => {
-                    return Ok(ReplayOutcome::StillFailing {
-                        id,
-                        reason: failure.to_string(),
-                    });
-                }
-            }
+            mapping.apply(&input).map_err(|failure| failure.to_string())
         }
+    }
+}
+
+/// What replaying `letter` would do under `mapping`, writing nothing.
+pub fn preview(letter: &DeadLetter, mapping: Option<&CompiledMapping>) -> ReplayPreview {
+    let id = letter.id.clone();
+    match plan(letter, mapping) {
+        Err(reason) => ReplayPreview::StillFailing { id, reason },
+        Ok(cases) if cases.is_empty() => ReplayPreview::WouldFilter { id },
+        Ok(cases) => ReplayPreview::WouldEnqueue {
+            id,
+            cases: cases.iter().map(case_preview).collect(),
+        },
+    }
+}
+
+/// What replaying every dead letter (of one source, if given) would do, writing nothing.
+pub async fn preview_all(
+    buffer: &Buffer,
+    mappings: &MappingSet,
+    source: Option<&str>,
+) -> Result<Vec<ReplayPreview>, DlqError> {
+    // A page of ids at a time and one letter in memory: letters can be as large as a body.
+    let mut previews = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let ids = buffer.list_dead_letter_ids(after.as_deref(), PAGE).await?;
+        let Some(last) = ids.last() else { break };
+        after = Some(last.clone());
+        for id in ids {
+            let Some(letter) = buffer.get_dead_letter(&id).await? else {
+                continue;
+            };
+            if source.is_some_and(|s| letter.record.source != s) {
+                continue;
+            }
+            let mapping = mappings.get(&letter.record.source);
+            previews.push(preview(&letter, mapping.map(|m| m.as_ref())));
+        }
+    }
+    Ok(previews)
+}
+
+/// Replays one dead letter.
+pub async fn replay(
+    buffer: &Buffer,
+    mappings: &MappingSet,
+    id: &str,
+) -> Result<ReplayOutcome, DlqError> {
+    let letter = show(buffer, id).await?;
+    let id = letter.id.clone();
+    let mapping = mappings.get(&letter.record.source);
+    let cases = match plan(&letter, mapping.map(|m| m.as_ref())) {
+        Ok(cases) => cases,
+        Err(reason) => return Ok(ReplayOutcome::StillFailing { id, reason }),
     };
     if cases.is_empty() {
         buffer

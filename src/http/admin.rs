@@ -75,6 +75,9 @@ fn dlq_error(error: DlqError, state: &AppState) -> ApiError {
 pub struct Filter {
     source: Option<String>,
     limit: Option<usize>,
+    /// `?dry_run=true` on a replay: say what it would do, write nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 async fn status(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -118,8 +121,17 @@ async fn replay_one(
     _: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    filter: web::Query<Filter>,
 ) -> Result<HttpResponse, ApiError> {
     let mappings = state.ingestor.mappings();
+    if filter.dry_run {
+        let letter = dlq::show(state.ingestor.buffer(), &id)
+            .await
+            .map_err(|e| dlq_error(e, &state))?;
+        let mapping = mappings.get(&letter.record.source);
+        let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()));
+        return Ok(HttpResponse::Ok().json(preview));
+    }
     let outcome = dlq::replay(state.ingestor.buffer(), &mappings, &id)
         .await
         .map_err(|e| dlq_error(e, &state))?;
@@ -133,6 +145,13 @@ async fn replay_all(
     filter: web::Query<Filter>,
 ) -> Result<HttpResponse, ApiError> {
     let mappings = state.ingestor.mappings();
+    if filter.dry_run {
+        let previews =
+            dlq::preview_all(state.ingestor.buffer(), &mappings, filter.source.as_deref())
+                .await
+                .map_err(|e| dlq_error(e, &state))?;
+        return Ok(HttpResponse::Ok().json(json!({"dry_run": previews})));
+    }
     let outcomes = dlq::replay_all(
         state.ingestor.buffer(),
         &mappings,

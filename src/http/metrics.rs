@@ -9,18 +9,29 @@ use crate::prometheus;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let buffer = state.ingestor.buffer();
-    if let Ok(queues) = buffer.queues().await {
-        for queue in queues {
-            if let Ok(stats) = buffer.stats(&queue).await {
-                metrics::gauge!(prometheus::BUFFER_DEPTH, "queue" => queue.clone())
-                    .set(stats.depth as f64);
-                let age = stats
-                    .oldest_received_at_ms
-                    .map_or(0.0, |at| now_ms().saturating_sub(at) as f64 / 1000.0);
-                metrics::gauge!(prometheus::BUFFER_OLDEST_AGE, "queue" => queue).set(age);
-            }
-        }
+    let mut stats = Vec::new();
+    let mut queues = buffer.queues().await.unwrap_or_default();
+    queues.extend(
+        state
+            .ingestor
+            .mappings()
+            .iter()
+            .flat_map(|m| m.queues().map(str::to_string).collect::<Vec<_>>()),
+    );
+    queues.sort();
+    queues.dedup();
+    for queue in queues {
+        // A queue the backend cannot answer for keeps its last figures rather than a false zero.
+        let figures = buffer.stats(&queue).await.ok().map(|s| {
+            let age = match (s.depth, s.oldest_received_at_ms) {
+                (0, _) | (_, None) => 0.0,
+                (_, Some(at)) => now_ms().saturating_sub(at) as f64 / 1000.0,
+            };
+            (s.depth, age)
+        });
+        stats.push((queue, figures));
     }
+    prometheus::set_buffer_gauges(&stats);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(prometheus::handle().render())

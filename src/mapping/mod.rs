@@ -292,6 +292,11 @@ impl CompiledMapping {
         self.rules.iter().filter_map(|r| r.api_key.as_deref())
     }
 
+    /// The queues the rules deliver to (metrics start them at zero).
+    pub fn queues(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.queue.as_str())
+    }
+
     /// Names of the rules, in file order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.name.as_str())

@@ -82,6 +82,8 @@ pub struct MappingReloader {
     status: ArcSwap<ReloadStatus>,
     /// Serializes reloads.
     reloading: Mutex<()>,
+    /// The weak sources already warned about, so a reload repeats no warning.
+    warned: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl MappingReloader {
@@ -93,10 +95,12 @@ impl MappingReloader {
             sources: current.load().versions(),
             ..ReloadStatus::default()
         };
+        let warned = current.load().weaknesses();
         MappingReloader {
             dir,
             env,
             current,
+            warned: Mutex::new(warned),
             status: ArcSwap::from_pointee(status),
             reloading: Mutex::new(()),
         }
@@ -129,8 +133,17 @@ impl MappingReloader {
                 let sources = set.versions();
                 let before = self.status.load().sources.clone();
                 let change = Change::between(&before, &sources);
-                set.warn_about_weak_sources();
+                {
+                    let mut warned = self
+                        .warned
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    *warned = set.warn_about_weak_sources_once(&warned);
+                }
+                crate::prometheus::register_zeros(&set, &[]);
                 let n = set.len();
+                // After a refused reload, success is news even when the set is as before.
+                let recovered = self.status.load().last_error.is_some();
                 self.current.store(Arc::new(set));
                 metrics::counter!(crate::prometheus::MAPPING_RELOADS, "result" => "ok")
                     .increment(1);
@@ -143,7 +156,7 @@ impl MappingReloader {
                     reloads_failed: previous.reloads_failed,
                     sources,
                 }));
-                if change.is_empty() && trigger == Trigger::FileChange {
+                if change.is_empty() && trigger == Trigger::FileChange && !recovered {
                     tracing::debug!(%dir, sources = n, "mappings reloaded, nothing changed");
                 } else {
                     tracing::info!(
@@ -561,5 +574,69 @@ mod tests {
         assert_eq!(sources(&current), ["a"]);
         task.stop().await;
         drop(dir);
+    }
+
+    /// Runs `f` with a subscriber that writes every event (debug and up, no colours) to a string.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn an_unauthenticated_source_is_warned_about_once_not_on_every_reload() {
+        let (dir, _current, reloader) = setup(&[("a.yaml", &mapping("A"))]);
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert!(!log.contains("unauthenticated"), "{log}");
+        // A new weak source is news, once.
+        std::fs::write(dir.path().join("b.yaml"), mapping("B")).unwrap();
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert_eq!(log.matches("unauthenticated").count(), 1, "{log}");
+        assert!(log.contains("source=b"), "{log}");
+    }
+
+    #[test]
+    fn a_fixed_mapping_after_a_refused_reload_logs_its_success_at_info() {
+        let (dir, _current, reloader) = setup(&[("a.yaml", &mapping("A"))]);
+        std::fs::write(dir.path().join("a.yaml"), "rules: [").unwrap();
+        assert!(reloader.reload(Trigger::FileChange).is_err());
+        // Back to the very file that serves: nothing changed, yet the recovery is news.
+        std::fs::write(dir.path().join("a.yaml"), mapping("A")).unwrap();
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert!(
+            log.lines()
+                .any(|l| l.contains("INFO") && l.contains("mappings reloaded")),
+            "{log}"
+        );
+        // And a later no-change reload stays at debug.
+        let log = logged(|| {
+            reloader.reload(Trigger::FileChange).unwrap();
+        });
+        assert!(!log.contains("INFO"), "{log}");
     }
 }

@@ -105,20 +105,50 @@ impl MappingSet {
     /// Logs a warning for every source that accepts unauthenticated webhooks or runs on a
     /// development default secret. Called after the first load and after every reload.
     pub fn warn_about_weak_sources(&self) {
-        for mapping in self.iter() {
-            if mapping.verifier.is_none() {
-                tracing::warn!(
-                    source = %mapping.source,
+        self.warn_about_weak_sources_once(&BTreeMap::new());
+    }
+
+    /// Each weak source and how it is weak (`unauthenticated`, or `default_secret` with its
+    /// scheme).
+    pub fn weaknesses(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .filter_map(|mapping| {
+                let weakness = if mapping.verifier.is_none() {
+                    "unauthenticated".to_string()
+                } else if mapping.verifier.uses_default_secret() {
+                    format!("default_secret:{}", mapping.verifier.scheme_name())
+                } else {
+                    return None;
+                };
+                Some((mapping.source.clone(), weakness))
+            })
+            .collect()
+    }
+
+    /// Warns about the weak sources whose weakness is not already in `warned` (a reload does not
+    /// repeat what startup or the previous reload said), and returns the new weaknesses.
+    pub fn warn_about_weak_sources_once(
+        &self,
+        warned: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let now = self.weaknesses();
+        for (source, weakness) in &now {
+            if warned.get(source) == Some(weakness) {
+                continue;
+            }
+            match weakness.split_once(':') {
+                None => tracing::warn!(
+                    source = %source,
                     "source accepts unauthenticated webhooks (verify.scheme: none)"
-                );
-            } else if mapping.verifier.uses_default_secret() {
-                tracing::warn!(
-                    source = %mapping.source,
-                    scheme = mapping.verifier.scheme_name(),
+                ),
+                Some((_, scheme)) => tracing::warn!(
+                    source = %source,
+                    scheme,
                     "source runs on a development default secret; set its environment variable"
-                );
+                ),
             }
         }
+        now
     }
 
     /// Each source's mapping file and version, sorted by source: what a reload changed, and what

@@ -6,6 +6,10 @@
 //! string (the opposite of Stripe). A secret without the prefix is decoded the same way, as the
 //! reference libraries do. Svix's original `svix-id` / `svix-timestamp` / `svix-signature`
 //! header names are accepted when the `webhook-*` ones are absent.
+//!
+//! The asymmetric variant signs the same message with Ed25519: entries read `v1a,<base64 of the
+//! 64-byte signature>` and the sender publishes a `whpk_<base64 of the 32-byte key>` public key
+//! (`public_keys:`). A source may list both secrets and public keys; any matching entry passes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -22,14 +26,22 @@ const STANDARD_NAMES: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-s
 const SVIX_NAMES: [&str; 3] = ["svix-id", "svix-timestamp", "svix-signature"];
 pub(super) const CREDENTIAL_HEADERS: &[&str] = &["webhook-signature", "svix-signature"];
 const SECRET_PREFIX: &str = "whsec_";
+const PUBLIC_KEY_PREFIX: &str = "whpk_";
+/// `v1a` entries checked per request: each costs an Ed25519 verification per public key, so a
+/// header stuffed with entries cannot buy unbounded work (rotation needs two or three).
+const MAX_V1A_ENTRIES: usize = 8;
 
 /// `verify: { scheme: standard-webhooks, secrets: ["whsec_..."], tolerance_secs: 300 }`
 /// (`scheme: svix` is accepted as an alias).
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksSpec {
-    /// Signing secrets, `whsec_<base64>`.
+    /// Signing secrets, `whsec_<base64>` (symmetric `v1` signatures).
+    #[serde(default)]
     pub secrets: Vec<String>,
+    /// Ed25519 public keys, `whpk_<base64>` (asymmetric `v1a` signatures).
+    #[serde(default)]
+    pub public_keys: Vec<String>,
     /// How far `webhook-timestamp` may be from now, in either direction.
     #[serde(default = "default_tolerance_secs")]
     pub tolerance_secs: u64,
@@ -40,6 +52,14 @@ impl StandardWebhooksSpec {
         &self,
         ctx: &mut BuildContext,
     ) -> Result<StandardWebhooks, VerifySpecError> {
+        let public_keys = self.public_keys(ctx)?;
+        if !public_keys.is_empty() && self.secrets.is_empty() {
+            return Ok(StandardWebhooks {
+                keys: Vec::new(),
+                public_keys,
+                tolerance_secs: self.tolerance_secs,
+            });
+        }
         let keys = ctx
             .secrets(&self.secrets)?
             .iter()
@@ -64,14 +84,52 @@ impl StandardWebhooksSpec {
             .collect::<Result<_, _>>()?;
         Ok(StandardWebhooks {
             keys,
+            public_keys,
             tolerance_secs: self.tolerance_secs,
         })
+    }
+
+    /// `public_keys`, each `whpk_` + base64 of a 32-byte Ed25519 key (the prefix is optional, as
+    /// for secrets).
+    fn public_keys(
+        &self,
+        ctx: &mut BuildContext,
+    ) -> Result<Vec<ed25519_dalek::VerifyingKey>, VerifySpecError> {
+        self.public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                let field = format!("verify.public_keys[{i}]");
+                let value = ctx.resolve(&field, raw)?;
+                let encoded = value
+                    .expose()
+                    .strip_prefix(PUBLIC_KEY_PREFIX)
+                    .unwrap_or(value.expose());
+                let bytes: [u8; 32] = STANDARD
+                    .decode(encoded)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| VerifySpecError::BadSecret {
+                        field: field.clone(),
+                        reason: "expected whpk_ followed by the base64 of a 32-byte Ed25519 key"
+                            .to_string(),
+                    })?;
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                    VerifySpecError::BadSecret {
+                        field,
+                        reason: "not a valid Ed25519 public key".to_string(),
+                    }
+                })
+            })
+            .collect()
     }
 }
 
 #[derive(Debug)]
 pub(super) struct StandardWebhooks {
     keys: Vec<Key>,
+    /// Ed25519 keys for `v1a` entries.
+    public_keys: Vec<ed25519_dalek::VerifyingKey>,
     tolerance_secs: u64,
 }
 
@@ -92,30 +150,58 @@ impl StandardWebhooks {
         let signatures = super::required_header(request, sig_name)?;
         let id = super::required_header(request, id_name)?;
         let ts = super::required_header(request, ts_name)?;
-        let candidates: Vec<Vec<u8>> = signatures
+        let mut candidates: Vec<Vec<u8>> = Vec::new();
+        let mut asymmetric: Vec<ed25519_dalek::Signature> = Vec::new();
+        for (version, sig) in signatures
             .split_whitespace()
             .filter_map(|entry| entry.split_once(','))
-            .filter(|(version, _)| *version == "v1")
+        {
             // An undecodable entry cannot match; skipping it lets the others count.
-            .filter_map(|(_, sig)| STANDARD.decode(sig).ok())
-            .collect();
-        if candidates.is_empty() {
+            match (version, STANDARD.decode(sig)) {
+                ("v1", Ok(tag)) => candidates.push(tag),
+                ("v1a", Ok(sig)) if asymmetric.len() < MAX_V1A_ENTRIES => {
+                    if let Ok(sig) = <[u8; 64]>::try_from(sig.as_slice()) {
+                        asymmetric.push(ed25519_dalek::Signature::from_bytes(&sig));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if candidates.is_empty() && asymmetric.is_empty() {
             return Err(VerifyError::bad_format(
                 sig_name,
-                "no v1,<base64> signature",
+                "no v1,<base64> or v1a,<base64> signature",
             ));
         }
         let signed_at = timestamp::parse_unix_secs(ts_name, ts)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
         let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts.as_bytes(), b".", &request.body];
-        if candidates
+        let symmetric_ok = candidates
             .iter()
-            .any(|tag| super::any_hmac_sha256_matches(&self.keys, &parts, tag))
-        {
+            .any(|tag| super::any_hmac_sha256_matches(&self.keys, &parts, tag));
+        if symmetric_ok || self.any_ed25519_matches(&parts, &asymmetric) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)
         }
+    }
+
+    /// Whether any `v1a` signature verifies under any public key (strict verification: no
+    /// malleable or small-order signatures).
+    fn any_ed25519_matches(
+        &self,
+        parts: &[&[u8]],
+        signatures: &[ed25519_dalek::Signature],
+    ) -> bool {
+        if signatures.is_empty() || self.public_keys.is_empty() {
+            return false;
+        }
+        let message = parts.concat();
+        signatures.iter().any(|sig| {
+            self.public_keys
+                .iter()
+                .any(|key| key.verify_strict(&message, sig).is_ok())
+        })
     }
 
     pub(super) fn sign(&self, request: &mut InboundRequest, now: SystemTime) {
@@ -124,8 +210,10 @@ impl StandardWebhooks {
             None => new_message_id(now),
         };
         let ts = timestamp::since_epoch(now).as_secs().to_string();
+        // With only public keys there is nothing to sign with (the private key is the sender's).
+        let Some(key) = self.keys.first() else { return };
         let tag = super::hmac_sha256_bytes(
-            &self.keys[0],
+            key,
             &[id.as_bytes(), b".", ts.as_bytes(), b".", &request.body],
         );
         let [id_name, ts_name, sig_name] = STANDARD_NAMES;
@@ -323,5 +411,143 @@ mod tests {
         assert!(id.starts_with("msg_"));
         assert_ne!(Some(id.as_str()), second.headers.get("webhook-id"));
         assert!(v.verify(first, at(TS)).is_ok());
+    }
+
+    /// The asymmetric test vector of the Standard Webhooks reference libraries
+    /// (`libraries/go/webhook_asymmetric_test.go`, `TestAsymmetricWebhookSign`): the signing
+    /// key's seed, and the `v1a` signature of the same id, timestamp and body as above.
+    const ASYMMETRIC_SEED: &str = "VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=";
+    const PUBLISHED_V1A: &str = "v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeFiL8Ag==";
+
+    fn signing_key() -> ed25519_dalek::SigningKey {
+        use base64::Engine as _;
+        let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(ASYMMETRIC_SEED)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    }
+
+    fn public_key() -> String {
+        use base64::Engine as _;
+        format!(
+            "whpk_{}",
+            base64::engine::general_purpose::STANDARD
+                .encode(signing_key().verifying_key().as_bytes())
+        )
+    }
+
+    fn asymmetric_spec() -> String {
+        format!(
+            "{{ scheme: standard-webhooks, public_keys: [{}] }}",
+            public_key()
+        )
+    }
+
+    #[test]
+    fn the_published_asymmetric_vector_is_reproduced_and_accepted() {
+        use base64::Engine as _;
+        use ed25519_dalek::Signer as _;
+        let message = [ID.as_bytes(), b".", TS.to_string().as_bytes(), b".", BODY].concat();
+        let signature = signing_key().sign(&message);
+        let ours = format!(
+            "v1a,{}",
+            base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
+        );
+        assert_eq!(ours, PUBLISHED_V1A);
+        let req = with_header(signed(), "webhook-signature", PUBLISHED_V1A);
+        assert!(verifier(&asymmetric_spec()).verify(req, at(TS)).is_ok());
+    }
+
+    #[test]
+    fn a_v1a_signature_over_a_tampered_body_or_id_is_rejected() {
+        let v = verifier(&asymmetric_spec());
+        let req = with_header(signed(), "webhook-signature", PUBLISHED_V1A);
+        let tampered = with_body(req, br#"{"test": 2432232315}"#);
+        assert_eq!(
+            v.verify(tampered, at(TS)).unwrap_err(),
+            VerifyError::Mismatch
+        );
+        let req = with_header(signed(), "webhook-signature", PUBLISHED_V1A);
+        let other_id = with_header(req, "webhook-id", "msg_other");
+        assert_eq!(
+            v.verify(other_id, at(TS)).unwrap_err(),
+            VerifyError::Mismatch
+        );
+    }
+
+    #[test]
+    fn v1a_entries_of_the_wrong_length_are_skipped_and_the_valid_one_counts() {
+        // The reference libraries' "invalid signature" (a 32-byte value under v1a) and an empty one.
+        let header =
+            format!("v1a,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v1a, v2,xyz {PUBLISHED_V1A}");
+        let req = with_header(signed(), "webhook-signature", &header);
+        assert!(verifier(&asymmetric_spec()).verify(req, at(TS)).is_ok());
+        let only_bad = with_header(
+            signed(),
+            "webhook-signature",
+            "v1a,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=",
+        );
+        assert_eq!(
+            verifier(&asymmetric_spec())
+                .verify(only_bad, at(TS))
+                .unwrap_err()
+                .code(),
+            "malformed_signature_header"
+        );
+    }
+
+    #[test]
+    fn a_v1_signature_does_not_pass_a_public_key_only_source_and_both_kinds_can_coexist() {
+        assert_eq!(
+            verifier(&asymmetric_spec())
+                .verify(signed(), at(TS))
+                .unwrap_err(),
+            VerifyError::Mismatch
+        );
+        let both = format!(
+            "{{ scheme: standard-webhooks, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw], public_keys: [{}] }}",
+            public_key()
+        );
+        assert!(verifier(&both).verify(signed(), at(TS)).is_ok());
+        let req = with_header(signed(), "webhook-signature", PUBLISHED_V1A);
+        assert!(verifier(&both).verify(req, at(TS)).is_ok());
+    }
+
+    #[test]
+    fn a_public_key_that_is_not_32_bytes_of_base64_is_refused_at_load_naming_the_field() {
+        for bad in ["whpk_not*base64", "whpk_c2VjcmV0"] {
+            let spec: VerifySpec = serde_yaml_ng::from_str(&format!(
+                "{{ scheme: standard-webhooks, public_keys: [{bad}] }}"
+            ))
+            .unwrap();
+            let err = spec.build(&Env::default()).unwrap_err();
+            assert!(
+                matches!(&err, VerifySpecError::BadSecret { field, .. } if field == "verify.public_keys[0]"),
+                "{err:?}"
+            );
+        }
+        let none: VerifySpec = serde_yaml_ng::from_str("{ scheme: standard-webhooks }").unwrap();
+        assert!(matches!(
+            none.build(&Env::default()).unwrap_err(),
+            VerifySpecError::NoSecrets { .. }
+        ));
+    }
+
+    #[test]
+    fn at_most_eight_v1a_entries_are_checked() {
+        let filler = format!("v1a,{}==", "A".repeat(86));
+        let late = format!("{} {PUBLISHED_V1A}", [filler.as_str(); 8].join(" "));
+        let req = with_header(signed(), "webhook-signature", &late);
+        assert_eq!(
+            verifier(&asymmetric_spec())
+                .verify(req, at(TS))
+                .unwrap_err(),
+            VerifyError::Mismatch
+        );
+        let early = format!("{} {PUBLISHED_V1A}", [filler.as_str(); 7].join(" "));
+        let req = with_header(signed(), "webhook-signature", &early);
+        assert!(verifier(&asymmetric_spec()).verify(req, at(TS)).is_ok());
     }
 }

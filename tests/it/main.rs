@@ -9,6 +9,7 @@ mod faults;
 mod ingest_props;
 mod ingress;
 mod operate;
+mod operators;
 mod readme;
 mod records;
 mod reload;

@@ -117,7 +117,9 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
     assert!(commands[2].starts_with(
         "curl -s -H 'Authorization: Bearer dv_sandbox' http://127.0.0.1:8081/v1/queues/"
     ));
-    assert_eq!(commands[3], "cargo test");
+    assert_eq!(commands[3], "cargo run --release -- status");
+    assert_eq!(commands[4], "cargo run --release -- dlq list");
+    assert_eq!(commands[5], "cargo test");
     let list_url = commands[2].split_whitespace().last().unwrap().to_string();
 
     let free = crate::support::free_port;
@@ -203,6 +205,37 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
             .unwrap()
             .starts_with("Paid order #1042"),
         "{cases}"
+    );
+
+    // The operator commands, as written: the admin token is the one serve --sandbox generated.
+    let operate = |command: String| {
+        let mut process = tokio::process::Command::new(binary);
+        process
+            .args(args(&command))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CASEGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CASEGATE_BUFFER__PATH", data.path().join("casegate.redb"))
+            .env_remove("CASEGATE_ADMIN__TOKEN");
+        async move { process.output().await.unwrap() }
+    };
+    let token = std::fs::read_to_string(data.path().join("sandbox-admin-token")).unwrap();
+    assert!(
+        token.trim().len() >= 32,
+        "a development token of 32+ characters"
+    );
+    let status = operate(commands[3].clone()).await;
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && printed.contains("shopify-orders"),
+        "{printed}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let dlq = operate(commands[4].clone()).await;
+    let printed = String::from_utf8_lossy(&dlq.stdout);
+    assert!(
+        dlq.status.success() && printed.contains("the dead-letter store is empty"),
+        "{printed}{}",
+        String::from_utf8_lossy(&dlq.stderr)
     );
     serve.start_kill().unwrap();
     let _ = serve.wait().await;
