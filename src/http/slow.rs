@@ -166,8 +166,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_head_end_is_found_across_reads() {
+    #[tokio::test]
+    async fn the_head_end_is_found_across_reads() {
         let mut conn = HeadDeadline::new((), Duration::from_secs(1));
         conn.scan(b"POST / HTTP/1.1\r\nHost: x\r");
         assert!(conn.deadline.is_some());
