@@ -300,6 +300,8 @@ async fn serve(
     if let Some(listen) = &sandbox {
         overrides.duvo_base_url = Some(format!("http://{listen}/v1"));
         overrides.duvo_api_key = Some(SandboxConfig::default().api_key);
+        // Development mode: the shipped mappings' `${VAR:-default}` secrets may serve.
+        overrides.allow_default_secrets = true;
     }
     let mut config = load_config(config_file.as_deref(), &overrides).map_err(|e| e.to_string())?;
     if sandbox.is_some() && config.admin_token.is_none() {
@@ -1042,7 +1044,7 @@ pub fn try_mapping(
         format!("mapping failed: {e} (the event would go to the dead-letter store)")
     })?;
     if cases.is_empty() {
-        return Ok("no rule matched: the event would be acknowledged and filtered out (200 {\"accepted\": 0})".into());
+        return Ok(mapping.no_match_reason(&parsed));
     }
     let shown: Vec<_> = cases
         .iter()

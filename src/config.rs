@@ -46,6 +46,8 @@ struct RawIngress {
     trusted_proxies: StringList,
     max_inflight_body_bytes: usize,
     max_event_cases_bytes: usize,
+    offload_verify_bytes: usize,
+    allow_default_secrets: bool,
 }
 
 /// A list in a file, or a comma-separated string in an environment variable.
@@ -70,7 +72,7 @@ impl StringList {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
     backend: String,
@@ -79,9 +81,10 @@ struct RawBuffer {
     key_prefix: String,
     op_timeout_ms: u64,
     retry_after_secs: u64,
+    wait_replicas: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDuvo {
     base_url: String,
@@ -107,9 +110,11 @@ struct RawDelivery {
     backoff_base_ms: u64,
     backoff_max_secs: u64,
     probe_interval_secs: u64,
+    max_attempts: u32,
+    consumer: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     token: String,
@@ -121,6 +126,44 @@ struct RawAdmin {
 struct RawLog {
     format: String,
     level: String,
+}
+
+// The raw layers hold the Redis URL (with its password), the API keys and the admin token as
+// plain strings: their `Debug` redacts them.
+impl std::fmt::Debug for RawBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBuffer")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("redis_url", &"***")
+            .field("key_prefix", &self.key_prefix)
+            .field("op_timeout_ms", &self.op_timeout_ms)
+            .field("retry_after_secs", &self.retry_after_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawDuvo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut key_names: Vec<&String> = self.api_keys.keys().collect();
+        key_names.sort();
+        f.debug_struct("RawDuvo")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"***")
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("api_keys", &key_names)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAdmin")
+            .field("token", &"***")
+            .field("listen", &self.listen)
+            .finish()
+    }
 }
 
 /// The validated configuration.
@@ -159,6 +202,12 @@ pub struct IngressConfig {
     pub max_inflight_body_bytes: usize,
     /// Largest total encoded size of the cases one event may produce.
     pub max_event_cases_bytes: usize,
+    /// Bodies larger than this are verified on the blocking pool, not the HTTP worker, so one
+    /// large HMAC does not stall the other connections of its worker.
+    pub offload_verify_bytes: usize,
+    /// Serve sources whose secret fell back to a `${VAR:-default}`. Off in production: the
+    /// default is public (it is in the repository). `serve --sandbox` turns it on.
+    pub allow_default_secrets: bool,
 }
 
 /// An address or a CIDR block, such as `10.0.0.0/8` or `::1`.
@@ -213,6 +262,8 @@ pub struct BufferConfig {
     pub key_prefix: String,
     pub op_timeout: Duration,
     pub retry_after: Duration,
+    /// Redis replicas that must confirm a webhook's write before its 2xx (`WAIT`); 0: none.
+    pub wait_replicas: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +291,9 @@ pub struct DeliverySettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub probe_interval: Duration,
+    pub max_attempts: u32,
+    /// This replica's consumer name in the buffer (the host name unless set).
+    pub consumer: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +325,8 @@ pub struct Overrides {
     /// `serve --sandbox` points delivery at the local sandbox.
     pub duvo_base_url: Option<String>,
     pub duvo_api_key: Option<String>,
+    /// `serve --sandbox` is development mode: sources may run on `${VAR:-default}` secrets.
+    pub allow_default_secrets: bool,
 }
 
 /// Refuses a `CASEGATE_*` variable that names no setting, by the variable's own name (the
@@ -320,6 +376,16 @@ impl Config {
         env: &Env,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
+        let raw = Self::load_raw(file, env, overrides)?;
+        Self::validate(raw, env.clone(), overrides.allow_default_secrets)
+    }
+
+    /// The layered settings before validation.
+    fn load_raw(
+        file: Option<&Path>,
+        env: &Env,
+        overrides: &Overrides,
+    ) -> Result<RawConfig, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULTS_TOML,
             config::FileFormat::Toml,
@@ -365,15 +431,18 @@ impl Config {
                 .set_override("mappings", mappings.to_string_lossy().as_ref())
                 .map_err(load_error)?;
         }
-        let raw: RawConfig = builder
+        builder
             .build()
             .map_err(load_error)?
             .try_deserialize()
-            .map_err(load_error)?;
-        Self::validate(raw, env.clone())
+            .map_err(load_error)
     }
 
-    fn validate(raw: RawConfig, env: Env) -> Result<Config, ConfigError> {
+    fn validate(
+        raw: RawConfig,
+        env: Env,
+        overrides_allow_default_secrets: bool,
+    ) -> Result<Config, ConfigError> {
         let listen = raw.listen.parse().map_err(|_| ConfigError::Invalid {
             key: "listen",
             reason: format!("{:?} is not an address such as 0.0.0.0:8080", raw.listen),
@@ -498,6 +567,9 @@ impl Config {
                 trusted_proxies,
                 max_inflight_body_bytes: raw.ingress.max_inflight_body_bytes.max(1),
                 max_event_cases_bytes: raw.ingress.max_event_cases_bytes.max(1),
+                offload_verify_bytes: raw.ingress.offload_verify_bytes,
+                allow_default_secrets: raw.ingress.allow_default_secrets
+                    || overrides_allow_default_secrets,
             },
             buffer: BufferConfig {
                 backend,
@@ -506,6 +578,7 @@ impl Config {
                 key_prefix: raw.buffer.key_prefix,
                 op_timeout: Duration::from_millis(raw.buffer.op_timeout_ms.max(1)),
                 retry_after: Duration::from_secs(raw.buffer.retry_after_secs.max(1)),
+                wait_replicas: raw.buffer.wait_replicas,
             },
             duvo: DuvoConfig {
                 base_url,
@@ -532,6 +605,8 @@ impl Config {
                 backoff_base: Duration::from_millis(delivery.backoff_base_ms.max(1)),
                 backoff_max: Duration::from_secs(delivery.backoff_max_secs.max(1)),
                 probe_interval: Duration::from_secs(delivery.probe_interval_secs.max(1)),
+                max_attempts: delivery.max_attempts.max(1),
+                consumer: consumer_name(&delivery.consumer),
             },
             admin_token: non_empty(raw.admin.token),
             admin_listen,
@@ -548,9 +623,62 @@ fn load_error(error: config::ConfigError) -> ConfigError {
     ConfigError::Load(error.to_string())
 }
 
+/// The configured consumer name, or the host name: stable across restarts of a container or
+/// host, so a restarted replica resumes the cases it held at once.
+fn consumer_name(configured: &str) -> String {
+    let configured = configured.trim();
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "casegate".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_the_config_and_its_raw_layers_holds_no_secret() {
+        let secrets = [
+            "redis-pass-4b1c",
+            "dv_api_key_7e2a",
+            "dv_named_key_9f3d",
+            "admin-token-0c5e-0123456789abcdef0123456789",
+            "whsec_env_secret_61aa",
+        ];
+        let pairs = [
+            (
+                "CASEGATE_BUFFER__REDIS_URL",
+                "redis://:redis-pass-4b1c@10.0.0.1:6380/2",
+            ),
+            ("CASEGATE_DUVO__API_KEY", secrets[1]),
+            ("CASEGATE_DUVO__API_KEYS__SUPPORT", secrets[2]),
+            ("CASEGATE_ADMIN__TOKEN", secrets[3]),
+            ("STRIPE_WEBHOOK_SECRET", secrets[4]),
+        ];
+        let env = Env::from_pairs(pairs);
+        let raw = Config::load_raw(None, &env, &Overrides::default()).unwrap();
+        let config = Config::load(None, &env, &Overrides::default()).unwrap();
+        for (what, dump) in [
+            ("Config", format!("{config:?}")),
+            ("Config (pretty)", format!("{config:#?}")),
+            ("raw config", format!("{raw:?}")),
+            ("environment", format!("{:?}", config.env)),
+        ] {
+            for secret in secrets {
+                assert!(!dump.contains(secret), "{what} shows {secret}: {dump}");
+            }
+            assert!(!dump.contains("redis-pass"), "{what}: {dump}");
+        }
+        // What is not secret still shows, so the dumps stay useful.
+        assert!(format!("{config:?}").contains("STRIPE_WEBHOOK_SECRET"));
+        assert!(format!("{raw:?}").contains("SUPPORT") || format!("{raw:?}").contains("support"));
+    }
 
     fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::load(

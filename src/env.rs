@@ -5,9 +5,21 @@
 
 use std::collections::HashMap;
 
-/// A snapshot of environment variables.
-#[derive(Debug, Clone, Default)]
+/// A snapshot of environment variables. Its `Debug` lists the variable names only: the
+/// environment holds secrets (`STRIPE_WEBHOOK_SECRET`, `CASEGATE_DUVO__API_KEY`, ...).
+#[derive(Clone, Default)]
 pub struct Env(HashMap<String, String>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Env")
+            .field("names", &names)
+            .field("values", &"***")
+            .finish()
+    }
+}
 
 impl Env {
     /// The current process environment.
@@ -40,6 +52,8 @@ pub struct Interpolated {
     /// True when at least one `${VAR:-default}` fell back to its default; the startup log warns
     /// about sources whose secrets are development defaults.
     pub used_default: bool,
+    /// The variables whose `:-` default was used, in order (what an operator must set).
+    pub defaulted: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +72,7 @@ pub enum InterpolationError {
 pub fn interpolate(raw: &str, env: &Env) -> Result<Interpolated, InterpolationError> {
     let mut value = String::with_capacity(raw.len());
     let mut used_default = false;
+    let mut defaulted = Vec::new();
     let mut rest = raw;
     while let Some(at) = rest.find('$') {
         value.push_str(&rest[..at]);
@@ -78,6 +93,7 @@ pub fn interpolate(raw: &str, env: &Env) -> Result<Interpolated, InterpolationEr
                 (Some(found), _) if !found.is_empty() || default.is_none() => value.push_str(found),
                 (_, Some(default)) => {
                     used_default = true;
+                    defaulted.push(name.to_string());
                     value.push_str(default);
                 }
                 (None, None) => return Err(InterpolationError::Missing(name.to_string())),
@@ -93,6 +109,7 @@ pub fn interpolate(raw: &str, env: &Env) -> Result<Interpolated, InterpolationEr
     Ok(Interpolated {
         value,
         used_default,
+        defaulted,
     })
 }
 

@@ -59,6 +59,14 @@ impl ApiError {
             E::BodyTimeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message),
             E::BodyRead(_) => Self::new(StatusCode::BAD_REQUEST, "unreadable_body", message),
             E::Unauthorized(verify) => Self::new(StatusCode::UNAUTHORIZED, verify.code(), message),
+            E::SourceNotConfigured { .. } => ApiError {
+                retry_after: Some(retry_after),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "source_not_configured",
+                    message,
+                )
+            },
             E::InvalidUtf8(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_utf8", message),
             E::MalformedJson { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "malformed_json", message)

@@ -5,12 +5,19 @@
 //! the raw bytes), then parsing (400). Only then is the payload mapped and written; the answer
 //! is 2xx only after [`Buffer::enqueue`] returned, and the dedupe mark is written in the same
 //! atomic write as the cases, so a failed write leaves the provider's retry free to succeed.
+//!
+//! Before anything else, a source whose secret is a public `${VAR:-default}` is refused (503)
+//! unless development mode allows it. Where the scheme signs no timestamp, the dedupe mark also
+//! covers a digest of the body, so a captured request replayed with a fresh delivery id is a
+//! duplicate. Large bodies are verified on the blocking pool so their HMAC does not stall the
+//! HTTP worker's other connections.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::buffer::{
@@ -53,6 +60,16 @@ pub enum IngestError {
     BodyRead(String),
     #[error("the request is not authentic: {0}")]
     Unauthorized(#[from] VerifyError),
+    /// The source's secret is a development default: serving it would accept webhooks forged
+    /// with the public default. A real provider retries until the operator sets the variable.
+    #[error(
+        "source `{source_name}` is not configured: set {} (its secret is a development default, which is refused outside development mode)",
+        .variables.join(", ")
+    )]
+    SourceNotConfigured {
+        source_name: String,
+        variables: Vec<String>,
+    },
     #[error("body is not valid UTF-8 (byte {0})")]
     InvalidUtf8(usize),
     #[error("body is not valid JSON: {message} at line {line} column {column}")]
@@ -97,7 +114,17 @@ pub struct Ingestor {
     clock: Clock,
     /// Poked after cases were written, so local delivery starts without waiting for its poll.
     wake: Option<Arc<Notify>>,
+    /// Serve sources running on `${VAR:-default}` secrets (development mode only).
+    allow_default_secrets: bool,
+    /// Bodies larger than this are verified on the blocking pool.
+    offload_verify_bytes: usize,
 }
+
+/// Longest delivery id stored as it is in a dedupe mark; longer ones are stored as a digest.
+pub const MAX_STORED_DELIVERY_ID: usize = 128;
+
+/// Default for [`Ingestor::offload_verify_above`] (the shipped `ingress.offload_verify_bytes`).
+pub const DEFAULT_OFFLOAD_VERIFY_BYTES: usize = 64 * 1024;
 
 impl Ingestor {
     pub fn new(
@@ -113,6 +140,8 @@ impl Ingestor {
             max_event_bytes: crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES,
             clock,
             wake: None,
+            allow_default_secrets: false,
+            offload_verify_bytes: DEFAULT_OFFLOAD_VERIFY_BYTES,
         }
     }
 
@@ -120,6 +149,23 @@ impl Ingestor {
     /// [`crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES`]).
     pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
         self.max_event_bytes = max_event_bytes;
+        self
+    }
+
+    /// Serves sources whose secret is a `${VAR:-default}` (development mode).
+    pub fn allow_default_secrets(mut self, allow: bool) -> Self {
+        self.allow_default_secrets = allow;
+        self
+    }
+
+    /// Whether sources on development default secrets are served.
+    pub fn default_secrets_allowed(&self) -> bool {
+        self.allow_default_secrets
+    }
+
+    /// Verifies bodies larger than `bytes` on the blocking pool.
+    pub fn offload_verify_above(mut self, bytes: usize) -> Self {
+        self.offload_verify_bytes = bytes;
         self
     }
 
@@ -162,8 +208,22 @@ impl Ingestor {
         request: InboundRequest,
         request_id: &str,
     ) -> Result<IngestOutcome, IngestError> {
+        if mapping.verifier.uses_default_secret() && !self.allow_default_secrets {
+            return Err(IngestError::SourceNotConfigured {
+                source_name: mapping.source.clone(),
+                variables: mapping.verifier.defaulted_variables().to_vec(),
+            });
+        }
         let now = (self.clock)();
-        let verified = match mapping.verifier.verify(request, now) {
+        let verdict = if request.body.len() > self.offload_verify_bytes {
+            let verifier = mapping.verifier.clone();
+            tokio::task::spawn_blocking(move || verifier.verify(request, now))
+                .await
+                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+        } else {
+            mapping.verifier.verify(request, now)
+        };
+        let verified = match verdict {
             Err(VerifyError::UnsignedPing) => return Ok(IngestOutcome::Ping),
             verified => verified?,
         };
@@ -220,11 +280,27 @@ impl Ingestor {
             delivery_id: delivery_id.as_deref(),
             received_at_ms,
         };
-        let dedupe = delivery_id.clone().map(|delivery_id| DedupeMark {
-            source: mapping.source.clone(),
-            delivery_id,
-            ttl: mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl),
-        });
+        let body_digest = mapping
+            .verifier
+            .signs_no_timestamp()
+            .then(|| format!("body:{}", hex::encode(Sha256::digest(&request.body))));
+        let stored_id = delivery_id.as_deref().map(bounded_delivery_id);
+        let ttl = mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl);
+        let dedupe = match (stored_id, body_digest) {
+            (Some(delivery_id), body_digest) => Some(DedupeMark {
+                source: mapping.source.clone(),
+                delivery_id,
+                body_digest,
+                ttl,
+            }),
+            (None, Some(digest)) => Some(DedupeMark {
+                source: mapping.source.clone(),
+                delivery_id: digest,
+                body_digest: None,
+                ttl,
+            }),
+            (None, None) => None,
+        };
         match mapping.apply_within(&input, self.max_event_bytes) {
             Ok(cases) => Enqueue {
                 dedupe,
@@ -261,6 +337,16 @@ impl Ingestor {
                 }
             }
         }
+    }
+}
+
+/// The delivery id as stored in a dedupe mark: as sent up to [`MAX_STORED_DELIVERY_ID`] bytes,
+/// otherwise `sha256:<hex>` of it, so a sender cannot make casegate store kilobytes per event.
+pub fn bounded_delivery_id(id: &str) -> String {
+    if id.len() <= MAX_STORED_DELIVERY_ID {
+        id.to_string()
+    } else {
+        format!("sha256:{}", hex::encode(Sha256::digest(id.as_bytes())))
     }
 }
 
@@ -365,6 +451,17 @@ mod tests {
         let bomb = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(
             parse_payload(bomb.as_bytes(), BodyFormat::Json),
+            Err(IngestError::TooDeep { .. })
+        ));
+    }
+
+    /// README's "Limits" section states this number.
+    #[test]
+    fn json_nests_up_to_127_levels() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(parse_payload(nested(127).as_bytes(), BodyFormat::Json).is_ok());
+        assert!(matches!(
+            parse_payload(nested(128).as_bytes(), BodyFormat::Json),
             Err(IngestError::TooDeep { .. })
         ));
     }

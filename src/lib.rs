@@ -62,7 +62,8 @@ pub async fn open_buffer(config: &BufferConfig) -> Result<Buffer, BufferError> {
                 &config.key_prefix,
                 config.op_timeout,
             )
-            .await?,
+            .await?
+            .with_wait_replicas(config.wait_replicas),
         ),
     })
 }
@@ -139,12 +140,18 @@ pub async fn run_with_clock(
     if let Some(delivery) = &delivery {
         ingestor = ingestor.with_waker(delivery.waker());
     }
+    ingestor = ingestor
+        .allow_default_secrets(config.ingress.allow_default_secrets)
+        .offload_verify_above(config.ingress.offload_verify_bytes);
     let delivery_task = delivery.clone().map(|d| tokio::spawn(d.run()));
-    let reloader = Arc::new(mapping::MappingReloader::new(
-        config.mappings.clone(),
-        config.env.clone(),
-        mappings.clone(),
-    ));
+    let reloader = Arc::new(
+        mapping::MappingReloader::new(
+            config.mappings.clone(),
+            config.env.clone(),
+            mappings.clone(),
+        )
+        .with_default_secrets_allowed(config.ingress.allow_default_secrets),
+    );
     // Watches the mapping directory and SIGHUP until run_with_clock returns.
     let _reload_task = reloader.clone().spawn();
     let reload = {
@@ -160,6 +167,9 @@ pub async fn run_with_clock(
         }) as Arc<dyn Fn() -> Result<usize, String> + Send + Sync>
     };
     prometheus::handle();
+    mappings
+        .load()
+        .report_source_configuration(config.ingress.allow_default_secrets);
     let state = AppState {
         ingestor,
         max_body_bytes: config.ingress.max_body_bytes,
@@ -259,11 +269,10 @@ pub fn start_delivery(
             max: settings.backoff_max,
         },
         probe_interval: settings.probe_interval,
-        consumer: format!(
-            "casegate-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ),
+        max_attempts: settings.max_attempts,
+        consumer: settings.consumer.clone(),
+        jitter: delivery::Jitter::random(),
+        now_ms: clock::now_ms,
     };
     Ok(delivery::Delivery::new(
         buffer.clone(),

@@ -19,7 +19,10 @@ pub const END_TO_END: &str = "casegate_end_to_end_latency_seconds";
 pub const BUFFER_DEPTH: &str = "casegate_buffer_depth";
 pub const BUFFER_OLDEST_AGE: &str = "casegate_buffer_oldest_case_age_seconds";
 pub const PAUSED: &str = "casegate_delivery_paused";
+pub const AMBIGUOUS_RESENDS: &str = "casegate_delivery_ambiguous_resends_total";
 pub const MAPPING_RELOADS: &str = "casegate_mapping_reloads_total";
+/// 1 when a source is served, 0 when it is refused for running on a development default secret.
+pub const SOURCE_CONFIGURED: &str = "casegate_source_configured";
 
 /// Every `outcome` of [`WEBHOOKS`]: each starts at zero for every loaded source.
 pub const WEBHOOK_OUTCOMES: &[&str] = &[
@@ -67,6 +70,7 @@ pub fn register_zeros(set: &crate::mapping::MappingSet, api_keys: &[String]) {
         counter!(CASES_DEAD_LETTERED, "kind" => DEAD_LETTER_REFUSED, "queue" => queue.clone())
             .increment(0);
         gauge!(PAUSED, "kind" => "queue", "name" => queue.clone()).increment(0.0);
+        counter!(AMBIGUOUS_RESENDS, "queue" => queue.clone()).increment(0);
     }
     for key in api_keys {
         gauge!(PAUSED, "kind" => "key", "name" => key.clone()).increment(0.0);
@@ -165,7 +169,14 @@ fn describe() {
     );
     describe_gauge!(
         PAUSED,
-        "1 while delivery is paused for a key (kind=key) or a queue (kind=queue)"
+        "1 while delivery is paused for a key (kind=key: 401/403 or 429) or a queue (kind=queue: \
+         404), as recorded in the shared pause table"
+    );
+    describe_counter!(
+        AMBIGUOUS_RESENDS,
+        "Cases sent again after an attempt whose outcome is unknown (a timeout or 5xx after which \
+         the API may have stored them, or a claim taken over from a stopped consumer): each is a \
+         possible duplicate"
     );
     describe_counter!(MAPPING_RELOADS, "Mapping reloads, by result");
 }

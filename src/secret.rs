@@ -8,8 +8,22 @@ use std::fmt;
 
 /// An owned secret. `Debug` and `Display` print `***`; the value is reached only through
 /// [`Secret::expose`], which makes every use greppable.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Equality is constant-time (`subtle`): comparing a received credential with a configured one
+/// must not reveal, through timing, how long a prefix matched.
+#[derive(Clone)]
 pub struct Secret(String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            self.0.as_bytes(),
+            other.0.as_bytes(),
+        ))
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {

@@ -16,6 +16,17 @@ pub struct SourceStatus {
     pub scheme: String,
     /// True while a secret falls back to its development default.
     pub default_secret: bool,
+    /// False when the source is refused (503 `source_not_configured`): it runs on a development
+    /// default outside development mode.
+    #[serde(default = "configured_by_default")]
+    pub configured: bool,
+    /// The variables to set so the source stops running on development defaults.
+    #[serde(default)]
+    pub unset_variables: Vec<String>,
+}
+
+fn configured_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +64,7 @@ pub async fn report(
     buffer: &Buffer,
     mappings: &MappingSet,
     delivery: Option<&Delivery>,
+    allow_default_secrets: bool,
 ) -> Result<StatusReport, BufferError> {
     let sources = mappings
         .iter()
@@ -62,9 +74,14 @@ pub async fn report(
             version: m.version.clone(),
             scheme: m.verifier.scheme_name().to_string(),
             default_secret: m.verifier.uses_default_secret(),
+            configured: allow_default_secrets || !m.verifier.uses_default_secret(),
+            unset_variables: m.verifier.defaulted_variables().to_vec(),
         })
         .collect();
-    let activity = delivery.map(|d| d.activity()).unwrap_or_default();
+    let activity = match delivery {
+        Some(d) => d.activity().await,
+        None => Vec::new(),
+    };
     let mut queue_names = buffer.queues().await?;
     queue_names.extend(activity.iter().map(|a| a.queue.clone()));
     queue_names.sort();
@@ -87,14 +104,15 @@ pub async fn report(
             queue,
         });
     }
-    let paused_keys = delivery
-        .map(|d| {
-            d.paused_keys()
-                .into_iter()
-                .map(|(key, for_ms)| PausedKey { key, for_ms })
-                .collect()
-        })
-        .unwrap_or_default();
+    let paused_keys = match delivery {
+        Some(d) => d
+            .paused_keys()
+            .await
+            .into_iter()
+            .map(|(key, for_ms)| PausedKey { key, for_ms })
+            .collect(),
+        None => Vec::new(),
+    };
     // Counted, not loaded: the store may hold thousands of letters of up to a body's size each.
     let dead_letters = usize::try_from(buffer.count_dead_letters().await?).unwrap_or(usize::MAX);
     Ok(StatusReport {
@@ -124,10 +142,12 @@ pub fn render(report: &StatusReport) -> String {
         "SOURCE", "FILE", "SCHEME", "VERSION", "NOTE"
     ));
     for s in &report.sources {
-        let note = if s.default_secret {
-            "development default secret"
+        let note = if !s.configured {
+            format!("NOT SERVED (503): set {}", s.unset_variables.join(", "))
+        } else if s.default_secret {
+            "development default secret".to_string()
         } else {
-            ""
+            String::new()
         };
         out.push_str(&format!(
             "{:<22} {:<20} {:<18} {:<13} {note}\n",

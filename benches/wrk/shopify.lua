@@ -1,11 +1,13 @@
 -- wrk script for scripts/bench: POSTs the shipped 7 KB Shopify order, correctly signed, with a
--- unique X-Shopify-Event-Id per request (so casegate's dedupe never short-circuits).
+-- unique X-Shopify-Event-Id per request AND a unique body: Shopify signs no timestamp, so casegate
+-- also dedupes on a digest of the body, and a body sent twice would be answered as a duplicate.
+-- Each body is the order with a leading `"bench_seq": "<id>"` field, signed here per request
+-- (HMAC-SHA256 through OpenSSL's libcrypto, which wrk links, via LuaJIT's FFI).
 --
 --   wrk -t2 -c32 -d15s -s benches/wrk/shopify.lua http://127.0.0.1:PORT/hooks/shopify-orders \
---       -- BODY_FILE SIGNATURE TAG [RATE]
+--       -- BODY_FILE SECRET TAG [RATE]
 --
--- BODY_FILE: the payload; SIGNATURE: base64 HMAC-SHA256 of its bytes with the source's secret
--- (the signature covers only the body, so the caller computes it once); TAG: makes event ids
+-- BODY_FILE: the payload; SECRET: the source's signing secret; TAG: makes event ids and bodies
 -- unique across runs; RATE: total requests/s for all threads together, paced by a schedule
 -- (request k of a thread is not sent before start + k / (RATE / threads)); 0 or absent: as fast
 -- as the connections allow. Pacing is open-loop per thread but wrk measures latency from the
@@ -19,6 +21,29 @@ ffi.cdef [[
   typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
   int clock_gettime(int clk_id, bench_timespec *tp);
 ]]
+ffi.cdef [[
+  typedef struct evp_md_st EVP_MD;
+  const EVP_MD *EVP_sha256(void);
+  unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len,
+                      const unsigned char *d, size_t n, unsigned char *md, unsigned int *md_len);
+  int EVP_EncodeBlock(unsigned char *t, const unsigned char *f, int n);
+]]
+local crypto = ffi.C
+if not pcall(function() return ffi.C.EVP_sha256 end) then
+  crypto = ffi.load("libcrypto.so.3")
+end
+local mac = ffi.new("unsigned char[32]")
+local mac_len = ffi.new("unsigned int[1]")
+local encoded = ffi.new("unsigned char[48]")
+local secret
+
+-- base64 HMAC-SHA256 of `text` under `secret`: what Shopify sends in X-Shopify-Hmac-Sha256.
+local function sign(text)
+  crypto.HMAC(crypto.EVP_sha256(), secret, #secret, text, #text, mac, mac_len)
+  local n = crypto.EVP_EncodeBlock(encoded, mac, 32)
+  return ffi.string(encoded, n)
+end
+
 local ts = ffi.new("bench_timespec")
 local function now_ms()
   ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
@@ -42,9 +67,9 @@ function init(args)
   local f = assert(io.open(args[1], "rb"), "cannot open body file " .. tostring(args[1]))
   body = f:read("*a")
   f:close()
+  secret = args[2]
   headers = {
     ["Content-Type"] = "application/json",
-    ["X-Shopify-Hmac-Sha256"] = args[2],
     ["X-Shopify-Topic"] = "orders/create",
     ["X-Shopify-Shop-Domain"] = "northwind-outfitters.myshopify.com",
     ["X-Shopify-API-Version"] = "2024-04",
@@ -77,8 +102,11 @@ end
 
 function request()
   n = n + 1
-  headers["X-Shopify-Event-Id"] = prefix .. n
-  return wrk.format("POST", nil, headers, body)
+  local id = prefix .. n
+  local unique = '{"bench_seq":"' .. id .. '",' .. body:sub(body:find("{", 1, true) + 1)
+  headers["X-Shopify-Event-Id"] = id
+  headers["X-Shopify-Hmac-Sha256"] = sign(unique)
+  return wrk.format("POST", nil, headers, unique)
 end
 
 function done(summary, latency, requests)

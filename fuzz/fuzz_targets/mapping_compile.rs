@@ -1,5 +1,8 @@
 //! The mapping loader: `CompiledMapping::compile` on any text never panics, and a mapping it
-//! accepts applies to a few payloads without panicking.
+//! accepts applies to a few payloads without panicking. Compiling is also time-limited: a
+//! compile slower than [`COMPILE_LIMIT`] is a finding (the JSONPath parser's time is exponential
+//! in nested filters, so an unbounded path would hang a reload), whatever libFuzzer's own
+//! `-timeout` is.
 #![no_main]
 
 use std::path::Path;
@@ -10,6 +13,9 @@ use casegate::inbound::Headers;
 use casegate::mapping::{CompiledMapping, EventInput};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
+
+/// Longest a compile of any input (at most libFuzzer's `-max_len`, 4 KiB by default) may take.
+const COMPILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
@@ -37,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(mapping) = CompiledMapping::compile(Path::new("fuzz.yaml"), text, env()) else {
+    let started = std::time::Instant::now();
+    let compiled = CompiledMapping::compile(Path::new("fuzz.yaml"), text, env());
+    let took = started.elapsed();
+    assert!(took < COMPILE_LIMIT, "compiling took {took:?}: {text:?}");
+    let Ok(mapping) = compiled else {
         return;
     };
     let headers: Headers = [("x-event", "order"), ("x-id", "d1")].into_iter().collect();

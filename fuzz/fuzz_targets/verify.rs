@@ -1,6 +1,7 @@
 //! Signature header parsers and verifiers: `Verifier::verify` on arbitrary headers and bodies
 //! never panics, and whatever the request, signing it (`Verifier::sign`) and verifying it at the
-//! same instant succeeds.
+//! same instant succeeds. `many` builds signature headers of thousands of entries: a header
+//! over the candidate bound is refused as malformed, whatever its entries.
 #![no_main]
 
 use std::path::Path;
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use casegate::env::Env;
 use casegate::inbound::{Headers, InboundRequest};
 use casegate::mapping::CompiledMapping;
-use casegate::verify::Verifier;
+use casegate::verify::{MAX_SIGNATURE_CANDIDATES, Verifier};
 use libfuzzer_sys::fuzz_target;
 
 /// One `verify:` block per scheme (and a few variants).
@@ -87,6 +88,8 @@ struct Input {
     body: Vec<u8>,
     /// Seconds since the epoch, bounded below so `SystemTime` arithmetic stays in range.
     now: u64,
+    /// A many-entry signature header: which multi-entry header, how many copies of `entry`.
+    many: Option<(bool, u16, String)>,
 }
 
 fuzz_target!(|input: Input| {
@@ -102,6 +105,23 @@ fuzz_target!(|input: Input| {
     for (name, value) in &input.other {
         headers.insert(name, value.clone());
     }
+    let mut many_entries = None;
+    if let Some((svix, count, entry)) = &input.many {
+        let count = usize::from(*count);
+        let value = if *svix {
+            let entry: String = entry.chars().filter(|c| !c.is_whitespace()).collect();
+            let entry = if entry.is_empty() { "v1,".to_string() } else { entry };
+            headers.insert("webhook-id", "msg_1".to_string());
+            headers.insert("webhook-timestamp", (input.now % (1 << 36)).to_string());
+            vec![entry; count].join(" ")
+        } else {
+            let entry: String = entry.chars().filter(|c| *c != ',').collect();
+            format!("t={},{}", input.now % (1 << 36), vec![format!("v1={entry}"); count].join(","))
+        };
+        let name = if *svix { "webhook-signature" } else { "stripe-signature" };
+        headers.insert(name, value.clone());
+        many_entries = Some((*svix, count, name, value));
+    }
     let request = InboundRequest {
         method: ["POST", "PUT", "GET", "post"][input.method as usize % 4].to_string(),
         url: format!("https://hooks.example.com/hooks/fuzz{}", input.path),
@@ -109,7 +129,17 @@ fuzz_target!(|input: Input| {
         body: Bytes::from(input.body),
     };
     let now = UNIX_EPOCH + Duration::from_secs(input.now % (1 << 36));
-    if let Err(error) = verifier.verify(request.clone(), now) {
+    let verdict = verifier.verify(request.clone(), now);
+    if let Some((svix, count, name, value)) = many_entries {
+        let scheme = if svix { "standard-webhooks" } else { "stripe" };
+        // Only when this header is the one read (an arbitrary one of the same name may precede).
+        let read = request.headers.get(name) == Some(value.as_str());
+        if read && count > MAX_SIGNATURE_CANDIDATES && verifier.scheme_name() == scheme {
+            let code = verdict.as_ref().err().map(|e| e.code());
+            assert_eq!(code, Some("malformed_signature_header"), "{count} entries");
+        }
+    }
+    if let Err(error) = verdict {
         assert!(!error.code().is_empty());
         let message = error.to_string();
         assert!(

@@ -114,7 +114,8 @@ struct Claim {
 /// One request to the writer.
 enum Write {
     Enqueue {
-        dedupe: Option<(String, String, u64)>,
+        /// `(source, delivery id, body digest, ttl ms)`.
+        dedupe: Option<(String, String, Option<String>, u64)>,
         /// `(queue, record JSON)`.
         cases: Vec<(String, Vec<u8>)>,
         dead_letters: Vec<Vec<u8>>,
@@ -224,7 +225,7 @@ impl EmbeddedBuffer {
         let write = Write::Enqueue {
             dedupe: batch.dedupe.map(|m| {
                 let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX);
-                (m.source, m.delivery_id, ttl_ms)
+                (m.source, m.delivery_id, m.body_digest, ttl_ms)
             }),
             cases: batch
                 .cases
@@ -415,6 +416,67 @@ impl EmbeddedBuffer {
             .await?;
         self.move_undecodable(&queue_name, bad).await;
         Ok(out)
+    }
+
+    /// Resets the claim time of `ids` that are still claimed and not idle past `max_idle`
+    /// (after that, another worker may have taken them), so a batch waiting out a backoff or a
+    /// pause stays exclusive. Returns how many were renewed.
+    pub async fn renew(
+        &self,
+        queue: &str,
+        _consumer: &str,
+        max_idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        let now = Instant::now();
+        let mut claims = self.inner.lock_claims();
+        let Some(claimed) = claims.get_mut(queue) else {
+            return Ok(0);
+        };
+        let mut renewed = 0;
+        for id in ids {
+            if let Some(claim) = id.parse::<u64>().ok().and_then(|s| claimed.get_mut(&s))
+                && now.duration_since(claim.claimed_at) < max_idle
+            {
+                claim.claimed_at = now;
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// Forgets the claims on `ids`, so the next claim hands them out again, in order, ahead of
+    /// newer cases. Returns how many were released.
+    pub async fn release(
+        &self,
+        queue: &str,
+        _consumer: &str,
+        _idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        let seqs: Vec<u64> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+        let before = self
+            .inner
+            .lock_claims()
+            .get(queue)
+            .map_or(0, |claimed| claimed.len());
+        self.inner.forget_claims(queue, &seqs);
+        let after = self
+            .inner
+            .lock_claims()
+            .get(queue)
+            .map_or(0, |claimed| claimed.len());
+        Ok((before - after) as u64)
+    }
+
+    /// Claims live in memory only, so a restarted process holds none: nothing to resume.
+    pub async fn own_pending(
+        &self,
+        _queue: &str,
+        _consumer: &str,
+        _max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        Ok(Vec::new())
     }
 
     pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
@@ -815,11 +877,16 @@ fn commit_group(db: &Database, writes: &[Write], purge: bool) -> Result<Vec<Done
                         None => false,
                     };
                     let duplicate = match dedupe {
-                        Some((source, delivery_id, _)) => {
+                        Some((source, delivery_id, body_digest, _)) => {
                             // Marks written earlier in this group are visible here, so a repeat
                             // inside one group is caught too.
-                            seen.get((source.as_str(), delivery_id.as_str()))?
-                                .is_some_and(|exp| exp.value() > now)
+                            let mut seen_before = false;
+                            for key in std::iter::once(delivery_id).chain(body_digest.as_ref()) {
+                                seen_before |= seen
+                                    .get((source.as_str(), key.as_str()))?
+                                    .is_some_and(|exp| exp.value() > now);
+                            }
+                            seen_before
                         }
                         None => false,
                     };
@@ -828,11 +895,13 @@ fn commit_group(db: &Database, writes: &[Write], purge: bool) -> Result<Vec<Done
                     } else if duplicate {
                         Done::Duplicate
                     } else {
-                        if let Some((source, delivery_id, ttl_ms)) = dedupe {
-                            seen.insert(
-                                (source.as_str(), delivery_id.as_str()),
-                                now.saturating_add(*ttl_ms),
-                            )?;
+                        if let Some((source, delivery_id, body_digest, ttl_ms)) = dedupe {
+                            for key in std::iter::once(delivery_id).chain(body_digest.as_ref()) {
+                                seen.insert(
+                                    (source.as_str(), key.as_str()),
+                                    now.saturating_add(*ttl_ms),
+                                )?;
+                            }
                         }
                         if let Some(seq) = consume_dead_letter {
                             dead.remove(*seq)?;

@@ -199,10 +199,15 @@ pub struct DeadLetter {
 }
 
 /// "This delivery id of this source has been seen" for `ttl`.
+///
+/// `body_digest` is a second key of the same source, written and checked in the same atomic
+/// write: for schemes that sign no timestamp, a captured body replayed with a fresh (unsigned)
+/// delivery id is still a duplicate. Either key already seen makes the write a duplicate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupeMark {
     pub source: String,
     pub delivery_id: String,
+    pub body_digest: Option<String>,
     pub ttl: Duration,
 }
 
@@ -296,6 +301,42 @@ impl Buffer {
         max: usize,
     ) -> Result<Vec<BufferedCase>, BufferError> {
         dispatch!(self, b => b.reclaim(queue, consumer, min_idle, max).await)
+    }
+
+    /// Keeps `consumer`'s claims on `ids` exclusive: resets their idle time, unless a claim is no
+    /// longer `consumer`'s or already sat idle for `max_idle` (then another consumer may hold it).
+    /// Called well within the visibility timeout while a batch waits out a backoff or pause.
+    pub async fn renew(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max_idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        dispatch!(self, b => b.renew(queue, consumer, max_idle, ids).await)
+    }
+
+    /// Gives `consumer`'s claims on `ids` up at once, so the next claim or reclaim takes them
+    /// ahead of newer cases (`idle` is the visibility timeout reclaim uses).
+    pub async fn release(
+        &self,
+        queue: &str,
+        consumer: &str,
+        idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        dispatch!(self, b => b.release(queue, consumer, idle, ids).await)
+    }
+
+    /// Up to `max` cases `consumer` still holds from before a restart, oldest first: a consumer
+    /// with a stable name resumes them at once instead of after the visibility timeout.
+    pub async fn own_pending(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        dispatch!(self, b => b.own_pending(queue, consumer, max).await)
     }
 
     /// Removes delivered cases. Acking an unknown id is a no-op.

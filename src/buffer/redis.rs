@@ -5,7 +5,8 @@
 //!   the field `r`; the entry id is the [`CaseId`].
 //! - `{casegate}:queues`: set of every queue that was ever written to (never pruned;
 //!   [`RedisBuffer::queues`] skips the empty ones).
-//! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry.
+//! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry
+//!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
 //!   names.
 //! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
@@ -21,7 +22,10 @@
 //! group's pending list (the claim script creates the group on `NOGROUP`, from id `0` with
 //! `MKSTREAM`, so entries written before the first claim are not skipped); after the API accepted a case it is acked with `XACK` + `XDEL`, so `XLEN`
 //! is exactly the undelivered depth. Entries claimed but never acked stay pending and are taken
-//! over with `XAUTOCLAIM` once idle longer than the visibility timeout.
+//! over with `XAUTOCLAIM` once idle longer than the visibility timeout. A live consumer renews the
+//! entries it holds (`XCLAIM ... JUSTID`, [`RedisBuffer::renew`]) so only a stopped consumer's
+//! claims go idle; a pause hands them back at once ([`RedisBuffer::release`]); a restarted
+//! consumer with the same name reads its own pending entries first ([`RedisBuffer::own_pending`]).
 //!
 //! What survives a crash: of casegate, everything (the pending list lives in Redis). Of Redis,
 //! whatever its persistence keeps: run it with `appendonly yes` (AOF). Redis writes the AOF before
@@ -56,8 +60,8 @@ const FIELD: &str = "r";
 
 /// Writes one webhook (or one replay) atomically. Denied as a whole when Redis is out of memory.
 ///
-/// KEYS: 1 queue set, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4.. one stream
-/// per case. ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of
+/// KEYS: 1 queue set, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4 second dedupe
+/// mark (the body digest; KEYS[3] again when unused), 5.. one stream per case. ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of
 /// cases n, 4 number of dead letters m, then n queue names, n case records, m dead-letter records.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -66,15 +70,19 @@ local ttl = tonumber(ARGV[1])
 if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then
   return {'missing'}
 end
-if ttl > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then
-  return {'duplicate'}
+if ttl > 0 then
+  if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    return {'duplicate'}
+  end
+  redis.call('SET', KEYS[3], '1', 'PX', ttl)
+  redis.call('SET', KEYS[4], '1', 'PX', ttl)
 end
 local n = tonumber(ARGV[3])
 local m = tonumber(ARGV[4])
 local cases = {}
 for i = 1, n do
   redis.call('SADD', KEYS[1], ARGV[4 + i])
-  cases[i] = redis.call('XADD', KEYS[3 + i], '*', 'r', ARGV[4 + n + i])
+  cases[i] = redis.call('XADD', KEYS[4 + i], '*', 'r', ARGV[4 + n + i])
 end
 local dead = {}
 for i = 1, m do
@@ -145,6 +153,78 @@ for _ = 1, 16 do
   cursor = r[1]
   if cursor == '0-0' or #out >= want then
     break
+  end
+end
+return out
+",
+    )
+});
+
+/// Resets the idle time of entries `consumer` still holds, so no other consumer takes them
+/// while their holder waits out a backoff or a pause. An entry that is no longer pending, belongs
+/// to another consumer, or already sat idle past the visibility timeout (anyone may have taken it
+/// since) is left alone: a late renewal never steals a claim back.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 max idle ms, 4.. ids. Returns how many renewed.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local renewed = 0
+for i = 4, #ARGV do
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if type(p) == 'table' and not p.err and p[1] and tonumber(p[1][3]) < tonumber(ARGV[3]) then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    renewed = renewed + 1
+  end
+end
+return renewed
+",
+    )
+});
+
+/// Hands entries `consumer` holds back to the group at once: their idle time is set to the
+/// visibility timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of
+/// newer entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms to set, 4.. ids. Returns how many.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local released = 0
+for i = 4, #ARGV do
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if type(p) == 'table' and not p.err and p[1] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    released = released + 1
+  end
+end
+return released
+",
+    )
+});
+
+/// This consumer's own pending entries (what it held when it stopped), oldest first, with their
+/// delivery counts, their idle time reset in the same step (so no other consumer reclaims them
+/// before the first renewal); entries deleted meanwhile are acked away. Read on start, so a restarted
+/// consumer resumes at once instead of after the visibility timeout.
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 count. Returns `{id, fields, deliveries}`.
+static OWN_PENDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local r = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '0')
+if type(r) ~= 'table' or r.err or not r[1] then
+  return {}
+end
+local out = {}
+for _, e in ipairs(r[1][2]) do
+  if e[2] then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1)
+    local n = 2
+    if p[1] then
+      n = p[1][4]
+    end
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'JUSTID')
+    out[#out + 1] = {e[1], e[2], n}
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], e[1])
   end
 end
 return out
@@ -226,6 +306,8 @@ pub struct RedisBuffer {
     conn: ConnectionManager,
     prefix: String,
     op_timeout: Duration,
+    /// Replicas that must confirm a webhook's write before it is acknowledged (`WAIT`); 0: none.
+    wait_replicas: u32,
 }
 
 impl std::fmt::Debug for RedisBuffer {
@@ -263,6 +345,7 @@ impl RedisBuffer {
             conn,
             prefix: key_prefix.to_owned(),
             op_timeout,
+            wait_replicas: 0,
         };
         // Start connecting now rather than on the first webhook; a failure here only means the
         // next operation tries again.
@@ -275,10 +358,31 @@ impl RedisBuffer {
         Ok(buffer)
     }
 
+    /// Makes every enqueue wait until `replicas` Redis replicas confirmed it (`WAIT`, bounded by
+    /// half the operation timeout), for deployments where Redis fails over to a replica.
+    pub fn with_wait_replicas(mut self, replicas: u32) -> Self {
+        self.wait_replicas = replicas;
+        self
+    }
+
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
+        let outcome = self.enqueue_unreplicated(batch).await?;
+        if matches!(outcome, EnqueueOutcome::Stored { .. }) {
+            self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn enqueue_unreplicated(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let dedupe = batch.dedupe.as_ref().map(|m| {
             let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            (self.seen_key(&m.source, &m.delivery_id), ttl_ms)
+            let id_key = self.seen_key(&m.source, &m.delivery_id);
+            let body_key = m
+                .body_digest
+                .as_ref()
+                .map_or_else(|| id_key.clone(), |d| self.seen_key(&m.source, d));
+            (id_key, body_key, ttl_ms)
         });
         let dead_letters = batch
             .dead_letters
@@ -414,6 +518,125 @@ impl RedisBuffer {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
+        self.decode_triples(queue, reply, "reclaim").await
+    }
+
+    /// See [`RENEW`]: keeps `consumer`'s claims on `ids` from expiring.
+    pub async fn renew(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max_idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        self.pending_op("renew", &RENEW, queue, consumer, max_idle, ids)
+            .await
+    }
+
+    /// See [`RELEASE`]: makes `consumer`'s claims on `ids` reclaimable at once.
+    pub async fn release(
+        &self,
+        queue: &str,
+        consumer: &str,
+        idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        self.pending_op("release", &RELEASE, queue, consumer, idle, ids)
+            .await
+    }
+
+    async fn pending_op(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        queue: &str,
+        consumer: &str,
+        idle: Duration,
+        ids: &[CaseId],
+    ) -> Result<u64, BufferError> {
+        let ids: Vec<&CaseId> = ids.iter().filter(|id| is_stream_id(id)).collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(idle_ms)
+            .arg(ids);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed(operation, async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(as_u64(&reply).unwrap_or(0))
+    }
+
+    /// See [`OWN_PENDING`]: what `consumer` held when it last stopped.
+    pub async fn own_pending(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = OWN_PENDING.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(max);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("own_pending", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        self.decode_triples(queue, reply, "own_pending").await
+    }
+
+    /// Blocks until `replicas` replicas acknowledged every write made on this connection so
+    /// far, or `timeout` passed; fails when fewer did, so ingress answers 503 rather than a 2xx
+    /// a failover could lose.
+    pub async fn wait_replicas(&self, replicas: u32, timeout: Duration) -> Result<(), BufferError> {
+        if replicas == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let timeout_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let acked: u64 = self
+            .timed_for("wait", timeout + self.op_timeout, async {
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout_ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if acked < u64::from(replicas) {
+            return Err(BufferError::Unavailable(format!(
+                "only {acked} of {replicas} redis replicas confirmed the write within {timeout_ms} ms"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes the `{id, fields, deliveries}` triples the reclaim scripts return. Entries that
+    /// cannot be decoded are moved to the dead-letter store (acked and deleted from the stream
+    /// there), so their neighbours are handed out and the bad ones are never renewed.
+    async fn decode_triples(
+        &self,
+        queue: &str,
+        reply: Value,
+        operation: &str,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for triple in into_array(reply) {
@@ -422,7 +645,7 @@ impl RedisBuffer {
                 (parts.next(), parts.next(), parts.next())
             else {
                 return Err(unexpected(
-                    "reclaim",
+                    operation,
                     "entry is not an (id, fields, count) triple",
                 ));
             };
@@ -654,7 +877,7 @@ impl RedisBuffer {
     /// Runs the write script shared by [`Self::enqueue`] and [`Self::replay_dead_letter`].
     async fn write(
         &self,
-        dedupe: Option<(String, u64)>,
+        dedupe: Option<(String, String, u64)>,
         consume_dead_letter: Option<&str>,
         cases: &[CaseRecord],
         dead_letters: &[Vec<u8>],
@@ -662,11 +885,13 @@ impl RedisBuffer {
         let records = cases.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let mut invocation = WRITE.prepare_invoke();
         let queue_set = self.key("queues");
-        let (seen_key, ttl_ms) = dedupe.unwrap_or_else(|| (queue_set.clone(), 0));
+        let (seen_key, body_key, ttl_ms) =
+            dedupe.unwrap_or_else(|| (queue_set.clone(), queue_set.clone(), 0));
         invocation
             .key(&queue_set)
             .key(self.key("dlq"))
-            .key(seen_key);
+            .key(seen_key)
+            .key(body_key);
         for case in cases {
             invocation.key(self.stream_key(&case.queue));
         }
@@ -709,7 +934,16 @@ impl RedisBuffer {
         operation: &'static str,
         future: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, BufferError> {
-        match tokio::time::timeout(self.op_timeout, future).await {
+        self.timed_for(operation, self.op_timeout, future).await
+    }
+
+    async fn timed_for<T>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        future: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, BufferError> {
+        match tokio::time::timeout(limit, future).await {
             Ok(Ok(value)) => Ok(value),
             // The error text names the failure (refused, timed out, server error), never the
             // URL.
@@ -718,7 +952,7 @@ impl RedisBuffer {
             ))),
             Err(_) => Err(BufferError::Unavailable(format!(
                 "redis {operation} got no answer within {} ms",
-                self.op_timeout.as_millis()
+                limit.as_millis()
             ))),
         }
     }

@@ -48,6 +48,7 @@ impl RateLimiter {
             config,
             keys: Mutex::new(HashMap::new()),
             turns: Mutex::new(HashMap::new()),
+            pauses: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -94,6 +95,42 @@ impl RateLimiter {
         }
     }
 
+    /// Pauses `name` (see [`key_pause`], [`queue_pause`]) for every replica: for `duration`, or
+    /// longer when a longer pause is already in force.
+    pub async fn hold(&self, name: &str, kind: PauseKind, duration: Duration, reason: &str) {
+        match self {
+            RateLimiter::Local(l) => l.hold(name, kind, Instant::now() + duration, reason),
+            RateLimiter::Redis(r) => r.hold(name, kind, duration, reason).await,
+        }
+    }
+
+    /// Whether `name` may be claimed for and sent to now; hands out at most one probe per
+    /// `probe_interval` across the fleet once a probed pause runs out.
+    pub async fn gate(&self, name: &str, probe_interval: Duration) -> Gate {
+        match self {
+            RateLimiter::Local(l) => l.gate(name, Instant::now(), probe_interval),
+            RateLimiter::Redis(r) => r.gate(name, probe_interval).await,
+        }
+    }
+
+    /// Ends the pause of `name` (its probe succeeded).
+    pub async fn resume(&self, name: &str) {
+        match self {
+            RateLimiter::Local(l) => {
+                l.pauses.lock().expect("limiter lock").remove(name);
+            }
+            RateLimiter::Redis(r) => r.resume(name).await,
+        }
+    }
+
+    /// Every pause in force, for `status` and the paused gauge.
+    pub async fn pauses(&self) -> Vec<PauseInfo> {
+        match self {
+            RateLimiter::Local(l) => l.pauses(Instant::now()),
+            RateLimiter::Redis(r) => r.pauses().await,
+        }
+    }
+
     /// Holds every request of `key` for `duration` (a 429, or `remaining: 0` until the reset).
     pub async fn pause(&self, key: &str, duration: Duration) {
         match self {
@@ -101,6 +138,79 @@ impl RateLimiter {
             RateLimiter::Redis(r) => r.pause(key, duration).await,
         }
     }
+}
+
+/// Why a key or queue is paused. The kind decides what happens when the pause runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseKind {
+    /// 429 (or a spent window): everyone may send again when it runs out.
+    RateLimited,
+    /// 401/403 for a key: when it runs out, one probe goes out for the whole fleet.
+    KeyRefused,
+    /// 404 for a queue (or no key configured): likewise probed once per interval.
+    QueueUnknown,
+}
+
+impl PauseKind {
+    fn probed(self) -> bool {
+        !matches!(self, PauseKind::RateLimited)
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            PauseKind::RateLimited => "r",
+            PauseKind::KeyRefused => "k",
+            PauseKind::QueueUnknown => "q",
+        }
+    }
+
+    fn from_code(code: &str) -> PauseKind {
+        match code {
+            "k" => PauseKind::KeyRefused,
+            "q" => PauseKind::QueueUnknown,
+            _ => PauseKind::RateLimited,
+        }
+    }
+}
+
+/// What a worker may do about a paused (or not) key or queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Not paused: claim and send.
+    Open,
+    /// Paused: claim nothing; ask again after this long.
+    Wait(Duration),
+    /// The pause ran out and this caller holds the fleet's one probe for the next interval:
+    /// claim and send one request. Its answer resumes ([`RateLimiter::resume`]) or re-pauses.
+    Probe,
+}
+
+/// A pause in force, as `status` and the paused gauge show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PauseInfo {
+    /// `key:<key id>` or `queue:<queue id>`.
+    pub name: String,
+    pub kind: PauseKind,
+    /// Until the next probe (or the end of a 429 pause); 0 while a probe is out.
+    pub remaining_ms: u64,
+    pub reason: String,
+}
+
+/// The pause table entry name of an API key (by id) or a queue.
+pub fn key_pause(key: &str) -> String {
+    format!("key:{key}")
+}
+
+pub fn queue_pause(queue: &str) -> String {
+    format!("queue:{queue}")
+}
+
+#[derive(Debug, Clone)]
+struct LocalPause {
+    until: Instant,
+    kind: PauseKind,
+    reason: String,
 }
 
 type Turns = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
@@ -124,6 +234,7 @@ pub struct LocalLimiter {
     config: LimiterConfig,
     keys: Mutex<HashMap<String, KeyState>>,
     turns: Turns,
+    pauses: Mutex<HashMap<String, LocalPause>>,
 }
 
 impl LocalLimiter {
@@ -156,6 +267,57 @@ impl LocalLimiter {
                 .saturating_duration_since(now)
                 .max(Duration::from_millis(1)),
         )
+    }
+
+    pub fn hold(&self, name: &str, kind: PauseKind, until: Instant, reason: &str) {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        let until = pauses.get(name).map_or(until, |p| {
+            if p.kind == kind {
+                p.until.max(until)
+            } else {
+                until
+            }
+        });
+        pauses.insert(
+            name.to_string(),
+            LocalPause {
+                until,
+                kind,
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    pub fn gate(&self, name: &str, now: Instant, probe_interval: Duration) -> Gate {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        let Some(pause) = pauses.get_mut(name) else {
+            return Gate::Open;
+        };
+        if pause.until > now {
+            return Gate::Wait(pause.until - now);
+        }
+        if !pause.kind.probed() {
+            pauses.remove(name);
+            return Gate::Open;
+        }
+        pause.until = now + probe_interval;
+        Gate::Probe
+    }
+
+    pub fn pauses(&self, now: Instant) -> Vec<PauseInfo> {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        pauses.retain(|_, p| p.kind.probed() || p.until > now);
+        let mut out: Vec<PauseInfo> = pauses
+            .iter()
+            .map(|(name, p)| PauseInfo {
+                name: name.clone(),
+                kind: p.kind,
+                remaining_ms: p.until.saturating_duration_since(now).as_millis() as u64,
+                reason: p.reason.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub fn pause(&self, key: &str, until: Instant) {
@@ -195,6 +357,63 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 end
 return 0
+",
+    )
+});
+
+/// The pause table: one hash (under the deployment's hash tag) whose fields are pause names and
+/// whose values are `<until ms>|<kind code>|<reason>`, in Redis' own clock.
+///
+/// HOLD: KEYS 1 table. ARGV 1 name, 2 duration ms, 3 kind code. 4 reason. Extends a pause of the
+/// same kind, never shortens it.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untl = now + tonumber(ARGV[2])
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  local old, kind = string.match(v, '^(%d+)|(%a)|')
+  if kind == ARGV[3] and tonumber(old) > untl then untl = tonumber(old) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], untl .. '|' .. ARGV[3] .. '|' .. ARGV[4])
+return 0
+",
+    )
+});
+
+/// GATE: KEYS 1 table. ARGV 1 name, 2 probe interval ms. Returns `{0}` open, `{1, ms}` wait,
+/// `{2}` probe (the pause is pushed one interval on, so nobody else probes meanwhile).
+static GATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return {0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untl, kind, reason = string.match(v, '^(%d+)|(%a)|(.*)$')
+untl = tonumber(untl)
+if untl > now then return {1, untl - now} end
+if kind == 'r' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return {0}
+end
+redis.call('HSET', KEYS[1], ARGV[1], (now + tonumber(ARGV[2])) .. '|' .. kind .. '|' .. reason)
+return {2}
+",
+    )
+});
+
+/// LIST: KEYS 1 table. Returns `{now ms, field, value, field, value, ...}`.
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=no-writes
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {tostring(now)}
+for _, x in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = x end
+return out
 ",
     )
 });
@@ -242,6 +461,96 @@ impl RedisLimiter {
         }
     }
 
+    fn table(&self) -> String {
+        format!("{}:pauses", self.key_prefix)
+    }
+
+    async fn hold(&self, name: &str, kind: PauseKind, duration: Duration, reason: &str) {
+        let mut conn = self.conn.clone();
+        let mut invocation = HOLD.key(self.table());
+        invocation
+            .arg(name)
+            .arg(duration.as_millis().max(1) as u64)
+            .arg(kind.code())
+            .arg(reason);
+        if let Ok(Err(error)) =
+            tokio::time::timeout(self.op_timeout, invocation.invoke_async::<()>(&mut conn)).await
+        {
+            tracing::warn!(error = %error.kind_str(), "could not record a pause");
+        }
+    }
+
+    async fn gate(&self, name: &str, probe_interval: Duration) -> Gate {
+        let mut conn = self.conn.clone();
+        let mut invocation = GATE.key(self.table());
+        invocation
+            .arg(name)
+            .arg(probe_interval.as_millis().max(1) as u64);
+        match tokio::time::timeout(
+            self.op_timeout,
+            invocation.invoke_async::<Vec<u64>>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => match reply.as_slice() {
+                [1, ms, ..] => Gate::Wait(Duration::from_millis(*ms)),
+                [2, ..] => Gate::Probe,
+                _ => Gate::Open,
+            },
+            // Without the shared table nothing can be known: wait, as the grants do.
+            _ => Gate::Wait(Duration::from_millis(500)),
+        }
+    }
+
+    async fn resume(&self, name: &str) {
+        let mut conn = self.conn.clone();
+        let table = self.table();
+        let _ = tokio::time::timeout(
+            self.op_timeout,
+            redis::cmd("HDEL")
+                .arg(&table)
+                .arg(name)
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+    }
+
+    async fn pauses(&self) -> Vec<PauseInfo> {
+        let mut conn = self.conn.clone();
+        let invocation = LIST.key(self.table());
+        let Ok(Ok(reply)) = tokio::time::timeout(
+            self.op_timeout,
+            invocation.invoke_async::<Vec<String>>(&mut conn),
+        )
+        .await
+        else {
+            return Vec::new();
+        };
+        let mut items = reply.into_iter();
+        let now: u64 = items.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut out = Vec::new();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            let mut parts = value.splitn(3, '|');
+            let (Some(until), Some(kind), reason) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let until: u64 = until.parse().unwrap_or(0);
+            let kind = PauseKind::from_code(kind);
+            if !kind.probed() && until <= now {
+                continue;
+            }
+            out.push(PauseInfo {
+                name,
+                kind,
+                remaining_ms: until.saturating_sub(now),
+                reason: reason.unwrap_or_default().to_string(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     async fn pause(&self, key: &str, duration: Duration) {
         let (_, pause) = self.keys(key);
         let mut conn = self.conn.clone();
@@ -278,7 +587,39 @@ mod tests {
             },
             keys: Mutex::new(HashMap::new()),
             turns: Mutex::new(HashMap::new()),
+            pauses: Mutex::new(HashMap::new()),
         }
+    }
+
+    #[test]
+    fn a_probed_pause_hands_out_one_probe_per_interval_and_a_429_pause_just_ends() {
+        let limiter = limiter(100, 1_000);
+        let t0 = Instant::now();
+        let probe = Duration::from_secs(30);
+        limiter.hold("key:k", PauseKind::KeyRefused, t0 + probe, "401");
+        limiter.hold(
+            "key:r",
+            PauseKind::RateLimited,
+            t0 + Duration::from_secs(5),
+            "429",
+        );
+        assert_eq!(limiter.gate("key:k", t0, probe), Gate::Wait(probe));
+        assert_eq!(limiter.gate("key:other", t0, probe), Gate::Open);
+        let later = t0 + probe;
+        assert_eq!(limiter.gate("key:k", later, probe), Gate::Probe);
+        assert_eq!(
+            limiter.gate("key:k", later, probe),
+            Gate::Wait(probe),
+            "one probe per interval"
+        );
+        assert_eq!(limiter.gate("key:k", later + probe, probe), Gate::Probe);
+        let shown = limiter.pauses(t0);
+        assert_eq!(shown.len(), 2, "a 429 pause shows too: {shown:?}");
+        assert_eq!(
+            limiter.gate("key:r", t0 + Duration::from_secs(5), probe),
+            Gate::Open
+        );
+        assert_eq!(limiter.pauses(t0 + Duration::from_secs(5)).len(), 1);
     }
 
     #[test]

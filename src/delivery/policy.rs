@@ -84,7 +84,66 @@ pub fn decide(answer: &ApiAnswer, batch_len: usize) -> Action {
     }
 }
 
-/// Capped exponential backoff with equal jitter: attempt `n` waits between half and all of
+/// How long to hold a key after an answer that says its API window is spent
+/// (`x-ratelimit-remaining: 0`), or `None` to go on. When the API counts at least as much as
+/// casegate's own limiter allows (`our_rate`), the sliding window already paces exactly and
+/// pausing for the whole-second `reset` would waste up to a second per window; only a stricter
+/// API limit (or one that does not say its limit) is waited out, until its reset (1 s if unsaid).
+pub fn window_spent(answer: &ApiAnswer, our_rate: u32) -> Option<Duration> {
+    let ApiAnswer::Response { rate, .. } = answer else {
+        return None;
+    };
+    if rate.remaining != Some(0) || rate.limit.is_some_and(|limit| limit >= u64::from(our_rate)) {
+        return None;
+    }
+    Some(rate.reset.unwrap_or(Duration::from_secs(1)))
+}
+
+/// Failures (5xx, timeouts) of one batch in a row before it is bisected: a poison case then
+/// costs a few requests, not the queue. Bisecting loses nothing, so it needs no proof that the
+/// API is otherwise healthy; only dead-lettering does.
+pub const SPLIT_AFTER: u32 = 3;
+
+/// What to do with a batch (or single case) after a transient failure (5xx or timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Back off and send it again.
+    Retry,
+    /// Bisect it and send each half in turn.
+    Split,
+    /// A single case that keeps failing without proof of health: send the other pending
+    /// batches first (their answers tell an outage from a poison case), then this one again.
+    SetAside,
+    /// A single case failed `max_attempts` times while the key's other requests succeeded.
+    DeadLetter,
+}
+
+/// The rule for a transient failure of `len` cases that failed `failures` times in a row, of
+/// which `counted` happened while the key's other requests succeeded. A whole-API outage counts
+/// nothing, so it never dead-letters, however long it lasts.
+pub fn after_failure(
+    len: usize,
+    failures: u32,
+    counted: u32,
+    max_attempts: u32,
+    others_waiting: bool,
+) -> AfterFailure {
+    if len > 1 {
+        if failures >= SPLIT_AFTER {
+            AfterFailure::Split
+        } else {
+            AfterFailure::Retry
+        }
+    } else if counted >= max_attempts {
+        AfterFailure::DeadLetter
+    } else if others_waiting && failures.is_multiple_of(SPLIT_AFTER) {
+        AfterFailure::SetAside
+    } else {
+        AfterFailure::Retry
+    }
+}
+
+/// Capped exponential backoff with equal jitter/// Capped exponential backoff with equal jitter: attempt `n` waits between half and all of
 /// `min(max, base * 2^n)`, so retries of many batches spread out instead of arriving together.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -190,6 +249,64 @@ mod tests {
                 decide(&answer, batch_len),
                 expected,
                 "{answer:?} for {batch_len} cases"
+            );
+        }
+    }
+
+    fn with_rate(limit: Option<u64>, remaining: Option<u64>, reset: Option<u64>) -> ApiAnswer {
+        ApiAnswer::Response {
+            status: 201,
+            retry_after: None,
+            rate: RateLimitHeaders {
+                limit,
+                remaining,
+                reset: reset.map(Duration::from_secs),
+            },
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_spent_window_holds_the_key_only_when_the_api_is_stricter_than_casegate() {
+        let table: Vec<(ApiAnswer, Option<Duration>)> = vec![
+            (with_rate(Some(300), Some(0), Some(4)), None),
+            (with_rate(Some(600), Some(0), Some(4)), None),
+            (
+                with_rate(Some(100), Some(0), Some(4)),
+                Some(Duration::from_secs(4)),
+            ),
+            (with_rate(None, Some(0), None), Some(Duration::from_secs(1))),
+            (with_rate(Some(100), Some(3), Some(4)), None),
+            (with_rate(None, None, None), None),
+            (ApiAnswer::Transport("timed out".into()), None),
+        ];
+        for (answer, expected) in table {
+            assert_eq!(window_spent(&answer, 300), expected, "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn transient_failures_bisect_batches_and_dead_letter_only_counted_failures() {
+        use AfterFailure::*;
+        let table = [
+            // (len, failures, counted, max, others waiting) -> step
+            ((100, 1, 0, 20, false), Retry),
+            ((100, 2, 0, 20, true), Retry),
+            ((100, 3, 0, 20, false), Split),
+            ((2, 3, 0, 20, false), Split),
+            ((1, 1, 0, 20, true), Retry),
+            ((1, 3, 0, 20, true), SetAside),
+            ((1, 3, 0, 20, false), Retry),
+            ((1, 50, 0, 20, false), Retry),
+            ((1, 200, 19, 20, true), Retry),
+            ((1, 21, 20, 20, false), DeadLetter),
+            ((1, 20, 20, 20, true), DeadLetter),
+        ];
+        for ((len, failures, counted, max, others), expected) in table {
+            assert_eq!(
+                after_failure(len, failures, counted, max, others),
+                expected,
+                "{len} cases, {failures} failures, {counted} counted"
             );
         }
     }

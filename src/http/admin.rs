@@ -82,10 +82,14 @@ pub struct Filter {
 
 async fn status(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mappings = state.ingestor.mappings();
-    let mut report =
-        crate::status::report(state.ingestor.buffer(), &mappings, state.delivery.as_ref())
-            .await
-            .map_err(|e| ApiError::from_buffer(e, state.retry_after))?;
+    let mut report = crate::status::report(
+        state.ingestor.buffer(),
+        &mappings,
+        state.delivery.as_ref(),
+        state.ingestor.default_secrets_allowed(),
+    )
+    .await
+    .map_err(|e| ApiError::from_buffer(e, state.retry_after))?;
     report.mappings = state.mapping_reloader.as_ref().map(|r| r.status());
     Ok(HttpResponse::Ok().json(report))
 }

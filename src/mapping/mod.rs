@@ -28,7 +28,7 @@ use crate::verify::Verifier;
 use condition::Condition;
 use model::{ExampleSpec, FieldRef, MappingFile, RuleSpec};
 use path::{CompiledPath, Scope};
-use template::{Expr, Missing, Template, truncate_chars};
+use template::{Expr, Missing, Template, TemplateError, ValueMaps, truncate_chars};
 
 pub use reload::{MappingReloader, ReloadStatus, ReloadTask};
 pub use schema::mapping_schema;
@@ -77,7 +77,9 @@ pub struct MapFailure {
 #[derive(Debug, Clone)]
 pub enum FieldGetter {
     Header(String),
-    Path(CompiledPath),
+    /// `$.a ?? $.b`: the first path that finds a non-null value wins, so a field that a provider
+    /// renamed (HubSpot's `eventType`, now `subscriptionType`) is read under either name.
+    Path(Vec<CompiledPath>),
 }
 
 impl FieldGetter {
@@ -88,20 +90,26 @@ impl FieldGetter {
                 .get(name)
                 .map(|v| vec![v.to_string()])
                 .unwrap_or_default(),
-            FieldGetter::Path(path) => path
-                .select(scope)
-                .into_iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Null => None,
-                    other => Some(other.to_string()),
+            FieldGetter::Path(alternatives) => alternatives
+                .iter()
+                .map(|path| {
+                    path.select(scope)
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Value::String(s) => Some(s.clone()),
+                            Value::Null => None,
+                            other => Some(other.to_string()),
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect(),
+                .find(|found| !found.is_empty())
+                .unwrap_or_default(),
         }
     }
 
     fn is_element_relative(&self) -> bool {
-        matches!(self, FieldGetter::Path(p) if p.is_element_relative())
+        matches!(self, FieldGetter::Path(alternatives)
+            if alternatives.iter().any(CompiledPath::is_element_relative))
     }
 }
 
@@ -180,6 +188,14 @@ impl CompiledMapping {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if let Some((line, column, message)) = duplicate_key(text) {
+            return Err(MappingLoadError::Syntax {
+                file,
+                line,
+                column,
+                message,
+            });
+        }
         let raw: MappingFile = serde_yaml_ng::from_str(text).map_err(|e| {
             let (line, column) = e
                 .location()
@@ -248,10 +264,23 @@ impl CompiledMapping {
                     "two rules share this name".into(),
                 ));
             }
-            rules.push(
-                compile_rule(rule, env)
-                    .map_err(|(field, message)| invalid(Some(&rule.name), &field, message))?,
-            );
+            rules.push(compile_rule(rule, env, &raw.maps).map_err(
+                |RuleError {
+                     field,
+                     message,
+                     needle,
+                 }| {
+                    match needle.and_then(|n| locate(text, &rule.name, &n)) {
+                        Some((line, column)) => MappingLoadError::Syntax {
+                            file: file.clone(),
+                            line,
+                            column,
+                            message: format!("rule `{}`: {field}: {message}", rule.name),
+                        },
+                        None => invalid(Some(&rule.name), &field, message),
+                    }
+                },
+            )?);
         }
         let digest = Sha256::digest(text.as_bytes());
         Ok(CompiledMapping {
@@ -285,6 +314,25 @@ impl CompiledMapping {
             .as_ref()
             .map(|g| g.values(headers, Scope::of(payload)))
             .unwrap_or_default()
+    }
+
+    /// Why an event made no case, in one line for people (`casegate try`): when the event type
+    /// comes from a header that the request lacks, rules with `when.event` cannot match, and
+    /// saying so beats a bare "no rule matched".
+    pub fn no_match_reason(&self, headers: &Headers) -> String {
+        const FILTERED: &str =
+            "the event would be acknowledged and filtered out (200 {\"accepted\": 0})";
+        let needs_event = self.rules.iter().any(|r| !r.events.is_empty());
+        match &self.event_type {
+            Some(FieldGetter::Header(name)) if needs_event && headers.get(name).is_none() => {
+                format!(
+                    "no rule matched: this mapping reads the event type from the `{name}` header, \
+                     which the request lacks, so no rule with `when.event` can match (pass it, \
+                     e.g. -H '{name}: ...'); {FILTERED}"
+                )
+            }
+            _ => format!("no rule matched: {FILTERED}"),
+        }
     }
 
     /// The named API keys the rules ask for (`api_key:`), for checking them against the config.
@@ -493,29 +541,32 @@ fn event_matches(pattern: &str, event_type: &str) -> bool {
 }
 
 impl DataTemplate {
-    fn compile(value: &Value) -> Result<DataTemplate, String> {
+    /// Compiles a `data` value; an error is the message and, for template errors, the text to
+    /// look for in the file.
+    fn compile(value: &Value, maps: &ValueMaps) -> Result<DataTemplate, (String, Option<String>)> {
+        let template_error = |e: TemplateError| (e.to_string(), e.needle().map(str::to_string));
         Ok(match value {
             Value::String(text)
                 if !text.contains("{{") && (text.starts_with('$') || text.starts_with('@')) =>
             {
-                DataTemplate::Path(Expr::parse(text).map_err(|e| e.to_string())?)
+                DataTemplate::Path(Expr::parse_with(text, maps).map_err(template_error)?)
             }
             Value::String(text) => {
-                DataTemplate::Text(Template::parse(text).map_err(|e| e.to_string())?)
+                DataTemplate::Text(Template::parse_with(text, maps).map_err(template_error)?)
             }
             Value::Object(map) => DataTemplate::Object(
                 map.iter()
                     .map(|(k, v)| {
-                        DataTemplate::compile(v)
+                        DataTemplate::compile(v, maps)
                             .map(|t| (k.clone(), t))
-                            .map_err(|e| format!("{k}: {e}"))
+                            .map_err(|(e, needle)| (format!("{k}: {e}"), needle))
                     })
                     .collect::<Result<_, _>>()?,
             ),
             Value::Array(items) => DataTemplate::Array(
                 items
                     .iter()
-                    .map(DataTemplate::compile)
+                    .map(|item| DataTemplate::compile(item, maps))
                     .collect::<Result<_, _>>()?,
             ),
             literal => DataTemplate::Literal(literal.clone()),
@@ -531,7 +582,7 @@ impl DataTemplate {
             DataTemplate::Path(expr) => expr.value(scope).ok_or_else(|| {
                 format!(
                     "path {} matched nothing and has no default (add `?? null` to allow that)",
-                    expr.path.as_str()
+                    expr.describe()
                 )
             })?,
             DataTemplate::Text(template) => Value::String(
@@ -565,17 +616,39 @@ fn compile_field_ref(field: &FieldRef) -> Result<FieldGetter, String> {
         (Some(header), None) if !header.trim().is_empty() => {
             Ok(FieldGetter::Header(header.trim().to_string()))
         }
-        (None, Some(path)) => CompiledPath::parse(path)
-            .map(FieldGetter::Path)
-            .map_err(|e| e.to_string()),
+        (None, Some(path)) => template::split_top_level(path, "??")
+            .iter()
+            .map(|alternative| CompiledPath::parse(alternative).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .map(FieldGetter::Path),
         _ => Err("give exactly one of `header` or `path`".into()),
     }
 }
 
-fn compile_rule(rule: &RuleSpec, env: &Env) -> Result<CompiledRule, (String, String)> {
+/// Why a rule did not compile: the field, the message and, for template errors, the text to
+/// look for in the file to say where.
+struct RuleError {
+    field: String,
+    message: String,
+    needle: Option<String>,
+}
+
+fn compile_rule(rule: &RuleSpec, env: &Env, maps: &ValueMaps) -> Result<CompiledRule, RuleError> {
     let at = |field: &str| {
         let field = field.to_string();
-        move |message: String| (field.clone(), message)
+        move |message: String| RuleError {
+            field: field.clone(),
+            message,
+            needle: None,
+        }
+    };
+    let template_at = |field: &str| {
+        let field = field.to_string();
+        move |e: TemplateError| RuleError {
+            field: field.clone(),
+            message: e.to_string(),
+            needle: e.needle().map(str::to_string),
+        }
     };
     let queue = interpolate(&rule.queue, env)
         .map_err(|e| e.to_string())
@@ -605,14 +678,19 @@ fn compile_rule(rule: &RuleSpec, env: &Env) -> Result<CompiledRule, (String, Str
         .transpose()
         .map_err(|e| e.to_string())
         .map_err(at("for_each"))?;
-    let title = Template::parse(&rule.title)
-        .map_err(|e| e.to_string())
-        .map_err(at("title"))?;
+    let title = Template::parse_with(&rule.title, maps).map_err(template_at("title"))?;
     if title.is_literal() && rule.title.trim().is_empty() {
         return Err(at("title")("is empty (the API requires a title)".into()));
     }
-    let data = DataTemplate::compile(rule.data.as_ref().unwrap_or(&Value::String("@".into())))
-        .map_err(at("data"))?;
+    let data = DataTemplate::compile(
+        rule.data.as_ref().unwrap_or(&Value::String("@".into())),
+        maps,
+    )
+    .map_err(|(message, needle)| RuleError {
+        field: "data".into(),
+        message,
+        needle,
+    })?;
     let mut labels = Vec::with_capacity(rule.labels.len());
     for (i, label) in rule.labels.iter().enumerate() {
         if let Some(hue) = label.color_hue.filter(|h| *h > 360) {
@@ -620,9 +698,8 @@ fn compile_rule(rule: &RuleSpec, env: &Env) -> Result<CompiledRule, (String, Str
                 "{hue} is outside 0-360"
             )));
         }
-        let value = Template::parse(&label.value)
-            .map_err(|e| e.to_string())
-            .map_err(at(&format!("labels[{i}].value")))?;
+        let value = Template::parse_with(&label.value, maps)
+            .map_err(template_at(&format!("labels[{i}].value")))?;
         labels.push(CompiledLabel {
             key: label.key.clone(),
             value,
@@ -650,6 +727,136 @@ fn compile_rule(rule: &RuleSpec, env: &Env) -> Result<CompiledRule, (String, Str
         include_meta: include.meta,
         labels,
     })
+}
+
+/// A key that appears twice in one YAML mapping: its second occurrence's 1-based line and
+/// column, and a message. The YAML parser notices duplicates (for `data:` objects only when
+/// asked for a generic value) but reports them where the enclosing mapping starts, so the
+/// duplicate is looked up from there.
+fn duplicate_key(text: &str) -> Option<(usize, usize, String)> {
+    let error = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).err()?;
+    let message = error.to_string();
+    let (context, key) = message.split_once("duplicate entry with key ")?;
+    let key = key.split(" at line ").next().unwrap_or(key).trim();
+    let key = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .unwrap_or(key);
+    let start = error.location()?;
+    let context = context.trim_end_matches([' ', ':']);
+    let message = if context.is_empty() {
+        format!("duplicate key `{key}`")
+    } else {
+        format!("{context}: duplicate key `{key}`")
+    };
+    let (line, column) =
+        second_key_occurrence(text, start.index(), key).unwrap_or((start.line(), start.column()));
+    Some((
+        line,
+        column,
+        format!("{message} (a key may appear only once in a mapping)"),
+    ))
+}
+
+/// Where `key` appears for the second time as a key of the YAML mapping starting at byte
+/// `start` (block or flow style), as a 1-based line and column.
+fn second_key_occurrence(text: &str, start: usize, key: &str) -> Option<(usize, usize)> {
+    let is_key_at = |at: usize| {
+        let rest = &text[at..];
+        let rest = ["\"", "'"]
+            .iter()
+            .find_map(|q| {
+                rest.strip_prefix(q)
+                    .and_then(|r| r.strip_prefix(key))
+                    .and_then(|r| r.strip_prefix(q))
+            })
+            .or_else(|| rest.strip_prefix(key));
+        rest.is_some_and(|r| r.trim_start_matches([' ', '\t']).starts_with(':'))
+    };
+    let mut found = Vec::new();
+    if text[start..].starts_with('{') {
+        let (mut depth, mut quote, mut expect_key) = (0usize, None::<char>, false);
+        for (i, c) in text[start..].char_indices() {
+            let at = start + i;
+            if let Some(q) = quote {
+                if c == q {
+                    quote = None;
+                }
+                continue;
+            }
+            match c {
+                '{' | '[' => {
+                    depth += 1;
+                    expect_key = depth == 1;
+                }
+                '}' | ']' => {
+                    if depth == 1 {
+                        break;
+                    }
+                    depth -= 1;
+                }
+                ',' if depth == 1 => expect_key = true,
+                ' ' | '\t' | '\n' | '\r' => {}
+                _ if expect_key => {
+                    expect_key = false;
+                    if is_key_at(at) {
+                        found.push(at);
+                    }
+                    if c == '"' || c == '\'' {
+                        quote = Some(c);
+                    }
+                }
+                '"' | '\'' => quote = Some(c),
+                _ => {}
+            }
+        }
+    } else {
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let indent = text[line_start..start].chars().count();
+        if is_key_at(start) {
+            found.push(start);
+        }
+        let mut offset = text[start..].find('\n').map(|i| start + i + 1)?;
+        for line in text[offset..].split_inclusive('\n') {
+            let body = line.trim_start_matches(' ');
+            let own_indent = line.len() - body.len();
+            let blank = body.trim().is_empty() || body.starts_with('#');
+            if !blank && own_indent < indent {
+                break;
+            }
+            if !blank && own_indent == indent && is_key_at(offset + own_indent) {
+                found.push(offset + own_indent);
+            }
+            offset += line.len();
+        }
+    }
+    let at = *found.get(1)?;
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    Some((
+        text[..at].matches('\n').count() + 1,
+        text[line_start..at].chars().count() + 1,
+    ))
+}
+
+/// The 1-based line and column of `needle` in a mapping file's `text`, searched from the line
+/// that names `rule` (the first occurrence after it), or from the start when that is not found.
+fn locate(text: &str, rule: &str, needle: &str) -> Option<(usize, usize)> {
+    let rule_at = text
+        .match_indices(rule)
+        .map(|(at, _)| at)
+        .find(|&at| {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            text[line_start..at].contains("name:")
+        })
+        .unwrap_or(0);
+    let at = text[rule_at..]
+        .find(needle)
+        .map(|i| rule_at + i)
+        .or_else(|| text.find(needle))?;
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[..at].matches('\n').count() + 1;
+    let column = text[line_start..at].chars().count() + 1;
+    Some((line, column))
 }
 
 /// The Duvo API's queue id pattern: 8-4-4-4-12 hex digits.

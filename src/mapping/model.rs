@@ -39,6 +39,11 @@ pub struct MappingFile {
     /// Where the event type is (a header such as X-Shopify-Topic or a path such as `$.type`).
     #[serde(default)]
     pub event_type: Option<FieldRef>,
+    /// Named value maps for the `map("name")` template filter: each turns a value (a status
+    /// code, say) into readable text, e.g. `payment: {paid: Paid, pending: Awaiting payment}`.
+    /// Keys and values are text (quote numbers and booleans in YAML).
+    #[serde(default)]
+    pub maps: BTreeMap<String, BTreeMap<String, String>>,
     /// Every rule whose `when` matches produces cases.
     pub rules: Vec<RuleSpec>,
     /// Sample requests with the cases they must produce; `casegate check` runs them.
@@ -52,7 +57,8 @@ pub struct MappingFile {
 pub struct FieldRef {
     /// A request header's name (case-insensitive), e.g. `X-Shopify-Topic`.
     pub header: Option<String>,
-    /// A JSONPath into the payload (`$...`), or into the `for_each` element (`@...`).
+    /// A JSONPath into the payload (`$...`), or into the `for_each` element (`@...`); `??`
+    /// tries further paths in turn (`@.subscriptionType ?? @.eventType`).
     pub path: Option<String>,
 }
 
@@ -73,7 +79,10 @@ pub struct RuleSpec {
     /// A path selecting an array: one case per element, addressable as `@`.
     #[serde(default)]
     pub for_each: Option<String>,
-    /// Template of the case title (at most 500 characters are sent).
+    /// Template of the case title (at most 500 characters are sent): text with
+    /// `{{ $.path ?? $.other ?? "default" | filter }}` interpolations; filters are upper, lower,
+    /// trim, truncate(N), join("sep"), json, date("%Y-%m-%d"), default("x"),
+    /// replace("a", "b") and map("name", "fallback").
     pub title: String,
     /// The case data: a path (`$` whole payload, `@` element) or an object of templates/paths.
     /// Defaults to `@`: the element, or the whole payload without `for_each`.

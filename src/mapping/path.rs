@@ -2,7 +2,11 @@
 //! (`$...`) or at the current `for_each` element (`@...`).
 //!
 //! serde_json_path's parser recurses per nesting level and overflows the stack on absurd input
-//! (thousands of parentheses), so length and nesting are bounded *before* parsing.
+//! (thousands of parentheses), so length and nesting are bounded *before* parsing. Its time also
+//! grows exponentially with nested filter expressions (`$[?@[?@[?@.x]]]`: about 2x per level,
+//! hours at 32 levels), so filters and parentheses, the places it backtracks over, are bounded
+//! more tightly: the worst path allowed compiles in well under a millisecond, and a reload of a
+//! hostile file cannot hang.
 
 use serde_json::Value;
 use serde_json_path::JsonPath;
@@ -11,6 +15,9 @@ use serde_json_path::JsonPath;
 pub const MAX_PATH_LEN: usize = 1024;
 /// Deepest accepted bracket/parenthesis nesting.
 pub const MAX_PATH_NESTING: usize = 32;
+/// Deepest accepted nesting of filter selectors (`[?`) and parentheses (grouping and function
+/// calls) together: the parser's time doubles with each such level.
+pub const MAX_FILTER_NESTING: usize = 6;
 
 /// What a path is evaluated against.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +67,10 @@ pub enum PathError {
     TooLong { len: usize },
     #[error("path nests brackets more than {MAX_PATH_NESTING} deep")]
     TooDeep,
+    #[error(
+        "path nests filters (`[?`) and parentheses more than {MAX_FILTER_NESTING} deep; split it into simpler paths"
+    )]
+    FiltersTooDeep,
     #[error("a path starts with `$` (the payload) or `@` (the for_each element)")]
     NoAnchor,
     #[error("invalid JSONPath at character {position}: {message}")]
@@ -72,8 +83,12 @@ impl CompiledPath {
         if text.len() > MAX_PATH_LEN {
             return Err(PathError::TooLong { len: text.len() });
         }
-        if nesting_depth(text) > MAX_PATH_NESTING {
+        let depth = nesting_depth(text);
+        if depth.brackets > MAX_PATH_NESTING {
             return Err(PathError::TooDeep);
+        }
+        if depth.expressions > MAX_FILTER_NESTING {
+            return Err(PathError::FiltersTooDeep);
         }
         let (anchor, rooted) = match text.as_bytes().first() {
             Some(b'$') => (Anchor::Root, text.to_string()),
@@ -170,9 +185,22 @@ fn simple_steps(rest: &str) -> Option<Vec<Step>> {
 }
 
 /// Deepest nesting of `[`/`(` outside string literals.
-fn nesting_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut quote, mut escaped) = (0usize, 0usize, None::<char>, false);
-    for c in text.chars() {
+/// The deepest nesting seen while scanning a path, outside string literals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Depth {
+    /// Brackets and parentheses of any kind.
+    brackets: usize,
+    /// Filter selectors (`[?`) and parentheses only: the levels the parser backtracks over.
+    expressions: usize,
+}
+
+fn nesting_depth(text: &str) -> Depth {
+    // One entry per open bracket: true when it opens an expression (filter or parenthesis).
+    let mut open: Vec<bool> = Vec::new();
+    let (mut expressions, mut max) = (0usize, Depth::default());
+    let (mut quote, mut escaped) = (None::<char>, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         if let Some(q) = quote {
             match c {
                 _ if escaped => escaped = false,
@@ -185,10 +213,15 @@ fn nesting_depth(text: &str) -> usize {
         match c {
             '\'' | '"' => quote = Some(c),
             '[' | '(' => {
-                depth += 1;
-                max = max.max(depth);
+                while chars.next_if(|c| c.is_whitespace()).is_some() {}
+                let expression = c == '(' || chars.peek() == Some(&'?');
+                open.push(expression);
+                expressions += usize::from(expression);
+                max.brackets = max.brackets.max(open.len());
+                max.expressions = max.expressions.max(expressions);
             }
-            ']' | ')' => depth = depth.saturating_sub(1),
+            // The guard pops every closing bracket; only an expression's lowers the count.
+            ']' | ')' if open.pop() == Some(true) => expressions -= 1,
             _ => {}
         }
     }
@@ -199,6 +232,47 @@ fn nesting_depth(text: &str) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `$[?@[?@ ... .x]]` with `levels` nested filters, the shape whose parse time is
+    /// exponential in its depth.
+    fn nested_filters(levels: usize) -> String {
+        format!("${}.x{}", "[?@".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn the_deepest_allowed_filter_nesting_compiles() {
+        let started = std::time::Instant::now();
+        let path = nested_filters(MAX_FILTER_NESTING);
+        assert!(CompiledPath::parse(&path).is_ok(), "{path}");
+        // Parentheses count as expression levels too.
+        let parens = MAX_FILTER_NESTING - 3;
+        let mixed = format!(
+            "$[?@[?@[?{}@.x == 1{}]]]",
+            "(".repeat(parens),
+            ")".repeat(parens)
+        );
+        assert!(CompiledPath::parse(&mixed).is_ok(), "{mixed}");
+        eprintln!("worst allowed paths compiled in {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn filter_nesting_beyond_the_bound_is_a_clear_load_error() {
+        for path in [
+            nested_filters(MAX_FILTER_NESTING + 1),
+            nested_filters(32),
+            format!(
+                "$[?{}@.x == 1{}]",
+                "(".repeat(MAX_FILTER_NESTING),
+                ")".repeat(MAX_FILTER_NESTING)
+            ),
+        ] {
+            let err = CompiledPath::parse(&path).unwrap_err();
+            assert_eq!(err, PathError::FiltersTooDeep, "{path}");
+            assert!(err.to_string().contains("filters"), "{err}");
+        }
+        // Brackets that are not filters and quoted `[?` do not count.
+        assert!(CompiledPath::parse("$['[?[?[?[?[?[?[?'].a[0][1][2][3][4][5][6][7]").is_ok());
+    }
 
     #[test]
     fn root_and_element_anchors_select_from_their_scope() {

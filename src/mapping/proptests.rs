@@ -18,6 +18,8 @@ const RICH: &str = r#"
 verify: {scheme: none}
 event_type: {path: '$.type'}
 delivery_id: {path: '$.id'}
+maps:
+  status: {cancelled: Cancelled, '1': One, '': Empty}
 rules:
   - name: orders
     when:
@@ -35,7 +37,7 @@ rules:
               - {path: $.total, gte: -3}
               - {path: $.name, eq: 'n'}
     queue: QUEUE
-    title: '{{ $.name }} {{ $.total ?? 0 | truncate(20) }} {{ $.customer.email ?? "guest" | lower | trim }}'
+    title: '{{ $.name }} {{ $.total ?? 0 | truncate(20) }} {{ $.customer.email ?? $.email ?? @.email ?? "guest" | lower | trim }} {{ $.status ?? $.name | map("status", "?") | replace("C", "c") }} {{ $.created | date("%F %T %z") | default("-") }}'
     data:
       name: $.name ?? null
       whole: $
@@ -43,11 +45,16 @@ rules:
       nested: {first: '$.items[0] ?? null', everywhere: '$..sku ?? null', cut: '$.name ?? "" | truncate(3)'}
       list: ['$.total ?? 0', literal, 3, null, true]
       filtered: '$.items[?@.qty > 1 || @.sku == ''A''].sku ?? []'
+      chained: '$.nothing ?? $.items[*].sku ?? $.name ?? null'
+      joined: '{{ $.tags[*] | join("|") | default("none") }}'
+      as_json: '{{ $.items | json | truncate(100) }}'
+      when: '{{ $.total ?? $.created | date("%A %e %B %Y, %I:%M %p") }}'
     include: {headers: [X-A, Authorization], meta: true}
     labels:
       - {key: tags, value: '{{ $.tags[*] }}', color_hue: 10}
       - {key: name, value: '{{ $.name | truncate(5) | upper }}'}
       - {key: none, value: '{{ $.nothing }}'}
+      - {key: mapped, value: '{{ $.status | map("status") | json }}'}
   - name: items
     for_each: $.items
     when: {filter: {path: '@.qty', gte: 1}}
@@ -103,7 +110,7 @@ fn leaf() -> impl Strategy<Value = Value> {
 
 const KEYS: &[&str] = &[
     "name", "total", "type", "items", "tags", "customer", "email", "status", "sku", "qty", "id",
-    "0",
+    "0", "created",
 ];
 
 fn key() -> impl Strategy<Value = String> {
@@ -222,6 +229,15 @@ fn template_like() -> impl Strategy<Value = String> {
                 Just(" ?? ".to_string()),
                 Just("truncate(".to_string()),
                 Just("upper".to_string()),
+                Just("json".to_string()),
+                Just("join(\", \")".to_string()),
+                Just("date(\"%Y-%m-%d %H:%M %:z\")".to_string()),
+                Just("date(\"".to_string()),
+                Just("default(\"x\")".to_string()),
+                Just("replace(\"a\", \"bb\")".to_string()),
+                Just("map(\"m\", \"?\")".to_string()),
+                Just(" ?? $.a".to_string()),
+                Just("%".to_string()),
                 Just("||".to_string()),
                 path_like(),
                 "[a-z \"'()0-9]{0,8}",
@@ -356,6 +372,19 @@ proptest! {
     }
 
     #[test]
+    fn dates_of_any_value_render_without_panicking(
+        n in any::<i64>(),
+        f in any::<f64>(),
+        text in prop_oneof![any::<String>(), "[0-9-]{1,25}", "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.Z+-]{0,20}"],
+    ) {
+        let template = Template::parse(r#"{{ $[*] | date("%Y-%m-%d %H:%M:%S %:z %j %A %B %e %I %p") }}"#).unwrap();
+        let f = serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number);
+        let payload = json!([n, f, text]);
+        let rendered = template.render(Scope::of(&payload), Missing::Fail).unwrap();
+        prop_assert!(!rendered.is_empty());
+    }
+
+    #[test]
     fn the_condition_compiler_never_panics(spec in condition_spec(), payload in json_value()) {
         if let Ok(condition) = spec.compile() {
             let _ = condition.eval(Scope::of(&payload));
@@ -416,5 +445,9 @@ fn the_rich_mapping_makes_cases_from_a_typical_payload() {
         .unwrap();
     let rules: Vec<_> = cases.iter().map(|c| c.meta.rule.as_str()).collect();
     assert_eq!(rules, ["orders", "items", "whole"]);
-    assert_eq!(cases[0].title, "#1 50 a@b.c");
+    assert_eq!(cases[0].title, "#1 50 a@b.c ? -");
+    let data: Value = serde_json::from_str(&cases[0].data).unwrap();
+    assert_eq!(data["chained"], json!(["A", "B"]));
+    assert_eq!(data["joined"], json!("x"));
+    assert_eq!(data["when"], json!("Thursday  1 January 1970, 12:00 AM"));
 }

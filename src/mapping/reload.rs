@@ -84,6 +84,7 @@ pub struct MappingReloader {
     reloading: Mutex<()>,
     /// The weak sources already warned about, so a reload repeats no warning.
     warned: Mutex<std::collections::BTreeMap<String, String>>,
+    allow_default_secrets: bool,
 }
 
 impl MappingReloader {
@@ -103,7 +104,15 @@ impl MappingReloader {
             warned: Mutex::new(warned),
             status: ArcSwap::from_pointee(status),
             reloading: Mutex::new(()),
+            allow_default_secrets: false,
         }
+    }
+
+    /// Whether reloaded sources may run on development default secrets (only for the log and
+    /// gauge; ingest enforces it).
+    pub fn with_default_secrets_allowed(mut self, allow: bool) -> Self {
+        self.allow_default_secrets = allow;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -141,6 +150,7 @@ impl MappingReloader {
                     *warned = set.warn_about_weak_sources_once(&warned);
                 }
                 crate::prometheus::register_zeros(&set, &[]);
+                set.report_source_configuration(self.allow_default_secrets);
                 let n = set.len();
                 // After a refused reload, success is news even when the set is as before.
                 let recovered = self.status.load().last_error.is_some();

@@ -176,6 +176,27 @@ mod tests {
     }
 
     #[test]
+    fn value_maps_and_template_filters_are_in_the_schema() {
+        let schema = mapping_schema();
+        let maps = &schema["properties"]["maps"];
+        assert_eq!(maps["type"], "object", "{maps}");
+        assert_eq!(
+            maps["additionalProperties"]["additionalProperties"]["type"], "string",
+            "{maps}"
+        );
+        let rule = resolve(&schema, &schema["properties"]["rules"]["items"]);
+        let title = rule["properties"]["title"]["description"].as_str().unwrap();
+        for feature in [
+            "??", "join(", "json", "date(", "default(", "replace(", "map(",
+        ] {
+            assert!(
+                title.contains(feature),
+                "title description lacks {feature}: {title}"
+            );
+        }
+    }
+
+    #[test]
     fn the_verify_schema_names_every_scheme() {
         let schema = mapping_schema();
         let verify = resolve(&schema, &schema["properties"]["verify"]).to_string();

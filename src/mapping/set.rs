@@ -151,6 +151,25 @@ impl MappingSet {
         now
     }
 
+    /// Logs an error for every source refused because its secret is a development default
+    /// (unless `allow_default_secrets`), and sets the `casegate_source_configured` gauge of every
+    /// source. Called after the first load and after every reload.
+    pub fn report_source_configuration(&self, allow_default_secrets: bool) {
+        for mapping in self.iter() {
+            let defaulted = mapping.verifier.defaulted_variables();
+            let configured = allow_default_secrets || defaulted.is_empty();
+            if !configured {
+                tracing::error!(
+                    source = %mapping.source,
+                    variables = %defaulted.join(", "),
+                    "source not served (503 source_not_configured): its secret is a development default; set the variables"
+                );
+            }
+            metrics::gauge!(crate::prometheus::SOURCE_CONFIGURED, "source" => mapping.source.clone())
+                .set(if configured { 1.0 } else { 0.0 });
+        }
+    }
+
     /// Each source's mapping file and version, sorted by source: what a reload changed, and what
     /// the status endpoint shows.
     pub fn versions(&self) -> BTreeMap<String, SourceVersion> {

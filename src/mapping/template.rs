@@ -1,31 +1,88 @@
-//! Title, label and data templates: literal text with `{{ <path> [?? <default>] [| filter]... }}`
-//! interpolations, parsed once at load.
+//! Title, label and data templates: literal text with
+//! `{{ <source> [?? <source>]... [| filter]... }}` interpolations, parsed once at load.
 //!
-//! Rendering rules: a string renders as itself, a number or boolean as its JSON text, an object or
-//! array as compact JSON, several matches joined with ", ". A path that matches nothing uses its
-//! default; without one it is a [`RenderError::Missing`] (titles and data) or renders empty
-//! (labels, whose empty values are dropped). `null` renders as the default, or empty.
+//! A source is a path (`$...`, `@...`) or, last in a `??` chain, a JSON literal. The first path
+//! that matches something other than `null` wins; a literal always does. Rendering rules: a
+//! string renders as itself, a number or boolean as its JSON text, an object or array as compact
+//! JSON, several matches joined with ", ". When nothing matches and there is no literal (nor a
+//! `default(...)` filter) a title or data string is a [`RenderError::Missing`], a label renders
+//! empty (and is dropped). `null` renders as the default, or empty.
+//!
+//! Filters run left to right on the value. `join`, `json` and `date` see the matched JSON
+//! (several matches, arrays, numbers); the others see its text. Every filter's output is
+//! bounded: `join` separators are at most [`MAX_SEPARATOR_BYTES`], `replace` adds at most
+//! [`MAX_REPLACE_GROWTH`] bytes, and date formats are at most [`MAX_DATE_FORMAT_BYTES`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::OwnedFormatItem;
+use time::format_description::well_known::{Rfc2822, Rfc3339};
 
 use super::path::{CompiledPath, PathError, Scope};
 
+/// Longest `join` separator, in bytes.
+pub const MAX_SEPARATOR_BYTES: usize = 16;
+/// Most bytes one `replace` may add to its input (later occurrences are left as they are).
+pub const MAX_REPLACE_GROWTH: usize = 64 * 1024;
+/// Longest `date` format, in bytes.
+pub const MAX_DATE_FORMAT_BYTES: usize = 64;
+/// Unix timestamps at or above this magnitude are read as milliseconds (1e11 seconds is the
+/// year 5138; 1e11 milliseconds is March 1973).
+pub const UNIX_MILLIS_FROM: i64 = 100_000_000_000;
+
+/// Named value maps of a mapping file (`maps:`), for the `map("name")` filter.
+pub type ValueMaps = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The filters a template knows, as written; shown in errors.
+const KNOWN_FILTERS: &str = "upper, lower, trim, truncate(N), join(\"sep\"), json, date(\"%Y-%m-%d\"), default(\"text\"), replace(\"from\", \"to\"), map(\"name\"[, \"fallback\"])";
+
 /// A formatting step applied to an interpolated value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Filter {
     Upper,
     Lower,
     Trim,
     /// Keep at most N characters, ending with "…" when cut.
     Truncate(usize),
+    /// Several matches (or an array's elements) joined with this separator.
+    Join(String),
+    /// Compact JSON of the value.
+    Json,
+    /// A date (RFC 3339, RFC 2822, or Unix seconds/milliseconds) formatted; anything that is
+    /// not a date is left as it is.
+    Date(DateFormat),
+    /// This text when the value renders empty (also stands in for a path that matched nothing).
+    Default(String),
+    /// Every occurrence of the first text replaced by the second.
+    Replace(String, String),
+    /// The text looked up in a value map; unknown values become the fallback, or stay as they are.
+    Map {
+        values: Arc<BTreeMap<String, String>>,
+        fallback: Option<String>,
+    },
 }
 
-/// One `{{ ... }}`: a path, an optional default and filters.
+/// A compiled `date(...)` format: a strftime-like text as a `time` format description.
+#[derive(Debug, Clone)]
+pub struct DateFormat {
+    items: OwnedFormatItem,
+}
+
+/// One alternative of a `??` chain.
+#[derive(Debug, Clone)]
+enum Source {
+    Path(CompiledPath),
+    Literal(Value),
+}
+
+/// One `{{ ... }}`: paths tried in order, an optional literal default, and filters.
 #[derive(Debug, Clone)]
 pub struct Expr {
-    pub path: CompiledPath,
-    pub default: Option<Value>,
-    pub filters: Vec<Filter>,
+    sources: Vec<Source>,
+    filters: Vec<Filter>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,13 +106,35 @@ pub enum TemplateError {
     #[error("in `{{{{ {expr} }}}}`: {source}")]
     Path { expr: String, source: PathError },
     #[error(
-        "in `{{{{ {expr} }}}}`: the default after `??` must be a JSON literal such as \"unknown\", 0 or null"
+        "in `{{{{ {expr} }}}}`: after `??` comes another path ($... or @...) or a JSON literal such as \"unknown\", 0 or null"
     )]
     BadDefault { expr: String },
     #[error(
-        "in `{{{{ {expr} }}}}`: unknown filter `{filter}` (known: upper, lower, trim, truncate(N))"
+        "in `{{{{ {expr} }}}}`: the literal default {literal} must come last in the `??` chain (nothing after it is ever used)"
     )]
+    LiteralNotLast { expr: String, literal: String },
+    #[error("in `{{{{ {expr} }}}}`: unknown filter `{filter}` (known: {KNOWN_FILTERS})")]
     UnknownFilter { expr: String, filter: String },
+    #[error("in `{{{{ {expr} }}}}`: filter `{filter}`: {message}")]
+    BadFilter {
+        expr: String,
+        filter: String,
+        message: String,
+    },
+}
+
+impl TemplateError {
+    /// The text to look for in the mapping file to say where the error is.
+    pub fn needle(&self) -> Option<&str> {
+        match self {
+            TemplateError::UnknownFilter { filter, .. }
+            | TemplateError::BadFilter { filter, .. } => Some(filter),
+            TemplateError::Path { expr, .. }
+            | TemplateError::BadDefault { expr }
+            | TemplateError::LiteralNotLast { expr, .. } => Some(expr),
+            TemplateError::Unclosed(_) | TemplateError::Empty(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,8 +150,48 @@ pub enum Missing {
     Empty,
 }
 
+static NULL: Value = Value::Null;
+
+/// What the `??` chain resolved to.
+enum Resolved<'a> {
+    /// One or more matches (not a lone `null`).
+    Nodes(Vec<&'a Value>),
+    /// The literal default.
+    Literal(&'a Value),
+    /// Nothing better than `null`.
+    Null,
+    /// Every path matched nothing, and there is no literal.
+    Nothing,
+}
+
+/// The value flowing through the filters.
+enum Current<'a> {
+    /// Nothing matched (a label, or a `default(...)` filter follows): empty text, also for `json`.
+    Absent,
+    One(&'a Value),
+    Many(Vec<&'a Value>),
+    Text(String),
+}
+
+impl Current<'_> {
+    fn into_text(self) -> String {
+        match self {
+            Current::Absent => String::new(),
+            Current::One(value) => to_text(value),
+            Current::Many(values) => join_text(&values, ", "),
+            Current::Text(text) => text,
+        }
+    }
+}
+
 impl Template {
+    /// Parses a template that uses no value map.
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        Template::parse_with(text, &ValueMaps::new())
+    }
+
+    /// Parses a template whose `map(...)` filters may name the file's value maps.
+    pub fn parse_with(text: &str, maps: &ValueMaps) -> Result<Self, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = text;
         let mut offset = 0;
@@ -88,7 +207,7 @@ impl Template {
             if inner.is_empty() {
                 return Err(TemplateError::Empty(offset + open));
             }
-            parts.push(Part::Expr(Expr::parse(inner)?));
+            parts.push(Part::Expr(Expr::parse_with(inner, maps)?));
             let consumed = inner_start + close + 2;
             offset += consumed;
             rest = &rest[consumed..];
@@ -106,9 +225,9 @@ impl Template {
 
     /// Every path the template reads.
     pub fn paths(&self) -> impl Iterator<Item = &CompiledPath> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Expr(e) => Some(&e.path),
-            Part::Literal(_) => None,
+        self.parts.iter().flat_map(|p| match p {
+            Part::Expr(e) => e.paths().collect::<Vec<_>>(),
+            Part::Literal(_) => Vec::new(),
         })
     }
 
@@ -125,76 +244,123 @@ impl Template {
 }
 
 impl Expr {
-    /// Parses `<path> [?? <default>] [| filter]...`.
+    /// Parses `<source> [?? <source>]... [| filter]...` without value maps.
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
-        let segments = split_top_level(text);
+        Expr::parse_with(text, &ValueMaps::new())
+    }
+
+    /// Parses `<source> [?? <source>]... [| filter]...`; `map(...)` may name one of `maps`.
+    pub fn parse_with(text: &str, maps: &ValueMaps) -> Result<Self, TemplateError> {
+        let segments = split_top_level(text, "|");
         let (head, filters) = segments
             .split_first()
             .expect("split returns at least one segment");
-        let (path_text, default_text) = match find_top_level(head, "??") {
-            Some(at) => (&head[..at], Some(head[at + 2..].trim())),
-            None => (head.as_str(), None),
-        };
-        let path = CompiledPath::parse(path_text).map_err(|source| TemplateError::Path {
-            expr: text.to_string(),
-            source,
-        })?;
-        let default = default_text
-            .map(|d| {
-                serde_json::from_str::<Value>(d).map_err(|_| TemplateError::BadDefault {
-                    expr: text.to_string(),
-                })
-            })
-            .transpose()?;
+        let alternatives = split_top_level(head, "??");
+        let mut sources = Vec::with_capacity(alternatives.len());
+        let last = alternatives.len() - 1;
+        for (i, alternative) in alternatives.iter().enumerate() {
+            let alternative = alternative.trim();
+            let source = if i == 0 || alternative.starts_with(['$', '@']) {
+                Source::Path(CompiledPath::parse(alternative).map_err(|source| {
+                    TemplateError::Path {
+                        expr: text.to_string(),
+                        source,
+                    }
+                })?)
+            } else {
+                let literal = serde_json::from_str::<Value>(alternative).map_err(|_| {
+                    TemplateError::BadDefault {
+                        expr: text.to_string(),
+                    }
+                })?;
+                if i != last {
+                    return Err(TemplateError::LiteralNotLast {
+                        expr: text.to_string(),
+                        literal: alternative.to_string(),
+                    });
+                }
+                Source::Literal(literal)
+            };
+            sources.push(source);
+        }
         let filters = filters
             .iter()
-            .map(|f| {
-                parse_filter(f.trim()).ok_or_else(|| TemplateError::UnknownFilter {
-                    expr: text.to_string(),
-                    filter: f.trim().to_string(),
-                })
-            })
+            .map(|f| parse_filter(f.trim(), text, maps))
             .collect::<Result<_, _>>()?;
-        Ok(Expr {
-            path,
-            default,
-            filters,
+        Ok(Expr { sources, filters })
+    }
+
+    /// Every path of the `??` chain, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &CompiledPath> {
+        self.sources.iter().filter_map(|s| match s {
+            Source::Path(path) => Some(path),
+            Source::Literal(_) => None,
         })
     }
 
-    /// The raw value(s) the expression selects, before filters: `None` when nothing matched and
+    /// The paths as written, joined by ` ?? `, for messages.
+    pub fn describe(&self) -> String {
+        self.paths()
+            .map(CompiledPath::as_str)
+            .collect::<Vec<_>>()
+            .join(" ?? ")
+    }
+
+    fn resolve<'a>(&'a self, scope: Scope<'a>) -> Resolved<'a> {
+        let mut saw_null = false;
+        for source in &self.sources {
+            match source {
+                Source::Literal(value) => return Resolved::Literal(value),
+                Source::Path(path) => {
+                    let nodes = path.select(scope);
+                    match nodes.as_slice() {
+                        [] => {}
+                        [Value::Null] => saw_null = true,
+                        _ => return Resolved::Nodes(nodes),
+                    }
+                }
+            }
+        }
+        if saw_null {
+            Resolved::Null
+        } else {
+            Resolved::Nothing
+        }
+    }
+
+    /// The raw value(s) the expression selects, before filters: `None` when no path matched and
     /// there is no default.
     pub fn value(&self, scope: Scope<'_>) -> Option<Value> {
-        let nodes = self.path.select(scope);
-        match nodes.as_slice() {
-            [] => self.default.clone(),
-            [Value::Null] if self.default.is_some() => self.default.clone(),
-            [one] => Some((*one).clone()),
-            many => Some(Value::Array(many.iter().map(|v| (*v).clone()).collect())),
+        match self.resolve(scope) {
+            Resolved::Nodes(nodes) => Some(match nodes.as_slice() {
+                [one] => (*one).clone(),
+                many => Value::Array(many.iter().map(|v| (*v).clone()).collect()),
+            }),
+            Resolved::Literal(value) => Some(value.clone()),
+            Resolved::Null => Some(Value::Null),
+            Resolved::Nothing => None,
         }
     }
 
     pub fn render(&self, scope: Scope<'_>, missing: Missing) -> Result<String, RenderError> {
-        let nodes = self.path.select(scope);
-        let text = match nodes.as_slice() {
-            [] | [Value::Null] => match (&self.default, missing, nodes.is_empty()) {
-                (Some(default), _, _) => to_text(default),
-                (None, Missing::Fail, true) => {
-                    return Err(RenderError::Missing(self.path.as_str().to_string()));
+        let start = match self.resolve(scope) {
+            Resolved::Nodes(mut nodes) if nodes.len() == 1 => Current::One(nodes.remove(0)),
+            Resolved::Nodes(nodes) => Current::Many(nodes),
+            Resolved::Literal(value) => Current::One(value),
+            Resolved::Null => Current::One(&NULL),
+            Resolved::Nothing => {
+                let defaulted = self.filters.iter().any(|f| matches!(f, Filter::Default(_)));
+                if missing == Missing::Fail && !defaulted {
+                    return Err(RenderError::Missing(self.describe()));
                 }
-                (None, _, _) => String::new(),
-            },
-            [one] => to_text(one),
-            many => many
-                .iter()
-                .map(|v| to_text(v))
-                .collect::<Vec<_>>()
-                .join(", "),
+                Current::Absent
+            }
         };
         Ok(self
             .filters
             .iter()
-            .fold(text, |text, filter| filter.apply(text)))
+            .fold(start, |current, filter| filter.apply(current))
+            .into_text())
     }
 
     pub fn has_filters(&self) -> bool {
@@ -203,14 +369,184 @@ impl Expr {
 }
 
 impl Filter {
-    fn apply(&self, text: String) -> String {
+    fn apply<'a>(&self, current: Current<'a>) -> Current<'a> {
+        match self {
+            Filter::Join(separator) => Current::Text(match current {
+                Current::Many(values) => join_text(&values, separator),
+                Current::One(Value::Array(items)) => {
+                    join_text(&items.iter().collect::<Vec<_>>(), separator)
+                }
+                other => other.into_text(),
+            }),
+            Filter::Json => Current::Text(match current {
+                Current::Absent => String::new(),
+                Current::One(value) => value.to_string(),
+                Current::Many(values) => serde_json::to_string(&values).unwrap_or_default(),
+                Current::Text(text) => Value::String(text).to_string(),
+            }),
+            Filter::Date(format) => Current::Text(match current {
+                Current::Absent => String::new(),
+                Current::One(value) => format.apply(value),
+                Current::Many(values) => values
+                    .iter()
+                    .map(|v| format.apply(v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Current::Text(text) => format.apply(&Value::String(text)),
+            }),
+            Filter::Default(fallback) => match current.into_text() {
+                text if text.is_empty() => Current::Text(fallback.clone()),
+                text => Current::Text(text),
+            },
+            other => Current::Text(other.apply_text(current.into_text())),
+        }
+    }
+
+    fn apply_text(&self, text: String) -> String {
         match self {
             Filter::Upper => text.to_uppercase(),
             Filter::Lower => text.to_lowercase(),
             Filter::Trim => text.trim().to_string(),
             Filter::Truncate(max) => truncate_chars(&text, *max),
+            Filter::Replace(from, to) => {
+                let limit = match to.len().checked_sub(from.len()) {
+                    Some(growth) if growth > 0 => MAX_REPLACE_GROWTH / growth,
+                    _ => usize::MAX,
+                };
+                text.replacen(from.as_str(), to, limit)
+            }
+            Filter::Map { values, fallback } => match values.get(&text) {
+                Some(label) => label.clone(),
+                None => fallback.clone().unwrap_or(text),
+            },
+            Filter::Join(_) | Filter::Json | Filter::Date(_) | Filter::Default(_) => text,
         }
     }
+}
+
+impl DateFormat {
+    /// Compiles a strftime-like format (see [`strftime_to_description`]).
+    pub fn parse(pattern: &str) -> Result<DateFormat, String> {
+        if pattern.len() > MAX_DATE_FORMAT_BYTES {
+            return Err(format!(
+                "the format is {} bytes long; the limit is {MAX_DATE_FORMAT_BYTES}",
+                pattern.len()
+            ));
+        }
+        let description = strftime_to_description(pattern)?;
+        let items = time::format_description::parse_owned::<1>(&description)
+            .map_err(|e| format!("cannot compile {pattern:?}: {e}"))?;
+        Ok(DateFormat { items })
+    }
+
+    /// The value formatted, or its plain text when it is not a date.
+    fn apply(&self, value: &Value) -> String {
+        parse_date(value)
+            .and_then(|date| date.format(&self.items).ok())
+            .unwrap_or_else(|| to_text(value))
+    }
+}
+
+/// An ISO 8601 date-time without offset, optionally with fractional seconds.
+static NAIVE_DATE_TIME: std::sync::LazyLock<OwnedFormatItem> = std::sync::LazyLock::new(|| {
+    time::format_description::parse_owned::<2>(
+        "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]",
+    )
+    .expect("a valid format description")
+});
+
+/// Reads a date: an RFC 3339 or RFC 2822 string, an ISO date-time without offset (read as UTC,
+/// as WooCommerce sends `date_created_gmt`), or Unix seconds or milliseconds (a number or a
+/// string of digits; see [`UNIX_MILLIS_FROM`]).
+pub fn parse_date(value: &Value) -> Option<OffsetDateTime> {
+    let unix = |n: i64| {
+        if n.unsigned_abs() >= UNIX_MILLIS_FROM as u64 {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(n) * 1_000_000).ok()
+        } else {
+            OffsetDateTime::from_unix_timestamp(n).ok()
+        }
+    };
+    match value {
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => unix(i),
+            None => n
+                .as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 1e15)
+                .and_then(|f| unix(f.trunc() as i64)),
+        },
+        Value::String(s) => {
+            let s = s.trim();
+            if !s.is_empty()
+                && s.trim_start_matches('-')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            {
+                return s.parse().ok().and_then(unix);
+            }
+            OffsetDateTime::parse(s, &Rfc3339)
+                .or_else(|_| OffsetDateTime::parse(s, &Rfc2822))
+                .ok()
+                .or_else(|| {
+                    time::PrimitiveDateTime::parse(s, &*NAIVE_DATE_TIME)
+                        .ok()
+                        .map(|p| p.assume_utc())
+                })
+        }
+        _ => None,
+    }
+}
+
+/// Translates a strftime-like format into a `time` format description (version 1). The subset:
+/// `%Y %y %m %d %e %H %I %M %S %p %b %h %B %a %A %j %z %:z %F %T %R %%`; any other `%`
+/// sequence is an error, everything else is literal text.
+pub fn strftime_to_description(pattern: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(pattern.len() * 4);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => {
+                let spec = match chars.next() {
+                    Some(':') => match chars.next() {
+                        Some('z') => ":z".to_string(),
+                        other => format!(":{}", other.map(String::from).unwrap_or_default()),
+                    },
+                    Some(other) => other.to_string(),
+                    None => return Err("the format ends with a lone `%`".into()),
+                };
+                out.push_str(match spec.as_str() {
+                    "Y" => "[year]",
+                    "y" => "[year repr:last_two]",
+                    "m" => "[month]",
+                    "d" => "[day]",
+                    "e" => "[day padding:space]",
+                    "H" => "[hour]",
+                    "I" => "[hour repr:12]",
+                    "M" => "[minute]",
+                    "S" => "[second]",
+                    "p" => "[period]",
+                    "b" | "h" => "[month repr:short]",
+                    "B" => "[month repr:long]",
+                    "a" => "[weekday repr:short]",
+                    "A" => "[weekday]",
+                    "j" => "[ordinal]",
+                    "z" => "[offset_hour sign:mandatory][offset_minute]",
+                    ":z" => "[offset_hour sign:mandatory]:[offset_minute]",
+                    "F" => "[year]-[month]-[day]",
+                    "T" => "[hour]:[minute]:[second]",
+                    "R" => "[hour]:[minute]",
+                    "%" => "%",
+                    _ => {
+                        return Err(format!(
+                            "unknown date format `%{spec}` (known: %Y %y %m %d %e %H %I %M %S %p %b %h %B %a %A %j %z %:z %F %T %R %%)"
+                        ));
+                    }
+                });
+            }
+            '[' => out.push_str("[["),
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 /// Cuts `text` to at most `max` characters on a character boundary, ending with "…" when cut.
@@ -234,50 +570,151 @@ fn to_text(value: &Value) -> String {
     }
 }
 
-fn parse_filter(text: &str) -> Option<Filter> {
-    match text {
-        "upper" => Some(Filter::Upper),
-        "lower" => Some(Filter::Lower),
-        "trim" => Some(Filter::Trim),
-        _ => {
-            let arg = text.strip_prefix("truncate(")?.strip_suffix(')')?;
-            arg.trim().parse().ok().map(Filter::Truncate)
+fn join_text(values: &[&Value], separator: &str) -> String {
+    values
+        .iter()
+        .map(|v| to_text(v))
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// Parses one filter: a name, optionally followed by JSON arguments in parentheses.
+fn parse_filter(text: &str, expr: &str, maps: &ValueMaps) -> Result<Filter, TemplateError> {
+    let bad = |message: String| TemplateError::BadFilter {
+        expr: expr.to_string(),
+        filter: text.to_string(),
+        message,
+    };
+    let (name, args) = match text.find('(') {
+        Some(open) => {
+            let inner = text[open + 1..]
+                .strip_suffix(')')
+                .ok_or_else(|| bad("the arguments are not closed with `)`".into()))?;
+            let args: Vec<Value> = serde_json::from_str(&format!("[{inner}]")).map_err(|_| {
+                bad(
+                    "arguments are JSON literals separated by commas, e.g. (\"a\", \"b\") or (20)"
+                        .into(),
+                )
+            })?;
+            (text[..open].trim(), Some(args))
         }
+        None => (text, None),
+    };
+    let strings = |count: std::ops::RangeInclusive<usize>,
+                   what: &str|
+     -> Result<Vec<String>, TemplateError> {
+        let args = args.clone().unwrap_or_default();
+        if !count.contains(&args.len()) {
+            return Err(bad(format!("takes {what}, got {} argument(s)", args.len())));
+        }
+        args.into_iter()
+            .map(|a| match a {
+                Value::String(s) => Ok(s),
+                other => Err(bad(format!("takes {what}; {other} is not a string"))),
+            })
+            .collect()
+    };
+    let no_args = |filter: Filter| match &args {
+        None => Ok(filter),
+        Some(_) => Err(bad(format!("`{name}` takes no arguments"))),
+    };
+    match name {
+        "upper" => no_args(Filter::Upper),
+        "lower" => no_args(Filter::Lower),
+        "trim" => no_args(Filter::Trim),
+        "json" => no_args(Filter::Json),
+        "truncate" => match args.as_deref() {
+            Some([n]) => n
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Filter::Truncate)
+                .ok_or_else(|| bad(format!("takes one whole number of characters, not {n}"))),
+            _ => Err(bad(
+                "takes one argument, the number of characters (truncate(80))".into(),
+            )),
+        },
+        "join" => {
+            let separator = strings(1..=1, "one argument, the separator (join(\", \"))")?.remove(0);
+            if separator.len() > MAX_SEPARATOR_BYTES {
+                return Err(bad(format!(
+                    "the separator may be at most {MAX_SEPARATOR_BYTES} bytes"
+                )));
+            }
+            Ok(Filter::Join(separator))
+        }
+        "date" => {
+            let pattern =
+                strings(1..=1, "one argument, the format (date(\"%Y-%m-%d\"))")?.remove(0);
+            DateFormat::parse(&pattern).map(Filter::Date).map_err(bad)
+        }
+        "default" => {
+            let text = strings(1..=1, "one argument, the text (default(\"none\"))")?.remove(0);
+            Ok(Filter::Default(text))
+        }
+        "replace" => {
+            let mut pair = strings(2..=2, "two arguments (replace(\"from\", \"to\"))")?;
+            let to = pair.pop().expect("two");
+            let from = pair.pop().expect("two");
+            if from.is_empty() {
+                return Err(bad("the text to replace may not be empty".into()));
+            }
+            Ok(Filter::Replace(from, to))
+        }
+        "map" => {
+            let mut names = strings(
+                1..=2,
+                "the name of a map under `maps:` and an optional fallback (map(\"status\", \"Other\"))",
+            )?;
+            let fallback = (names.len() == 2).then(|| names.pop().expect("two"));
+            let map_name = names.pop().expect("one");
+            let values = maps.get(&map_name).ok_or_else(|| {
+                bad(format!(
+                    "no map named {map_name:?} under `maps:` (defined: {})",
+                    if maps.is_empty() {
+                        "none".to_string()
+                    } else {
+                        maps.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ))
+            })?;
+            Ok(Filter::Map {
+                values: Arc::new(values.clone()),
+                fallback,
+            })
+        }
+        _ => Err(TemplateError::UnknownFilter {
+            expr: expr.to_string(),
+            filter: text.to_string(),
+        }),
     }
 }
 
-/// Splits on `|` that is outside brackets and quotes and not part of `||` (a JSONPath "or").
-fn split_top_level(text: &str) -> Vec<String> {
+/// Splits on `separator` outside brackets, parentheses and quotes. A `|` that is part of `||`
+/// (a JSONPath "or") does not split.
+pub(crate) fn split_top_level(text: &str, separator: &str) -> Vec<String> {
     let mut segments = vec![String::new()];
     let mut scanner = Scanner::default();
-    let chars: Vec<char> = text.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if scanner.at_top(c) && c == '|' {
-            if chars.get(i + 1) == Some(&'|') {
-                segments.last_mut().expect("non-empty").push_str("||");
-                i += 2;
-                continue;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        let top = scanner.at_top(c);
+        if top && rest.starts_with("||") && separator == "|" {
+            segments.last_mut().expect("non-empty").push_str("||");
+            scanner.at_top('|');
+            rest = &rest[2..];
+            continue;
+        }
+        if top && rest.starts_with(separator) {
+            for extra in separator.chars().skip(1) {
+                scanner.at_top(extra);
             }
             segments.push(String::new());
-        } else {
-            segments.last_mut().expect("non-empty").push(c);
+            rest = &rest[separator.len()..];
+            continue;
         }
-        i += 1;
+        segments.last_mut().expect("non-empty").push(c);
+        rest = &rest[c.len_utf8()..];
     }
     segments
-}
-
-/// Byte offset of `needle` outside brackets and quotes.
-fn find_top_level(text: &str, needle: &str) -> Option<usize> {
-    let mut scanner = Scanner::default();
-    for (at, c) in text.char_indices() {
-        if scanner.at_top(c) && text[at..].starts_with(needle) {
-            return Some(at);
-        }
-    }
-    None
 }
 
 /// Tracks bracket depth and string literals while scanning an expression.
@@ -382,13 +819,32 @@ mod tests {
 
     #[test]
     fn parse_errors_say_what_is_wrong() {
-        let cases: [(&str, &str); 6] = [
+        let cases: [(&str, &str); 22] = [
             ("Order {{ $.name", "never closed"),
             ("{{ }}", "empty"),
             ("{{ name }}", "starts with `$`"),
             ("{{ $.a[ }}", "invalid JSONPath"),
             ("{{ $.a ?? unknown }}", "JSON literal"),
             ("{{ $.a | shout }}", "unknown filter `shout`"),
+            ("{{ $.a ?? \"x\" ?? $.b }}", "must come last"),
+            ("{{ $.a ?? $.b[ }}", "invalid JSONPath"),
+            ("{{ $.a | date(\"%Q\") }}", "unknown date format `%Q`"),
+            ("{{ $.a | date(\"%Y-%\") }}", "lone `%`"),
+            ("{{ $.a | date }}", "takes one argument, the format"),
+            ("{{ $.a | date(1) }}", "is not a string"),
+            ("{{ $.a | join }}", "takes one argument, the separator"),
+            ("{{ $.a | join(\", \", \"x\") }}", "got 2 argument(s)"),
+            (
+                "{{ $.a | join(\"0123456789abcdefg\") }}",
+                "at most 16 bytes",
+            ),
+            ("{{ $.a | replace(\"a\") }}", "takes two arguments"),
+            ("{{ $.a | replace(\"\", \"b\") }}", "may not be empty"),
+            ("{{ $.a | truncate(-1) }}", "whole number"),
+            ("{{ $.a | upper(1) }}", "takes no arguments"),
+            ("{{ $.a | json() }}", "takes no arguments"),
+            ("{{ $.a | default('x') }}", "JSON literals"),
+            ("{{ $.a | map(\"status\") }}", "no map named \"status\""),
         ];
         for (template, fragment) in cases {
             let error = Template::parse(template).unwrap_err().to_string();
@@ -402,5 +858,168 @@ mod tests {
         assert_eq!(truncate_chars("日本語のテキスト", 3), "日本…");
         assert_eq!(truncate_chars("short", 10), "short");
         assert_eq!(truncate_chars("abc", 0), "");
+    }
+
+    #[test]
+    fn fallback_chains_try_each_path_in_turn() {
+        let payload = json!({
+            "email": null, "customer": {"email": "c@example.com"}, "blank": "", "n": 0
+        });
+        let cases = [
+            (
+                "{{ $.email ?? $.customer.email ?? \"guest\" }}",
+                "c@example.com",
+            ),
+            ("{{ $.nope ?? $.email ?? \"guest\" }}", "guest"),
+            ("{{ $.nope ?? $.also_nope ?? 3 }}", "3"),
+            ("{{ $.blank ?? $.customer.email }}", ""),
+            ("{{ $.n ?? 5 }}", "0"),
+            ("[{{ $.nope ?? $.email }}]", "[]"),
+            ("{{ $.nope ?? @.customer.email | upper }}", "C@EXAMPLE.COM"),
+        ];
+        for (template, expected) in cases {
+            assert_eq!(
+                render(template, &payload).unwrap(),
+                expected,
+                "{template:?}"
+            );
+        }
+        assert_eq!(
+            render("{{ $.nope ?? $.other }}", &payload).unwrap_err(),
+            RenderError::Missing("$.nope ?? $.other".into())
+        );
+        let expr = Expr::parse("$.nope ?? $.customer.email ?? null").unwrap();
+        assert_eq!(
+            expr.value(Scope::of(&payload)),
+            Some(json!("c@example.com"))
+        );
+        let expr = Expr::parse("$.nope ?? $.email").unwrap();
+        assert_eq!(expr.value(Scope::of(&payload)), Some(Value::Null));
+        let expr = Expr::parse("$.nope ?? $.other").unwrap();
+        assert_eq!(expr.value(Scope::of(&payload)), None);
+    }
+
+    #[test]
+    fn filters_table() {
+        let payload = json!({
+            "tags": ["a", "b", "c"], "one": ["x"], "items": [{"sku": "A"}, {"sku": "B"}],
+            "obj": {"k": [1, "two"]}, "text": "hello \"world\"", "status": "pending",
+            "code": 404, "rfc": "2024-05-14T10:42:17+02:00", "utc": "2024-05-14T08:42:17Z",
+            "naive": "2017-03-22T16:28:02", "rfc2822": "Tue, 14 May 2024 08:42:17 +0000",
+            "secs": 1715676137, "millis": 1715676137000_i64, "digits": "1715676137",
+            "float": 1715676137.9, "not_a_date": "soon", "empty": "", "null": null,
+            "dates": ["2024-01-02T00:00:00Z", 0]
+        });
+        let cases = [
+            ("{{ $.tags[*] | join(\" / \") }}", "a / b / c"),
+            ("{{ $.tags | join(\"+\") }}", "a+b+c"),
+            ("{{ $.items[*].sku | join(\"\") }}", "AB"),
+            ("{{ $.one[*] | join(\",\") }}", "x"),
+            ("{{ $.text | join(\",\") }}", "hello \"world\""),
+            ("{{ $.obj | json }}", "{\"k\":[1,\"two\"]}"),
+            ("{{ $.text | json }}", "\"hello \\\"world\\\"\""),
+            ("{{ $.tags[*] | json }}", "[\"a\",\"b\",\"c\"]"),
+            ("{{ $.code | json }}", "404"),
+            ("{{ $.null | json }}", "null"),
+            ("[{{ $.missing | json | default(\"-\") }}]", "[-]"),
+            (
+                "{{ $.rfc | date(\"%Y-%m-%d %H:%M %z\") }}",
+                "2024-05-14 10:42 +0200",
+            ),
+            (
+                "{{ $.utc | date(\"%d %b %Y, %H:%M:%S\") }}",
+                "14 May 2024, 08:42:17",
+            ),
+            ("{{ $.naive | date(\"%F %T\") }}", "2017-03-22 16:28:02"),
+            ("{{ $.rfc2822 | date(\"%F\") }}", "2024-05-14"),
+            ("{{ $.secs | date(\"%F %T\") }}", "2024-05-14 08:42:17"),
+            ("{{ $.millis | date(\"%F %T\") }}", "2024-05-14 08:42:17"),
+            ("{{ $.digits | date(\"%A %e %B\") }}", "Tuesday 14 May"),
+            ("{{ $.float | date(\"%T\") }}", "08:42:17"),
+            (
+                "{{ $.secs | date(\"%I:%M %p, %a %j, [%y] %:z 100%%\") }}",
+                "08:42 AM, Tue 135, [24] +00:00 100%",
+            ),
+            ("{{ $.not_a_date | date(\"%F\") }}", "soon"),
+            ("{{ $.dates[*] | date(\"%F\") }}", "2024-01-02, 1970-01-01"),
+            ("{{ $.empty | default(\"none\") }}", "none"),
+            ("{{ $.null | default(\"none\") }}", "none"),
+            ("{{ $.missing | default(\"none\") }}", "none"),
+            ("{{ $.status | default(\"none\") }}", "pending"),
+            ("{{ $.text | replace(\"\\\"\", \"'\") }}", "hello 'world'"),
+            (
+                "{{ $.status | replace(\"n\", \"N\") | upper | replace(\"PE\", \"pe\") }}",
+                "peNDING",
+            ),
+            ("{{ $.missing ?? \"\" | default(\"-\") | upper }}", "-"),
+            (
+                "{{ $.tags[*] | join(\"|\") | replace(\"|\", \" or \") }}",
+                "a or b or c",
+            ),
+        ];
+        for (template, expected) in cases {
+            assert_eq!(
+                render(template, &payload).unwrap(),
+                expected,
+                "{template:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn value_maps_turn_codes_into_labels_with_a_fallback() {
+        let maps: ValueMaps = BTreeMap::from([(
+            "payment".to_string(),
+            BTreeMap::from([
+                ("paid".to_string(), "Paid".to_string()),
+                ("pending".to_string(), "Awaiting payment".to_string()),
+                ("404".to_string(), "Not found".to_string()),
+            ]),
+        )]);
+        let payload = json!({"a": "paid", "b": "pending", "c": "refunded", "code": 404});
+        let cases = [
+            ("{{ $.a | map(\"payment\") }}", "Paid"),
+            (
+                "{{ $.b | map(\"payment\", \"Other\") | upper }}",
+                "AWAITING PAYMENT",
+            ),
+            ("{{ $.c | map(\"payment\") }}", "refunded"),
+            ("{{ $.c | map(\"payment\", \"Other\") }}", "Other"),
+            ("{{ $.code | map(\"payment\") }}", "Not found"),
+            ("{{ $.missing ?? \"paid\" | map(\"payment\") }}", "Paid"),
+        ];
+        for (template, expected) in cases {
+            let rendered = Template::parse_with(template, &maps)
+                .unwrap()
+                .render(Scope::of(&payload), Missing::Fail)
+                .unwrap();
+            assert_eq!(rendered, expected, "{template:?}");
+        }
+        let error = Template::parse_with("{{ $.a | map(\"statuses\") }}", &maps)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("defined: payment"), "{error}");
+    }
+
+    #[test]
+    fn replace_growth_is_bounded() {
+        let payload = json!({"a": "a".repeat(100_000)});
+        let big = "b".repeat(1025);
+        let template = format!("{{{{ $.a | replace(\"a\", \"{big}\") }}}}");
+        let out = render(&template, &payload).unwrap();
+        assert!(out.len() <= 100_000 + MAX_REPLACE_GROWTH, "{}", out.len());
+        assert!(out.starts_with(&big));
+        assert!(out.ends_with('a'));
+    }
+
+    #[test]
+    fn strftime_subset_translates_and_escapes_brackets() {
+        assert_eq!(strftime_to_description("[%Y]").unwrap(), "[[[year]]");
+        assert!(strftime_to_description("%:q").unwrap_err().contains("%:q"));
+        assert!(
+            DateFormat::parse(&"%Y".repeat(40))
+                .unwrap_err()
+                .contains("limit")
+        );
     }
 }

@@ -206,6 +206,43 @@ rules:
 }
 
 #[test]
+fn event_type_and_delivery_id_paths_fall_back_with_double_question_marks() {
+    // HubSpot's documentation still shows `eventType` where deliveries now carry
+    // `subscriptionType`; a mapping reads either, preferring the first path that finds a value.
+    let yaml = format!(
+        r#"
+verify: {{scheme: none}}
+event_type: {{path: '@.subscriptionType ?? @.eventType'}}
+delivery_id: {{path: '$[0].deliveryId ?? $[0].eventId'}}
+rules:
+  - name: contacts
+    for_each: '$[*]'
+    when: {{event: contact.creation}}
+    queue: {QUEUE}
+    title: 'Contact {{{{ @.objectId }}}}'
+"#
+    );
+    let mapping = compile(&yaml).unwrap();
+    let payload = json!([
+        {"objectId": 1, "eventType": "contact.creation", "eventId": 7},
+        {"objectId": 2, "subscriptionType": "contact.creation", "eventType": "ignored"},
+        {"objectId": 3, "subscriptionType": null, "eventType": "contact.creation"},
+        {"objectId": 4, "eventType": "contact.deletion"},
+        {"objectId": 5}
+    ]);
+    let cases = apply(&mapping, &payload, &Headers::new()).unwrap();
+    let titles: Vec<_> = cases.iter().map(|c| c.title.as_str()).collect();
+    assert_eq!(titles, ["Contact 1", "Contact 2", "Contact 3"]);
+    assert_eq!(
+        mapping.delivery_id_of(&payload, &Headers::new()).as_deref(),
+        Some("7")
+    );
+    let bad = yaml.replace("@.subscriptionType ?? @.eventType", "@.subscriptionType ??");
+    let err = compile(&bad).unwrap_err().to_string();
+    assert!(err.contains("event_type"), "{err}");
+}
+
+#[test]
 fn titles_are_cut_to_500_characters_and_empty_titles_fail() {
     let mapping = compile(&format!("verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: '{{{{ $.t }}}}'\n")).unwrap();
     let long = "é".repeat(800);
@@ -306,5 +343,108 @@ fn a_path_nesting_bomb_is_refused_at_load_not_at_runtime() {
     assert!(
         error.contains("for_each") && error.contains("limit"),
         "{error}"
+    );
+}
+
+#[test]
+fn template_load_errors_say_file_line_and_column() {
+    let cases = [
+        (
+            "    title: '{{ $.a | shout }}'\n",
+            5,
+            22,
+            "unknown filter `shout`",
+        ),
+        (
+            "    title: t\n    labels:\n      - {key: k, value: '{{ $.a | date(\"%Q\") }}'}\n",
+            7,
+            35,
+            "unknown date format `%Q`",
+        ),
+        (
+            "    title: t\n    data:\n      when: '$.a | replace(\"x\")'\n",
+            7,
+            20,
+            "takes two arguments",
+        ),
+        (
+            "    title: '{{ $.s | map(\"nope\") }}'\n",
+            5,
+            22,
+            "no map named \"nope\"",
+        ),
+    ];
+    for (rule_tail, line, column, fragment) in cases {
+        let yaml = format!(
+            "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n{rule_tail}"
+        );
+        let error = compile(&yaml).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(fragment), "{text}");
+        assert!(
+            text.starts_with(&format!("test-source.yaml:{line}:{column}: rule `r`: ")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_duplicated_key_is_reported_where_the_duplicate_is() {
+    let cases = [
+        (
+            format!(
+                "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: t\n    # note\n    title: u\n"
+            ),
+            (7, 5),
+            "rules[0]: duplicate key `title`",
+        ),
+        (
+            format!(
+                "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: t\n    data: {{a: 1, b: {{a: 3}}, 'a': 2}}\n"
+            ),
+            (6, 29),
+            "rules[0].data: duplicate key `a`",
+        ),
+        (
+            format!(
+                "verify: {{scheme: none}}\nrules:\n  - name: r\n    queue: {QUEUE}\n    title: t\nverify: {{scheme: none}}\n"
+            ),
+            (6, 1),
+            "duplicate key `verify`",
+        ),
+    ];
+    for (yaml, (line, column), fragment) in cases {
+        match compile(&yaml).unwrap_err() {
+            MappingLoadError::Syntax {
+                line: l,
+                column: c,
+                message,
+                ..
+            } => {
+                assert_eq!((l, c), (line, column), "{message}");
+                assert!(message.contains(fragment), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_match_names_the_absent_event_type_header() {
+    let yaml = format!(
+        "verify: {{scheme: none}}\nevent_type: {{header: X-Shopify-Topic}}\nrules:\n  - name: r\n    when: {{event: orders/create}}\n    queue: {QUEUE}\n    title: t\n"
+    );
+    let mapping = compile(&yaml).unwrap();
+    let mut headers = Headers::new();
+    let reason = mapping.no_match_reason(&headers);
+    assert!(
+        reason.contains("`X-Shopify-Topic` header, which the request lacks"),
+        "{reason}"
+    );
+    headers.insert("x-shopify-topic", "orders/updated");
+    let reason = mapping.no_match_reason(&headers);
+    assert!(
+        !reason.contains("lacks") && reason.starts_with("no rule matched"),
+        "{reason}"
     );
 }

@@ -29,6 +29,11 @@ pub struct Faults {
     /// A regex; a request holding a case whose title matches it is refused with 400, naming the
     /// first such case (`cases[3].title matches ...`), so a client can isolate poison cases.
     pub reject_title_pattern: Option<String>,
+    /// A regex; a request holding a case whose title matches it is answered 500 and stores
+    /// nothing, while every other request succeeds: a case the API fails on (not refuses).
+    pub fail_title_pattern: Option<String>,
+    /// Queue ids the API does not know: requests for them are answered 404.
+    pub missing_queues: Vec<String>,
 }
 
 /// Faults that cannot be applied.
@@ -59,6 +64,7 @@ pub struct Outage {
 pub struct Compiled {
     spec: Faults,
     pattern: Option<Regex>,
+    fail_pattern: Option<Regex>,
     outage: OutageWindow,
 }
 
@@ -81,6 +87,12 @@ impl Compiled {
             .map(Regex::new)
             .transpose()
             .map_err(|e| FaultsError::Pattern(e.to_string()))?;
+        let fail_pattern = spec
+            .fail_title_pattern
+            .as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| FaultsError::Pattern(e.to_string()))?;
         let outage = match (spec.outage, spec.outage_for_secs) {
             (_, Some(secs)) => OutageWindow::Until(now + Duration::from_secs(secs)),
             (true, None) => OutageWindow::Open,
@@ -89,6 +101,7 @@ impl Compiled {
         Ok(Compiled {
             spec,
             pattern,
+            fail_pattern,
             outage,
         })
     }
@@ -128,6 +141,21 @@ impl Compiled {
     pub fn poisoned(&self, cases: &[NewCase]) -> Option<usize> {
         let pattern = self.pattern.as_ref()?;
         cases.iter().position(|c| pattern.is_match(&c.title))
+    }
+
+    /// Whether a case of this request makes the API fail (500) rather than refuse.
+    pub fn fails_on(&self, cases: &[NewCase]) -> bool {
+        self.fail_pattern
+            .as_ref()
+            .is_some_and(|p| cases.iter().any(|c| p.is_match(&c.title)))
+    }
+
+    /// Whether the API does not know this queue.
+    pub fn missing(&self, queue_id: &str) -> bool {
+        self.spec
+            .missing_queues
+            .iter()
+            .any(|q| q.eq_ignore_ascii_case(queue_id))
     }
 
     /// Whether to fail this request, and with which status. `roll` is uniform in [0, 1) and
@@ -220,6 +248,19 @@ mod tests {
         let cases = [case("ok"), case("poison 1"), case("poison 2")];
         assert_eq!(f.poisoned(&cases), Some(1));
         assert_eq!(f.poisoned(&cases[..1]), None);
+    }
+
+    #[test]
+    fn a_failing_title_fails_its_request_and_a_missing_queue_is_unknown() {
+        let (_, f) = compiled(Faults {
+            fail_title_pattern: Some("^boom".to_owned()),
+            missing_queues: vec!["Q1".to_owned()],
+            ..Faults::default()
+        });
+        assert!(f.fails_on(&[case("ok"), case("boom 7")]));
+        assert!(!f.fails_on(&[case("ok"), case("fine boom")]));
+        assert!(f.missing("q1"));
+        assert!(!f.missing("q2"));
     }
 
     #[test]

@@ -28,8 +28,9 @@
 //! 3. `Authorization: Bearer <key>` → 401 when missing, malformed or not the configured key;
 //! 4. rate limit → 429; 5. `queue_id` → 400; 6. body over `max_body_bytes` → 413;
 //!    `Content-Type` not `application/json` → 400; 7. body contract → 400 naming the first bad
-//!    case (`cases[3].title must ...`); 8. title pattern (fault) → 400 naming the case;
-//!    9. `error_ratio` (fault) → 500/502/503; 10. store → 201.
+//!    case (`cases[3].title must ...`); 8. missing queue (fault) → 404; title pattern (fault)
+//!    → 400 naming the case; 9. fail title pattern (fault) → 500; `error_ratio` (fault) →
+//!    500/502/503; 10. store → 201.
 //!
 //! A malformed `queue_id` is a 400, not a 404: the docs declare the pattern on the path
 //! parameter, and a schema-validated API refuses such a request before looking anything up. Any
@@ -371,11 +372,19 @@ impl Sandbox {
         };
         let unix_ms = self.inner.clock.unix_ms();
         let mut state = self.state();
+        if state.faults.missing(&queue_id) {
+            return Err(SandboxError::NotFound(format!(
+                "queue {queue_id} does not exist (fault injection)"
+            )));
+        }
         if let Some(i) = state.faults.poisoned(&request.cases) {
             return Err(SandboxError::Invalid(format!(
                 "{}.title matches the sandbox's reject_title_pattern (fault injection)",
                 request.form.case_path(i)
             )));
+        }
+        if state.faults.fails_on(&request.cases) {
+            return Err(SandboxError::Injected { status: 500 });
         }
         if let Some(status) = state.faults.injected_status(roll, pick) {
             return Err(SandboxError::Injected { status });

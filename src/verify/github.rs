@@ -42,7 +42,7 @@ impl Github {
             .ok_or_else(|| VerifyError::bad_format(SIGNATURE_HEADER, "expected sha256=<hex>"))?;
         let tag = hex::decode(hex_tag)
             .map_err(|_| VerifyError::bad_format(SIGNATURE_HEADER, "not hex"))?;
-        if super::any_hmac_sha256_matches(&self.keys, &[&request.body], &tag) {
+        if super::any_hmac_sha256_matches(&self.keys, &[&request.body], &[&tag]) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)

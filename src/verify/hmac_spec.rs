@@ -209,6 +209,11 @@ pub(super) struct HmacScheme {
 }
 
 impl HmacScheme {
+    /// True when a timestamp header is part of the signed content.
+    pub(super) fn signs_timestamp(&self) -> bool {
+        self.timestamp_header.is_some()
+    }
+
     pub(super) fn signature_header(&self) -> String {
         self.header.to_ascii_lowercase()
     }
@@ -236,12 +241,14 @@ impl HmacScheme {
             None => None,
         };
         let parts = self.signed_parts(request, timestamp)?;
-        let matches = self.keys.iter().any(|key| match self.algorithm {
-            HmacAlgorithm::Sha1 => mac::<Hmac<Sha1>>(key, &parts).verify_slice(&tag).is_ok(),
-            HmacAlgorithm::Sha256 => mac::<Hmac<Sha256>>(key, &parts).verify_slice(&tag).is_ok(),
-            HmacAlgorithm::Sha512 => mac::<Hmac<Sha512>>(key, &parts).verify_slice(&tag).is_ok(),
-        });
-        if matches {
+        let tag_len = match self.algorithm {
+            HmacAlgorithm::Sha1 => 20,
+            HmacAlgorithm::Sha256 => 32,
+            HmacAlgorithm::Sha512 => 64,
+        };
+        if super::any_tag_matches(&self.keys, &[&tag], tag_len, |key| {
+            self.compute(key, &parts)
+        }) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)
@@ -256,20 +263,7 @@ impl HmacScheme {
             // A sample lacking a `{header:NAME}` it needs cannot be signed meaningfully: the MAC
             // of nothing is written, and verify reports the header as missing.
             let parts = self.signed_parts(request, stamped).unwrap_or_default();
-            match self.algorithm {
-                HmacAlgorithm::Sha1 => mac::<Hmac<Sha1>>(&self.keys[0], &parts)
-                    .finalize()
-                    .into_bytes()
-                    .to_vec(),
-                HmacAlgorithm::Sha256 => mac::<Hmac<Sha256>>(&self.keys[0], &parts)
-                    .finalize()
-                    .into_bytes()
-                    .to_vec(),
-                HmacAlgorithm::Sha512 => mac::<Hmac<Sha512>>(&self.keys[0], &parts)
-                    .finalize()
-                    .into_bytes()
-                    .to_vec(),
-            }
+            self.compute(&self.keys[0], &parts)
         };
         if let Some(name) = &self.timestamp_header {
             headers.push((name.as_str(), timestamp.clone()));
@@ -279,6 +273,24 @@ impl HmacScheme {
             format!("{}{}", self.prefix, self.encode(&tag)),
         ));
         super::set_headers(request, headers);
+    }
+
+    /// The configured algorithm's MAC of `parts` under `key`.
+    fn compute(&self, key: &Key, parts: &[&[u8]]) -> Vec<u8> {
+        match self.algorithm {
+            HmacAlgorithm::Sha1 => mac::<Hmac<Sha1>>(key, parts)
+                .finalize()
+                .into_bytes()
+                .to_vec(),
+            HmacAlgorithm::Sha256 => mac::<Hmac<Sha256>>(key, parts)
+                .finalize()
+                .into_bytes()
+                .to_vec(),
+            HmacAlgorithm::Sha512 => mac::<Hmac<Sha512>>(key, parts)
+                .finalize()
+                .into_bytes()
+                .to_vec(),
+        }
     }
 
     fn decode(&self, encoded: &str) -> Result<Vec<u8>, VerifyError> {

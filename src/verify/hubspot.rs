@@ -20,7 +20,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::timestamp::{self, default_tolerance_secs};
 use super::{BuildContext, InboundRequest, Key, VerifyError, VerifySpecError};
@@ -93,6 +92,11 @@ pub(super) struct Hubspot {
 }
 
 impl Hubspot {
+    /// True when v1 or v2 (which sign no timestamp) is accepted.
+    pub(super) fn accepts_unstamped(&self) -> bool {
+        self.versions.iter().any(|v| *v != HubspotVersion::V3)
+    }
+
     pub(super) fn verify(
         &self,
         request: &InboundRequest,
@@ -148,7 +152,7 @@ impl Hubspot {
             &request.body,
             ts.as_bytes(),
         ];
-        if super::any_hmac_sha256_matches(&self.keys, &parts, &tag) {
+        if super::any_hmac_sha256_matches(&self.keys, &parts, &[&tag]) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)
@@ -163,11 +167,10 @@ impl Hubspot {
     ) -> Result<(), VerifyError> {
         let tag = hex::decode(signature.trim())
             .map_err(|_| VerifyError::bad_format(LEGACY_SIGNATURE_HEADER, "not hex"))?;
-        let matches = self
-            .keys
-            .iter()
-            .any(|key| bool::from(legacy_hash(version, key, request).as_slice().ct_eq(&tag)));
-        if matches {
+        let tag_len = <Sha256 as Digest>::output_size();
+        if super::any_tag_matches(&self.keys, &[&tag], tag_len, |key| {
+            legacy_hash(version, key, request)
+        }) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)

@@ -7,8 +7,11 @@
 //!
 //! Invariants every scheme keeps:
 //! - The signature is computed over the body's raw bytes as received, before any parsing.
-//! - Signatures are compared in constant time (`hmac`'s `verify_slice`, or `subtle` for
-//!   passwords and tokens).
+//! - Signatures are compared in constant time (`subtle`).
+//! - The work one request causes is bounded by the configured secrets, never by the request:
+//!   each secret's MAC is computed at most once per request, a candidate of the wrong length or
+//!   encoding is dropped without hashing, and a header with more than
+//!   [`MAX_SIGNATURE_CANDIDATES`] candidates is refused before anything is hashed.
 //! - Several secrets may be configured at once so a secret can be rotated without downtime; a
 //!   request is accepted if any of them matches.
 //! - Where the provider signs a timestamp, timestamps further than `tolerance_secs` (default 300)
@@ -64,8 +67,10 @@ pub use zendesk::ZendeskSpec;
 /// ```
 ///
 /// Secrets and usernames are raw strings that may contain `${ENV}` references; they are
-/// resolved by [`VerifySpec::build`], never at parse time, so a parsed spec can be printed.
-#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+/// resolved by [`VerifySpec::build`], never at parse time. Even so a raw value may be a literal
+/// secret or carry one as its `:-` default, so `Debug` prints the scheme and how many secrets it
+/// lists, never their text.
+#[derive(Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum VerifySpec {
     Shopify(ShopifySpec),
@@ -90,13 +95,36 @@ pub enum VerifySpec {
     None {},
 }
 
+impl fmt::Debug for VerifySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, secrets) = match self {
+            VerifySpec::Shopify(s) => ("shopify", s.secrets.len()),
+            VerifySpec::Stripe(s) => ("stripe", s.secrets.len()),
+            VerifySpec::Github(s) => ("github", s.secrets.len()),
+            VerifySpec::Hubspot(s) => ("hubspot", s.secrets.len()),
+            VerifySpec::StandardWebhooks(s) => ("standard-webhooks", s.secrets.len()),
+            VerifySpec::Slack(s) => ("slack", s.secrets.len()),
+            VerifySpec::Zendesk(s) => ("zendesk", s.secrets.len()),
+            VerifySpec::Woocommerce(s) => ("woocommerce", s.secrets.len()),
+            VerifySpec::Hmac(s) => ("hmac", s.secrets.len()),
+            VerifySpec::Basic(s) => ("basic", s.secrets.len()),
+            VerifySpec::Token(s) => ("token", s.secrets.len()),
+            VerifySpec::None {} => ("none", 0),
+        };
+        f.debug_struct("VerifySpec")
+            .field("scheme", &scheme)
+            .field("secrets", &format_args!("[{secrets} redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl VerifySpec {
     /// Resolves `${ENV}` references and validates the block. Errors name the offending field
     /// (e.g. `verify.secrets[1]`) and never contain a secret's value.
     pub fn build(&self, env: &Env) -> Result<Verifier, VerifySpecError> {
         let mut ctx = BuildContext {
             env,
-            used_default: false,
+            defaulted: Vec::new(),
         };
         let scheme = match self {
             VerifySpec::Shopify(spec) => Scheme::Shopify(spec.build(&mut ctx)?),
@@ -114,7 +142,7 @@ impl VerifySpec {
         };
         Ok(Verifier {
             scheme: Arc::new(scheme),
-            uses_default_secret: ctx.used_default,
+            defaulted: Arc::new(ctx.defaulted),
         })
     }
 }
@@ -124,7 +152,8 @@ impl VerifySpec {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     scheme: Arc<Scheme>,
-    uses_default_secret: bool,
+    /// Variables whose `${VAR:-default}` fallback supplied a secret (or the basic username).
+    defaulted: Arc<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -220,7 +249,31 @@ impl Verifier {
     /// True when any secret (or the basic-auth username) came from a `${VAR:-default}`
     /// fallback: a development default is running, and startup warns.
     pub fn uses_default_secret(&self) -> bool {
-        self.uses_default_secret
+        !self.defaulted.is_empty()
+    }
+
+    /// The environment variables to set so no secret falls back to its development default.
+    pub fn defaulted_variables(&self) -> &[String] {
+        &self.defaulted
+    }
+
+    /// True when the scheme signs no timestamp, so a captured request verifies again forever;
+    /// ingest then dedupes on the body too.
+    pub fn signs_no_timestamp(&self) -> bool {
+        match &*self.scheme {
+            Scheme::Shopify(_)
+            | Scheme::Github(_)
+            | Scheme::Woocommerce(_)
+            | Scheme::Basic(_)
+            | Scheme::Token(_) => true,
+            Scheme::Hmac(s) => !s.signs_timestamp(),
+            Scheme::Hubspot(s) => s.accepts_unstamped(),
+            Scheme::Stripe(_)
+            | Scheme::StandardWebhooks(_)
+            | Scheme::Slack(_)
+            | Scheme::Zendesk(_)
+            | Scheme::None => false,
+        }
     }
 
     /// Lower-case names of the headers that carry credentials or signatures; they must be
@@ -365,7 +418,7 @@ pub enum VerifySpecError {
 /// What [`VerifySpec::build`] threads through the per-scheme builders.
 struct BuildContext<'a> {
     env: &'a Env,
-    used_default: bool,
+    defaulted: Vec<String>,
 }
 
 impl BuildContext<'_> {
@@ -380,7 +433,11 @@ impl BuildContext<'_> {
                 field: field.to_string(),
             });
         }
-        self.used_default |= resolved.used_default;
+        for name in resolved.defaulted {
+            if !self.defaulted.contains(&name) {
+                self.defaulted.push(name);
+            }
+        }
         Ok(Secret::new(resolved.value))
     }
 
@@ -438,6 +495,44 @@ impl fmt::Debug for Key {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Most signature candidates one request may carry. Providers send one, or two while a secret
+/// rotates; a header with more is refused as `malformed_signature_header` before anything is
+/// hashed, so the work a request can cause is bounded by the configured secrets, not by it.
+pub const MAX_SIGNATURE_CANDIDATES: usize = 8;
+
+/// Length of an HMAC-SHA256 tag; candidates of any other length are dropped unhashed.
+const SHA256_TAG_LEN: usize = 32;
+
+/// Refuses a header with more than [`MAX_SIGNATURE_CANDIDATES`] entries.
+fn check_candidate_count(header: &str, count: usize) -> Result<(), VerifyError> {
+    if count > MAX_SIGNATURE_CANDIDATES {
+        return Err(VerifyError::bad_format(
+            header,
+            &format!("more than {MAX_SIGNATURE_CANDIDATES} signatures"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// MACs computed over a request on this thread (tests prove the per-request bound with it).
+    static MACS_COMPUTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one MAC computation over a request (a no-op outside tests).
+#[inline]
+fn count_mac() {
+    #[cfg(test)]
+    MACS_COMPUTED.with(|n| n.set(n.get() + 1));
+}
+
+/// MACs computed on this thread so far.
+#[cfg(test)]
+pub(crate) fn macs_computed() -> u64 {
+    MACS_COMPUTED.with(|n| n.get())
+}
+
 /// HMAC-SHA256 over the concatenation of `parts`, fed piecewise so a large body is not copied.
 fn hmac_sha256(key: &Key, parts: &[&[u8]]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key.bytes()).expect("HMAC accepts keys of any length");
@@ -451,10 +546,40 @@ fn hmac_sha256_bytes(key: &Key, parts: &[&[u8]]) -> Vec<u8> {
     hmac_sha256(key, parts).finalize().into_bytes().to_vec()
 }
 
-/// True when any key's HMAC-SHA256 of `parts` equals `tag` (constant-time per key).
-fn any_hmac_sha256_matches(keys: &[Key], parts: &[&[u8]], tag: &[u8]) -> bool {
-    keys.iter()
-        .any(|key| hmac_sha256(key, parts).verify_slice(tag).is_ok())
+/// True when any key's HMAC-SHA256 of `parts` equals any of `tags`.
+fn any_hmac_sha256_matches<T: AsRef<[u8]>>(keys: &[Key], parts: &[&[u8]], tags: &[T]) -> bool {
+    any_tag_matches(keys, tags, SHA256_TAG_LEN, |key| {
+        hmac_sha256_bytes(key, parts)
+    })
+}
+
+/// True when any key's MAC equals any of `tags`. `mac` runs ONCE per key, however many
+/// candidates there are. Tags whose length is not `tag_len` cannot match and cost no hashing:
+/// when none has it, nothing is computed at all. Every comparison is constant-time and all of
+/// them run, so timing does not reveal which key or candidate matched.
+fn any_tag_matches<T: AsRef<[u8]>>(
+    keys: &[Key],
+    tags: &[T],
+    tag_len: usize,
+    mac: impl Fn(&Key) -> Vec<u8>,
+) -> bool {
+    let tags: Vec<&[u8]> = tags
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|tag| tag.len() == tag_len)
+        .collect();
+    if tags.is_empty() {
+        return false;
+    }
+    let mut matched = subtle::Choice::from(0);
+    for key in keys {
+        count_mac();
+        let computed = mac(key);
+        for tag in &tags {
+            matched |= subtle::ConstantTimeEq::ct_eq(computed.as_slice(), *tag);
+        }
+    }
+    bool::from(matched)
 }
 
 /// Replaces (not appends) headers on `request`: `Headers::get` returns the first value, so a

@@ -37,7 +37,7 @@ impl Shopify {
         let tag = STANDARD
             .decode(header.trim())
             .map_err(|_| VerifyError::bad_format(SIGNATURE_HEADER, "not base64"))?;
-        if super::any_hmac_sha256_matches(&self.keys, &[&request.body], &tag) {
+        if super::any_hmac_sha256_matches(&self.keys, &[&request.body], &[&tag]) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)

@@ -58,7 +58,7 @@ impl Slack {
         let signed_at = timestamp::parse_unix_secs(TIMESTAMP_HEADER, ts)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
         let parts: [&[u8]; 5] = [VERSION.as_bytes(), b":", ts.as_bytes(), b":", &request.body];
-        if super::any_hmac_sha256_matches(&self.keys, &parts, &tag) {
+        if super::any_hmac_sha256_matches(&self.keys, &parts, &[&tag]) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)

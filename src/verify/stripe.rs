@@ -50,6 +50,8 @@ impl Stripe {
     ) -> Result<(), VerifyError> {
         let header = super::required_header(request, SIGNATURE_HEADER)?;
         let mut t = None;
+        // Raw `v1` values: counted before any is decoded, so a header of thousands of entries
+        // is refused without work.
         let mut candidates = Vec::new();
         for item in header.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -57,13 +59,18 @@ impl Stripe {
             };
             match key.trim() {
                 "t" if t.is_none() => t = Some(value.trim()),
-                // A v1 entry that is not hex cannot match; skipping it lets the others count.
-                "v1" => candidates.extend(hex::decode(value.trim()).ok()),
+                "v1" => candidates.push(value.trim()),
                 _ => {}
             }
+            super::check_candidate_count(SIGNATURE_HEADER, candidates.len())?;
         }
         let t = t.ok_or_else(|| VerifyError::bad_format(SIGNATURE_HEADER, "no t= timestamp"))?;
-        if candidates.is_empty() {
+        // A v1 entry that is not hex cannot match; dropping it lets the others count.
+        let tags: Vec<Vec<u8>> = candidates
+            .iter()
+            .filter_map(|value| hex::decode(value).ok())
+            .collect();
+        if tags.is_empty() {
             return Err(VerifyError::bad_format(
                 SIGNATURE_HEADER,
                 "no v1= signature",
@@ -72,10 +79,7 @@ impl Stripe {
         let signed_at = timestamp::parse_unix_secs(SIGNATURE_HEADER, t)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
         let parts: [&[u8]; 3] = [t.as_bytes(), b".", &request.body];
-        if candidates
-            .iter()
-            .any(|tag| super::any_hmac_sha256_matches(&self.keys, &parts, tag))
-        {
+        if super::any_hmac_sha256_matches(&self.keys, &parts, &tags) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)

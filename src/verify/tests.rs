@@ -246,28 +246,176 @@ fn debug_output_never_contains_a_secret() {
 
 #[test]
 fn error_messages_never_contain_a_secret_or_the_expected_signature() {
+    // Verified inside the tolerance window, so every timestamped scheme gets past its clock
+    // check and reaches the signature comparison, whose message is the one that could leak.
+    let signed_at = at(1_700_000_000);
+    let checked_at = at(1_700_000_000 + 10);
     for (name, yaml) in every_scheme() {
         let v = build(&yaml, &Env::default()).unwrap();
         let mut good = request(&[("X-Event", "e")], b"{\"a\":1}");
-        v.sign(&mut good, at(1_700_000_000));
+        v.sign(&mut good, signed_at);
+        let tampered = with_body(good.clone(), b"tampered");
+        // What the tampered request's signature WOULD be: a leak of the expected value.
+        let mut expected = tampered.clone();
+        v.sign(&mut expected, signed_at);
         let signature_values: Vec<String> = v
             .credential_headers()
             .iter()
-            .filter_map(|h| good.headers.get(h).map(str::to_string))
+            .flat_map(|h| [good.headers.get(h), expected.headers.get(h)])
+            .flatten()
+            .map(str::to_string)
             .collect();
-        let mut attempts = vec![with_body(good.clone(), b"tampered"), request(&[], b"{}")];
+        let mismatch = v.verify(tampered.clone(), checked_at).err();
+        let reached = mismatch.as_ref().map(VerifyError::code);
+        match name {
+            "none" => assert_eq!(reached, None),
+            // Credentials do not cover the body: the unchanged credential is still right.
+            "basic" | "token" => assert_eq!(reached, None, "{name}"),
+            _ => assert_eq!(reached, Some("signature_mismatch"), "{name}"),
+        }
+        let mut attempts = vec![tampered, request(&[], b"{}")];
         for header in v.credential_headers() {
             attempts.push(with_header(good.clone(), &header, "garbled"));
             attempts.push(with_header(good.clone(), &header, SECRET));
         }
+        let mut codes = Vec::new();
         for attempt in attempts {
-            if let Err(err) = v.verify(attempt, at(1_700_000_000 + 10_000)) {
+            if let Err(err) = v.verify(attempt, checked_at) {
+                codes.push(err.code());
                 let message = format!("{err} {err:?}");
                 assert!(!leaks(&message), "{name}: {message}");
                 for signature in &signature_values {
                     assert!(!message.contains(signature.as_str()), "{name}: {message}");
                 }
             }
+        }
+        assert!(
+            !codes.contains(&"stale_timestamp") && !codes.contains(&"future_timestamp"),
+            "{name}: every attempt is inside the window: {codes:?}"
+        );
+        if matches!(name, "basic" | "token") {
+            assert!(codes.contains(&"bad_credentials"), "{name}: {codes:?}");
+        }
+    }
+}
+
+#[test]
+fn a_verify_spec_prints_no_secret_and_no_default() {
+    for (name, yaml) in every_scheme() {
+        let spec = parse(&yaml).unwrap();
+        let debug = format!("{spec:?} {spec:#?}");
+        assert!(!leaks(&debug), "{name}: {debug}");
+        assert!(debug.contains(name), "{name}: {debug}");
+    }
+    let with_default =
+        parse("{ scheme: stripe, secrets: ['${STRIPE_SECRET:-whsec_dev_default_value}'] }")
+            .unwrap();
+    let debug = format!("{with_default:?}");
+    assert!(!debug.contains("whsec_dev_default_value"), "{debug}");
+}
+
+#[test]
+fn secret_equality_compares_whole_values() {
+    assert_eq!(Secret::new(SECRET), Secret::new(SECRET));
+    assert_ne!(Secret::new(SECRET), Secret::new(&SECRET[..5]));
+    assert_ne!(Secret::new(SECRET), Secret::new(format!("{SECRET}x")));
+}
+
+// ---- bounded work ----------------------------------------------------------------------------
+
+/// MACs computed (on this thread) while verifying `request`, and the verdict.
+fn macs_for(
+    v: &Verifier,
+    request: InboundRequest,
+    now: std::time::SystemTime,
+) -> (u64, Result<(), VerifyError>) {
+    let before = macs_computed();
+    let verdict = v.verify(request, now).map(|_| ());
+    (macs_computed() - before, verdict)
+}
+
+#[test]
+fn a_header_with_thousands_of_candidates_is_refused_without_hashing() {
+    let now = at(1_700_000_000);
+    let body = vec![b'x'; 64 * 1024];
+    let stripe = verifier("{ scheme: stripe, secrets: [whsec_a, whsec_b] }");
+    let svix = verifier(&format!(
+        "{{ scheme: standard-webhooks, secrets: [{WHSEC}, {WHSEC}] }}"
+    ));
+    let t = 1_700_000_000;
+    let many_stripe = format!("t={t},{}", vec!["v1="; 5000].join(","));
+    let many_svix = vec!["v1,AAAA"; 5000].join(" ");
+    for (v, request) in [
+        (
+            &stripe,
+            request(&[("Stripe-Signature", &many_stripe)], &body),
+        ),
+        (
+            &svix,
+            request(
+                &[
+                    ("webhook-id", "msg_1"),
+                    ("webhook-timestamp", &t.to_string()),
+                    ("webhook-signature", &many_svix),
+                ],
+                &body,
+            ),
+        ),
+    ] {
+        let (macs, verdict) = macs_for(v, request, now);
+        assert_eq!(macs, 0, "{}", v.scheme_name());
+        assert_eq!(
+            verdict.unwrap_err().code(),
+            "malformed_signature_header",
+            "{}",
+            v.scheme_name()
+        );
+    }
+}
+
+#[test]
+fn each_secret_is_hashed_once_however_many_candidates_are_sent() {
+    let now = at(1_700_000_000);
+    let stripe = verifier("{ scheme: stripe, secrets: [whsec_a, whsec_b, whsec_c] }");
+    let mut good = request(&[], b"{\"id\":1}");
+    stripe.sign(&mut good, now);
+    let header = good.headers.get("stripe-signature").unwrap().to_string();
+    let (t, v1) = header.split_once(",v1=").unwrap();
+    // The limit: seven wrong candidates of the right length, then the right one.
+    let wrong = "ab".repeat(32);
+    let full = format!("{t},{},v1={v1}", vec![format!("v1={wrong}"); 7].join(","));
+    let (macs, verdict) = macs_for(
+        &stripe,
+        with_header(good.clone(), "Stripe-Signature", &full),
+        now,
+    );
+    assert!(verdict.is_ok(), "{verdict:?}");
+    assert_eq!(macs, 3, "one MAC per secret");
+    // Wrong length or encoding: dropped unhashed.
+    let short = format!("{t},v1=abcd,v1=zz,v1=");
+    let (macs, verdict) = macs_for(
+        &stripe,
+        with_header(good.clone(), "Stripe-Signature", &short),
+        now,
+    );
+    assert_eq!((macs, verdict), (0, Err(VerifyError::Mismatch)));
+    // One over the limit is refused.
+    let over = format!("{t},{},v1={v1}", vec![format!("v1={wrong}"); 8].join(","));
+    let (macs, verdict) = macs_for(&stripe, with_header(good, "Stripe-Signature", &over), now);
+    assert_eq!(macs, 0);
+    assert_eq!(verdict.unwrap_err().code(), "malformed_signature_header");
+}
+
+#[test]
+fn every_scheme_hashes_each_secret_at_most_once_per_request() {
+    let now = at(1_700_000_000);
+    for (name, yaml) in every_scheme() {
+        let v = build(&yaml, &Env::default()).unwrap();
+        let mut good = request(&[("X-Event", "e")], b"{\"a\":1}");
+        v.sign(&mut good, now);
+        for attempt in [good.clone(), with_body(good.clone(), b"tampered")] {
+            let (macs, _) = macs_for(&v, attempt, now);
+            assert!(macs <= 1, "{name}: {macs} MACs with one secret");
         }
     }
 }

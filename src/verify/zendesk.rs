@@ -61,7 +61,7 @@ impl Zendesk {
         let signed_at = timestamp::parse_rfc3339(TIMESTAMP_HEADER, ts)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
         // The timestamp is signed as the exact header string, not a re-formatted date.
-        if super::any_hmac_sha256_matches(&self.keys, &[ts.as_bytes(), &request.body], &tag) {
+        if super::any_hmac_sha256_matches(&self.keys, &[ts.as_bytes(), &request.body], &[&tag]) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch)

@@ -30,6 +30,15 @@ const STRIPE_SECRET: &str = "whsec_CANARY_stripe_93b2c4";
 const BASIC_USER: &str = "crm-user";
 const BASIC_PASSWORD: &str = "pw_CANARY_basic_0c8f61";
 const TOKEN: &str = "tok_CANARY_token_7a4e22";
+const GITHUB_SECRET: &str = "gh_CANARY_github_41ac0e";
+const HUBSPOT_SECRET: &str = "hs_CANARY_hubspot_9d2b71";
+/// `whsec_` + base64 of [`SVIX_KEY`]: neither form may leak.
+const SVIX_SECRET: &str = "whsec_Q0FOQVJZX3N2aXhfa2V5XzNkN2YxOQ==";
+const SVIX_KEY: &str = "CANARY_svix_key_3d7f19";
+const SLACK_SECRET: &str = "sl_CANARY_slack_5f80c3";
+const ZENDESK_SECRET: &str = "zd_CANARY_zendesk_e61d24";
+const WOO_SECRET: &str = "woo_CANARY_woo_07b9aa";
+const HMAC_SECRET: &str = "hm_CANARY_hmac_c2e5f8";
 const API_KEY: &str = "dv_CANARY_apikey_d41e07";
 /// A second API key, which the sandbox refuses (401): the delivery error path logs about it.
 const REFUSED_API_KEY: &str = "dv_CANARY_refusedkey_88aa10";
@@ -78,6 +87,55 @@ fn leak_mappings() -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "github",
+            format!(
+                "verify: {{scheme: github, secrets: ['${{LEAK_GITHUB_SECRET}}']}}\n{}",
+                rule(QUEUE, "")
+            ),
+        ),
+        (
+            "hubspot",
+            format!(
+                "verify: {{scheme: hubspot, secrets: ['${{LEAK_HUBSPOT_SECRET}}']}}\n{}",
+                rule(QUEUE, "")
+            ),
+        ),
+        (
+            "svix",
+            format!(
+                "verify: {{scheme: standard-webhooks, secrets: ['${{LEAK_SVIX_SECRET}}']}}\n{}",
+                rule(QUEUE, "")
+            ),
+        ),
+        (
+            "slack",
+            format!(
+                "verify: {{scheme: slack, secrets: ['${{LEAK_SLACK_SECRET}}']}}\n{}",
+                rule(QUEUE, "")
+            ),
+        ),
+        (
+            "zendesk",
+            format!(
+                "verify: {{scheme: zendesk, secrets: ['${{LEAK_ZENDESK_SECRET}}']}}\n{}",
+                rule(QUEUE, "")
+            ),
+        ),
+        (
+            "woo",
+            format!(
+                "verify: {{scheme: woocommerce, secrets: ['${{LEAK_WOO_SECRET}}']}}\n{}",
+                rule(QUEUE, "")
+            ),
+        ),
+        (
+            "hmac",
+            format!(
+                "verify: {{scheme: hmac, header: X-Leak-Sig, encoding: hex, signed_content: '{{timestamp}}.{{body}}', timestamp_header: X-Leak-Ts, secrets: ['${{LEAK_HMAC_SECRET}}']}}\n{}",
+                rule(QUEUE, "")
+            ),
+        ),
+        (
             "refused",
             format!(
                 "verify: {{scheme: token, header: X-Leak-Token, secrets: ['${{LEAK_TOKEN}}']}}\n{}",
@@ -94,8 +152,20 @@ fn secret_env() -> Vec<(&'static str, &'static str)> {
         ("LEAK_BASIC_USER", BASIC_USER),
         ("LEAK_BASIC_PASSWORD", BASIC_PASSWORD),
         ("LEAK_TOKEN", TOKEN),
+        ("LEAK_GITHUB_SECRET", GITHUB_SECRET),
+        ("LEAK_HUBSPOT_SECRET", HUBSPOT_SECRET),
+        ("LEAK_SVIX_SECRET", SVIX_SECRET),
+        ("LEAK_SLACK_SECRET", SLACK_SECRET),
+        ("LEAK_ZENDESK_SECRET", ZENDESK_SECRET),
+        ("LEAK_WOO_SECRET", WOO_SECRET),
+        ("LEAK_HMAC_SECRET", HMAC_SECRET),
     ]
 }
+
+/// The sources whose scheme signs the body, each reached with a tampered body below.
+const SIGNING_SOURCES: [&str; 8] = [
+    "shop", "stripe", "github", "hubspot", "svix", "slack", "zendesk", "woo",
+];
 
 /// The headers a sender configured like `yaml` (resolved with `env`) sends with `body`.
 fn signed(yaml: &str, env: &Env, url: &str, body: &str, now: SystemTime) -> Headers {
@@ -341,6 +411,14 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
         ("stripe secret", STRIPE_SECRET),
         ("basic password", BASIC_PASSWORD),
         ("token", TOKEN),
+        ("github secret", GITHUB_SECRET),
+        ("hubspot secret", HUBSPOT_SECRET),
+        ("standard webhooks secret", SVIX_SECRET),
+        ("standard webhooks key", SVIX_KEY),
+        ("slack secret", SLACK_SECRET),
+        ("zendesk secret", ZENDESK_SECRET),
+        ("woocommerce secret", WOO_SECRET),
+        ("hmac secret", HMAC_SECRET),
         ("API key", API_KEY),
         ("refused API key", REFUSED_API_KEY),
         ("admin token", ADMIN_TOKEN),
@@ -379,8 +457,9 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
     };
 
     // Valid webhooks, one per scheme; `refused` is delivered with the key the sandbox refuses.
-    for (i, source) in ["shop", "stripe", "basic", "token", "refused"]
+    for (i, source) in SIGNING_SOURCES
         .into_iter()
+        .chain(["hmac", "basic", "token", "refused"])
         .enumerate()
     {
         let body = body(i as u32 + 1);
@@ -482,6 +561,32 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
         ),
         ("token", json_only.clone(), body(111), "missing_credentials"),
     ];
+    // Every signing scheme, signed now (inside its window) over another body: each reaches its
+    // signature comparison, and neither the secret nor the expected signature is answered.
+    let mut refusals = refusals;
+    for (i, source) in SIGNING_SOURCES.into_iter().chain(["hmac"]).enumerate() {
+        let sent = body(200 + i as u32);
+        let other = body(300 + i as u32);
+        let headers = signed(&yaml(source), &env, &hook(source), &other, now);
+        let expected = signed(&yaml(source), &env, &hook(source), &sent, now);
+        for (name, value) in expected.iter() {
+            if (name.contains("sig") || name.contains("hmac")) && !name.contains("timestamp") {
+                let what = format!("expected {source} signature");
+                forbidden.push((what.clone(), value.to_string()));
+                // Each signature of a list, without its `v1=` / `sha256=` label.
+                for piece in value.split([',', ' ']) {
+                    let tag = match piece.split_once('=') {
+                        Some((label, tag)) if label.len() <= 6 => tag,
+                        _ => piece,
+                    };
+                    if tag.len() >= 20 {
+                        forbidden.push((what.clone(), tag.to_string()));
+                    }
+                }
+            }
+        }
+        refusals.push((source, headers, sent, "signature_mismatch"));
+    }
     for (source, headers, body, code) in refusals {
         let (status, json, transcript) = observe(post(source, &headers, body).await.unwrap()).await;
         assert_eq!(

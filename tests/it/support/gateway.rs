@@ -85,6 +85,11 @@ impl TestGateway {
                 dir.path().join("buffer.redb").display().to_string(),
             ),
             ("CASEGATE_INGRESS__WORKERS".to_string(), "2".to_string()),
+            // Replicas in one test process share a host name: each gets its own consumer.
+            (
+                "CASEGATE_DELIVERY__CONSUMER".to_string(),
+                format!("gateway-{:016x}", rand::random::<u64>()),
+            ),
         ];
         if let Backend::Redis(url) = &options.backend {
             env.push(("CASEGATE_BUFFER__BACKEND".into(), "redis".into()));

@@ -22,6 +22,9 @@ impl GatewayProcess {
             .arg(dir.join("mappings"))
             .env("CASEGATE_BUFFER__PATH", dir.join("buffer.redb"))
             .env("CASEGATE_LOG__LEVEL", "warn")
+            // Replicas on one host share its name: each spawn is its own consumer unless the
+            // test names one (a restart under the same identity).
+            .env("CASEGATE_DELIVERY__CONSUMER", format!("process-{port}"))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);

@@ -72,4 +72,24 @@ impl TestSandbox {
             ("CASEGATE_DUVO__API_KEY".into(), API_KEY.into()),
         ]
     }
+
+    /// Asserts casegate's pacing as the API saw it: no request refused with 429, and no `rate`
+    /// accepted requests closer together than one `window` (a sliding window, the strictest
+    /// model: what the sandbox let through proves nothing by itself, it only counts what it
+    /// admitted).
+    pub fn assert_paced(&self, rate: usize, window: Duration) {
+        let stats = self.stats();
+        assert_eq!(stats.rate_limited, 0, "the API refused requests with 429");
+        let mut at: Vec<u64> = stats.accepted_log.iter().map(|b| b.at_ms).collect();
+        at.sort_unstable();
+        let window_ms = window.as_millis() as u64;
+        for (i, pair) in at.windows(rate + 1).enumerate() {
+            let gap = pair[rate] - pair[0];
+            assert!(
+                gap >= window_ms,
+                "{} accepted requests within {gap} ms (from request {i}); the limit is {rate} per {window_ms} ms",
+                rate + 1
+            );
+        }
+    }
 }
