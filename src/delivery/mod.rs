@@ -19,7 +19,9 @@
 //! Shape: a supervisor ([`Delivery::run`]) runs one [`worker`] per queue and keeps the paused
 //! gauge in step with the pause table; the [`batcher`] assembles batches; [`policy`] decides
 //! what an answer means (pure); [`health`] tells a poison case from an outage; [`activity`]
-//! keeps what `status` shows. Time is tokio's (paused in tests) and jitter is injected.
+//! keeps what `status` shows. Time is tokio's (paused in tests) and jitter is injected; requests
+//! go through [`client::Api`], the HTTP client or an in-process stand-in, so every rule above is
+//! unit-tested on paused time (`worker/tests.rs`).
 
 pub mod activity;
 pub mod batcher;
@@ -40,7 +42,7 @@ use crate::prometheus;
 use crate::secret::Secret;
 use activity::Activity;
 pub use activity::QueueActivity;
-use client::DuvoClient;
+use client::Api;
 use health::Health;
 use limiter::{PauseInfo, PauseKind, RateLimiter, key_id};
 use policy::Backoff;
@@ -124,7 +126,7 @@ pub struct Delivery {
 
 struct Inner {
     buffer: Buffer,
-    client: DuvoClient,
+    client: Api,
     limiter: RateLimiter,
     keys: ApiKeys,
     config: DeliveryConfig,
@@ -138,7 +140,7 @@ struct Inner {
 impl Delivery {
     pub fn new(
         buffer: Buffer,
-        client: DuvoClient,
+        client: impl Into<Api>,
         limiter: RateLimiter,
         keys: ApiKeys,
         config: DeliveryConfig,
@@ -147,7 +149,7 @@ impl Delivery {
         Delivery {
             inner: Arc::new(Inner {
                 buffer,
-                client,
+                client: client.into(),
                 limiter,
                 keys,
                 config,

@@ -14,7 +14,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::batcher::{self, Claims};
-use super::client::DuvoClient;
 use super::limiter::{Gate, PauseKind, key_pause, queue_pause};
 use super::policy::{Action, AfterFailure, ApiAnswer, after_failure, decide, window_spent};
 use super::{Delivery, Inner};
@@ -114,11 +113,9 @@ struct Group {
     cases: Vec<BufferedCase>,
     /// Transient failures in a row.
     failures: u32,
-    /// Of those (for a single case), how many happened while the key was otherwise healthy.
+    /// Of those (for a single case), how many came with fresh evidence that the key was
+    /// otherwise healthy (see [`super::health`]).
     counted: u32,
-    first_failure: Option<Instant>,
-    /// The last health verdict, kept while no new evidence comes in.
-    healthy: bool,
     /// The last attempt's outcome was unknown (timeout, 5xx), or the cases were taken over from
     /// a stopped consumer: the API may hold them already.
     ambiguous: bool,
@@ -134,8 +131,6 @@ impl Group {
             cases,
             failures: 0,
             counted: 0,
-            first_failure: None,
-            healthy: false,
             ambiguous,
             last_answer: String::new(),
             aside: false,
@@ -148,8 +143,6 @@ impl Group {
             cases,
             failures: 0,
             counted: 0,
-            first_failure: self.first_failure,
-            healthy: self.healthy,
             ambiguous: self.ambiguous,
             last_answer: self.last_answer.clone(),
             aside: false,
@@ -428,10 +421,7 @@ impl Worker {
                     .increment(group.cases.len() as u64);
             }
             let records: Vec<&CaseRecord> = group.cases.iter().map(|c| &c.record).collect();
-            let answer = inner
-                .client
-                .create_cases(secret, &queue, DuvoClient::body(&records))
-                .await;
+            let answer = inner.client.create_cases(secret, &queue, &records).await;
             if let Some(reset) = window_spent(&answer, inner.limiter.rate()) {
                 inner.limiter.pause(key, reset).await;
             }
@@ -444,7 +434,7 @@ impl Worker {
                 Action::Ack => {
                     let group = work.pop_front().expect("not empty");
                     let ids = group.ids();
-                    inner.health.record(key, Instant::now(), true, &queue, &ids);
+                    inner.health.record(key, true, &queue, &ids);
                     self.ack(&ids).await;
                     self.record_delivered(&group.cases);
                     tracing::info!(%queue, key, cases = ids.len(), "batch delivered");
@@ -472,24 +462,17 @@ impl Worker {
                     // ends: the next grant waits for it.
                 }
                 Action::Backoff => {
-                    let now = Instant::now();
                     let summary = answer_summary(&answer);
                     group.ambiguous = true;
                     group.failures += 1;
                     group.last_answer = summary.clone();
-                    let first_failure = *group.first_failure.get_or_insert(now);
                     let ids = group.ids();
-                    if group.cases.len() == 1 {
-                        if let Some(healthy) =
-                            inner.health.verdict(key, &queue, &ids[0], first_failure)
-                        {
-                            group.healthy = healthy;
-                        }
-                        if group.healthy {
-                            group.counted += 1;
-                        }
+                    if group.cases.len() == 1
+                        && inner.health.verdict(key, &queue, &ids[0]) == Some(true)
+                    {
+                        group.counted += 1;
                     }
-                    inner.health.record(key, now, false, &queue, &ids);
+                    inner.health.record(key, false, &queue, &ids);
                     // Each group backs off on its own failures: a bisected half starts
                     // afresh (it is a different request), a case retried in place slows down.
                     let attempt = group.failures - 1;
@@ -710,3 +693,6 @@ fn answer_summary(answer: &ApiAnswer) -> String {
         ApiAnswer::Transport(reason) => reason.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;
