@@ -18,7 +18,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -54,7 +53,7 @@ impl RateLimiter {
 
     pub fn redis(
         config: LimiterConfig,
-        conn: ConnectionManager,
+        conn: crate::buffer::redis::RedisConn,
         key_prefix: String,
         op_timeout: Duration,
     ) -> Self {
@@ -420,7 +419,7 @@ return out
 
 pub struct RedisLimiter {
     config: LimiterConfig,
-    conn: ConnectionManager,
+    conn: crate::buffer::redis::RedisConn,
     key_prefix: String,
     op_timeout: Duration,
     turns: Turns,

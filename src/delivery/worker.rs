@@ -21,8 +21,9 @@ use crate::buffer::{BufferedCase, CaseId, CaseRecord, DeadLetterKind, DeadLetter
 use crate::prometheus;
 use crate::secret::Secret;
 
-/// An idle worker stops after this long; the supervisor starts a new one when cases arrive.
-const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// The longest a worker whose queue holds only other consumers' claims waits before it looks
+/// again (a worker whose queue is drained stops; the supervisor starts one when cases arrive).
+const IDLE_MAX: Duration = Duration::from_secs(1);
 
 /// Single cases a worker sets aside (keeps claimed and retries on their own backoff) while the
 /// rest of its queue flows. Beyond this, failing cases are retried in place: in an outage
@@ -255,7 +256,7 @@ impl Worker {
     }
 
     async fn run(mut self) {
-        let mut idle_since = Instant::now();
+        let mut idle_wait = Duration::ZERO;
         {
             let mut resumed = Vec::new();
             self.claims().own_pending(&mut resumed).await;
@@ -305,8 +306,20 @@ impl Worker {
             let mut batch = std::mem::take(&mut self.carry);
             self.fill(&mut batch).await;
             if batch.is_empty() {
-                if idle_since.elapsed() > IDLE_EXIT && self.suspects.is_empty() {
-                    return;
+                if self.suspects.is_empty() {
+                    match self.inner().buffer.settle(&self.queue).await {
+                        // Drained: the queue left the ready set, and a later case puts it back
+                        // and gets a new worker from the supervisor.
+                        Ok(true) => return,
+                        // Other consumers hold its cases: look again, less and less often, for
+                        // cases they give up (reclaim) until new work wakes this worker.
+                        Ok(false) => {
+                            idle_wait = (idle_wait * 2).clamp(config.poll_interval, IDLE_MAX)
+                        }
+                        Err(_) => idle_wait = config.poll_interval,
+                    }
+                } else {
+                    idle_wait = config.poll_interval;
                 }
                 let mut shutdown = self.inner().shutdown.clone();
                 let wait = self
@@ -314,16 +327,16 @@ impl Worker {
                     .iter()
                     .map(|s| s.due.saturating_duration_since(Instant::now()))
                     .min()
-                    .unwrap_or(config.poll_interval)
-                    .min(config.poll_interval);
+                    .unwrap_or(idle_wait)
+                    .min(idle_wait);
                 tokio::select! {
-                    _ = self.notify.notified() => {}
+                    _ = self.notify.notified() => idle_wait = Duration::ZERO,
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.wait_for(|stop| *stop) => {}
                 }
                 continue;
             }
-            idle_since = Instant::now();
+            idle_wait = Duration::ZERO;
             if batch.len() < config.max_batch {
                 let oldest_age = batcher::age(&batch, (config.now_ms)());
                 if oldest_age < config.linger {

@@ -3,6 +3,7 @@
 
 mod bounds;
 mod buffer;
+mod cluster;
 mod delivery;
 mod exposure;
 mod faults;
@@ -15,6 +16,7 @@ mod operators;
 mod readme;
 mod records;
 mod reload;
+mod scale;
 mod security;
 mod serve;
 mod support;

@@ -1,5 +1,6 @@
 pub mod gateway;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sandbox;
 
