@@ -72,6 +72,13 @@ if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then
 end
 if ttl > 0 then
   if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    -- Rewrite the mark (same value, same expiry): a replicated write, so a WAIT after this
+    -- answer also covers the first write of the event, whichever connection made it.
+    for k = 3, 4 do
+      if redis.call('EXISTS', KEYS[k]) == 1 then
+        redis.call('SET', KEYS[k], '1', 'KEEPTTL')
+      end
+    end
     return {'duplicate'}
   end
   redis.call('SET', KEYS[3], '1', 'PX', ttl)
@@ -352,10 +359,12 @@ impl RedisBuffer {
 
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let outcome = self.enqueue_unreplicated(batch).await?;
-        if matches!(outcome, EnqueueOutcome::Stored { .. }) {
-            self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
-                .await?;
-        }
+        // A duplicate waits too: the provider's retry of a webhook answered 503 (its first
+        // write reached the primary, no replica confirmed it in time) must not get a 2xx until a
+        // replica has that first write. The write script rewrote the mark, so this connection's
+        // replication offset is past the first write whichever connection made it.
+        self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
+            .await?;
         Ok(outcome)
     }
 

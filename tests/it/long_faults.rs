@@ -518,3 +518,87 @@ async fn a_webhook_is_acknowledged_only_once_the_configured_replicas_have_it() {
     assert!(on_replica >= 1, "the acknowledged case is on the replica");
     gateway.stop().await;
 }
+
+/// `buffer.wait_replicas = 1` with the replica down: the first attempt of a webhook reaches the
+/// primary and gets 503; the provider's retries hit the dedupe mark and still get 503 (not a
+/// `200 duplicate` no replica confirmed) until the replica is back and holds the first write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_webhook_is_not_acknowledged_as_a_duplicate_before_a_replica_has_it() {
+    let primary = RedisServer::start().await;
+    let mut replica = RedisServer::start().await;
+    let mapping = format!("delivery_id: {{header: X-Event-Id}}\n{}", mapping());
+    let mut options = GatewayOptions::embedded(&[("src.yaml", &mapping)])
+        .setting("CASEGATE_BUFFER__WAIT_REPLICAS", "1")
+        .setting("CASEGATE_DELIVERY__ENABLED", "false");
+    options.backend = Backend::Redis(primary.url());
+    let gateway = TestGateway::start(options).await;
+    let follow = |replica: &RedisServer| {
+        let url = replica.url();
+        let port = primary.port();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("REPLICAOF")
+                .arg("127.0.0.1")
+                .arg(port)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            conn
+        }
+    };
+    let headers = |id: &str| -> casegate::inbound::Headers {
+        [("content-type", "application/json"), ("x-event-id", id)]
+            .into_iter()
+            .collect()
+    };
+    // The replica follows: a webhook is confirmed.
+    follow(&replica).await;
+    let mut confirmed = false;
+    for attempt in 0..200 {
+        let id = format!("warm-{attempt}");
+        if gateway.post("src", &headers(&id), r#"{"id": 0}"#).await.status == 202 {
+            confirmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(confirmed, "a following replica confirms writes");
+
+    replica.stop();
+    let first = gateway.post("src", &headers("evt-1"), r#"{"id": 1}"#).await;
+    assert_eq!(first.status, 503, "no replica confirmed: {}", first.body);
+    let retry = gateway.post("src", &headers("evt-1"), r#"{"id": 1}"#).await;
+    assert_eq!(
+        retry.status, 503,
+        "a retry is not acknowledged while no replica has the first write: {}",
+        retry.body
+    );
+
+    replica.restart().await;
+    let mut conn = follow(&replica).await;
+    let mut acknowledged = None;
+    for _ in 0..200 {
+        let answer = gateway.post("src", &headers("evt-1"), r#"{"id": 1}"#).await;
+        if answer.status == 200 {
+            acknowledged = Some(answer.body);
+            break;
+        }
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = acknowledged.expect("the retry is acknowledged once the replica is back");
+    assert_eq!(body["duplicate"], true, "{body}");
+    let titles: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{{casegate}}:q:{QUEUE}"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let holds_first = titles
+        .iter()
+        .any(|(_, fields)| fields.iter().any(|(_, v)| v.contains("Event 1\"")));
+    assert!(holds_first, "the replica holds the acknowledged case");
+    gateway.stop().await;
+}
