@@ -167,43 +167,35 @@ return out
     )
 });
 
-/// Resets the idle time of entries `consumer` still holds, so no other consumer takes them
-/// while their holder waits out a backoff or a pause. An entry that is no longer pending, belongs
-/// to another consumer, or already sat idle past the visibility timeout (anyone may have taken it
-/// since) is left alone: a late renewal never steals a claim back.
-/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 max idle ms, 4.. ids. Returns how many renewed.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
+/// Renews or releases entries `consumer` still holds; an entry that is no longer pending or
+/// belongs to another consumer is left alone.
+/// - `renew` resets their idle time, so no other consumer takes them while their holder waits
+///   out a backoff or a pause. An entry that already sat idle past the visibility timeout
+///   (anyone may have taken it since) is left alone too: a late renewal never steals a claim back.
+/// - `release` hands them back to the group at once: their idle time is set to the visibility
+///   timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of newer
+///   entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
+///
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms (renew: the most an entry may have
+/// sat; release: the idle time to set), 4 mode (`renew` or `release`), 5.. ids. Returns how many.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua flags=allow-oom
-local renewed = 0
-for i = 4, #ARGV do
-  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if type(p) == 'table' and not p.err and p[1] and tonumber(p[1][3]) < tonumber(ARGV[3]) then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    renewed = renewed + 1
-  end
-end
-return renewed
-",
-    )
-});
-
-/// Hands entries `consumer` holds back to the group at once: their idle time is set to the
-/// visibility timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of
-/// newer entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
-/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms to set, 4.. ids. Returns how many.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"#!lua flags=allow-oom
-local released = 0
-for i = 4, #ARGV do
+local release = ARGV[4] == 'release'
+local done = 0
+for i = 5, #ARGV do
   local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if type(p) == 'table' and not p.err and p[1] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-    released = released + 1
+    if release then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+      done = done + 1
+    elseif tonumber(p[1][3]) < tonumber(ARGV[3]) then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+      done = done + 1
+    end
   end
 end
-return released
+return done
 ",
     )
 });
@@ -492,7 +484,7 @@ impl RedisBuffer {
         decode_triples(reply, "reclaim")
     }
 
-    /// See [`RENEW`]: keeps `consumer`'s claims on `ids` from expiring.
+    /// See [`HOLD`]: keeps `consumer`'s claims on `ids` from expiring.
     pub async fn renew(
         &self,
         queue: &str,
@@ -500,11 +492,11 @@ impl RedisBuffer {
         max_idle: Duration,
         ids: &[CaseId],
     ) -> Result<u64, BufferError> {
-        self.pending_op("renew", &RENEW, queue, consumer, max_idle, ids)
+        self.pending_op("renew", queue, consumer, max_idle, ids)
             .await
     }
 
-    /// See [`RELEASE`]: makes `consumer`'s claims on `ids` reclaimable at once.
+    /// See [`HOLD`]: makes `consumer`'s claims on `ids` reclaimable at once.
     pub async fn release(
         &self,
         queue: &str,
@@ -512,14 +504,12 @@ impl RedisBuffer {
         idle: Duration,
         ids: &[CaseId],
     ) -> Result<u64, BufferError> {
-        self.pending_op("release", &RELEASE, queue, consumer, idle, ids)
-            .await
+        self.pending_op("release", queue, consumer, idle, ids).await
     }
 
     async fn pending_op(
         &self,
         operation: &'static str,
-        script: &Script,
         queue: &str,
         consumer: &str,
         idle: Duration,
@@ -530,12 +520,13 @@ impl RedisBuffer {
             return Ok(0);
         }
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = HOLD.prepare_invoke();
         invocation
             .key(self.stream_key(queue))
             .arg(GROUP)
             .arg(consumer)
             .arg(idle_ms)
+            .arg(operation)
             .arg(ids);
         let mut conn = self.conn.clone();
         let reply: Value = self

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use casegate::buffer::{Buffer, CaseMeta, CaseRecord, DeadLetterKind, Enqueue, RedisBuffer};
+use casegate::buffer::{Buffer, DeadLetterKind, Enqueue, RedisBuffer};
 use casegate::sandbox::Faults;
 
+use crate::support::cases::case;
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};
 use crate::support::process::GatewayProcess;
 use crate::support::redis_server::RedisServer;
@@ -43,26 +44,6 @@ fn options(sandbox: &TestSandbox, backend: Backend) -> GatewayOptions {
         options.settings.push((key.into(), value));
     }
     options
-}
-
-fn case(i: usize) -> CaseRecord {
-    CaseRecord {
-        queue: QUEUE.into(),
-        api_key_name: None,
-        title: format!("Event {i}"),
-        data: format!(r#"{{"id":{i}}}"#),
-        labels: vec![],
-        meta: CaseMeta {
-            source: "src".into(),
-            mapping_file: "src.yaml".into(),
-            mapping_version: "test".into(),
-            rule: "all".into(),
-            request_id: format!("r{i}"),
-            delivery_id: None,
-            event_type: None,
-            received_at_ms: 0,
-        },
-    }
 }
 
 async fn backlog(buffer: &Buffer, range: std::ops::Range<usize>) {
@@ -557,7 +538,12 @@ async fn a_retried_webhook_is_not_acknowledged_as_a_duplicate_before_a_replica_h
     let mut confirmed = false;
     for attempt in 0..200 {
         let id = format!("warm-{attempt}");
-        if gateway.post("src", &headers(&id), r#"{"id": 0}"#).await.status == 202 {
+        if gateway
+            .post("src", &headers(&id), r#"{"id": 0}"#)
+            .await
+            .status
+            == 202
+        {
             confirmed = true;
             break;
         }
