@@ -114,6 +114,19 @@ impl ApiKeys {
         };
         Some((key_id(&key), key))
     }
+
+    /// The configured name of the key with id `id`: `default` for the default key. What the
+    /// paused gauge is labelled with, so it names the key the way the configuration does (and
+    /// the way its zero series were registered), never by the key itself.
+    fn name_of(&self, id: &str) -> Option<String> {
+        if self.default.as_ref().is_some_and(|k| key_id(k) == id) {
+            return Some("default".to_string());
+        }
+        self.named
+            .iter()
+            .find(|(_, k)| key_id(k) == id)
+            .map(|(name, _)| name.clone())
+    }
 }
 
 /// Handle to the delivery engine; cheap to clone.
@@ -228,7 +241,7 @@ impl Delivery {
             .pauses()
             .await
             .into_iter()
-            .filter_map(|p| gauge_labels(&p))
+            .filter_map(|p| gauge_labels(&p, &self.inner.keys))
             .collect();
         for (kind, name) in &now {
             metrics::gauge!(prometheus::PAUSED, "kind" => *kind, "name" => name.clone()).set(1.0);
@@ -285,11 +298,14 @@ impl Delivery {
     }
 }
 
-fn gauge_labels(pause: &PauseInfo) -> Option<(&'static str, String)> {
+/// The paused gauge's labels for a pause: a queue by its id, a key by its configured name (by
+/// its id when this process does not know it, e.g. another replica configured differently).
+fn gauge_labels(pause: &PauseInfo, keys: &ApiKeys) -> Option<(&'static str, String)> {
     match pause.kind {
         PauseKind::QueueUnknown => Some(("queue", pause.name.strip_prefix("queue:")?.to_string())),
         PauseKind::KeyRefused | PauseKind::RateLimited => {
-            Some(("key", pause.name.strip_prefix("key:")?.to_string()))
+            let id = pause.name.strip_prefix("key:")?;
+            Some(("key", keys.name_of(id).unwrap_or_else(|| id.to_string())))
         }
     }
 }

@@ -588,3 +588,121 @@ async fn a_retried_webhook_is_not_acknowledged_as_a_duplicate_before_a_replica_h
     assert!(holds_first, "the replica holds the acknowledged case");
     gateway.stop().await;
 }
+
+/// The value of the paused gauge for the default key in `/metrics`, if the series exists.
+async fn default_key_paused(client: &reqwest::Client, url: &str) -> Option<String> {
+    let metrics = client.get(url).send().await.ok()?.text().await.ok()?;
+    metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("casegate_delivery_paused{")
+                && line.contains("kind=\"key\"")
+                && line.contains("name=\"default\"")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+/// Serves a sandbox accepting only `api_key` on `listener`; stops when the sender is dropped.
+fn serve_sandbox(
+    api_key: &str,
+    listener: std::net::TcpListener,
+) -> (casegate::sandbox::Sandbox, tokio::sync::oneshot::Sender<()>) {
+    let sandbox = casegate::sandbox::Sandbox::new(casegate::sandbox::SandboxConfig {
+        api_key: api_key.into(),
+        rate: 1_000,
+        window: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(casegate::sandbox::serve(
+        sandbox.clone(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (sandbox, stop)
+}
+
+/// The paused gauge's zero series for the default key (registered at startup) is the series a
+/// 401 pause sets to 1, and it falls back to 0 when a probe succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paused_gauge_of_the_configured_key_flips_during_a_401_pause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    // The API knows another key: every request of the gateway's key is refused.
+    let (refusing, stop_refusing) = serve_sandbox("dv_other_key", listener);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(dir.path().join("mappings/src.yaml"), mapping()).unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "CASEGATE_DUVO__BASE_URL".into(),
+            format!("http://{address}/v1"),
+        ),
+        ("CASEGATE_DUVO__API_KEY".into(), "dv_gateway_key".into()),
+    ];
+    env.extend(scaled().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let process = GatewayProcess::spawn(dir.path(), &env).await;
+    let client = crate::support::http_client();
+    let metrics = process.url("/metrics");
+    assert_eq!(
+        default_key_paused(&client, &metrics).await.as_deref(),
+        Some("0"),
+        "the zero series exists from startup"
+    );
+    let response = client
+        .post(process.url("/hooks/src"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": 7}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let mut flipped = false;
+    for _ in 0..250 {
+        if default_key_paused(&client, &metrics).await.as_deref() == Some("1") {
+            flipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(flipped, "the 401 pause sets the default key's series to 1");
+    assert!(
+        refusing
+            .stats()
+            .status_counts
+            .get(&401)
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+
+    // The API accepts the key again (same address): the next probe resumes delivery.
+    drop(stop_refusing);
+    let mut accepting = None;
+    for _ in 0..250 {
+        if let Ok(listener) = std::net::TcpListener::bind(address) {
+            accepting = Some(serve_sandbox("dv_gateway_key", listener));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (accepting, _stop) = accepting.expect("the API address is free again");
+    let mut resumed = false;
+    for _ in 0..500 {
+        if accepting.cases(QUEUE).len() == 1
+            && default_key_paused(&client, &metrics).await.as_deref() == Some("0")
+        {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        resumed,
+        "the probe's success delivers the case and sets the series to 0"
+    );
+    process.kill9().await;
+}
