@@ -261,6 +261,24 @@ impl Worker {
             .await
     }
 
+    /// True when this worker holds nothing and its queue is empty (an unanswered buffer counts
+    /// as not empty: the claim that follows will tell).
+    async fn nothing_to_send(&self) -> bool {
+        self.carry.is_empty()
+            && self.suspects.is_empty()
+            && matches!(self.inner().buffer.stats(&self.queue).await, Ok(s) if s.depth == 0)
+    }
+
+    /// Waits up to `wait` for cases (ingress or the supervisor pokes) or shutdown.
+    async fn idle(&self, wait: Duration) {
+        let mut shutdown = self.inner().shutdown.clone();
+        tokio::select! {
+            _ = self.notify.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+
     async fn run(mut self) {
         let mut idle_since = Instant::now();
         {
@@ -270,6 +288,15 @@ impl Worker {
             self.carry = resumed;
         }
         while !self.stopping() {
+            if self.nothing_to_send().await {
+                // Ask no gate: a probe won now would send nothing, yet hold off the fleet's
+                // next probe (a queue with cases waiting) for a whole interval.
+                if idle_since.elapsed() > IDLE_EXIT {
+                    return;
+                }
+                self.idle(self.inner().config.poll_interval).await;
+                continue;
+            }
             let mut probing = Probing::default();
             if let Some(key) = self.key_hint.clone() {
                 match self.gate(&key_pause(&key)).await {
@@ -315,7 +342,6 @@ impl Worker {
                 if idle_since.elapsed() > IDLE_EXIT && self.suspects.is_empty() {
                     return;
                 }
-                let mut shutdown = self.inner().shutdown.clone();
                 let wait = self
                     .suspects
                     .iter()
@@ -323,11 +349,7 @@ impl Worker {
                     .min()
                     .unwrap_or(config.poll_interval)
                     .min(config.poll_interval);
-                tokio::select! {
-                    _ = self.notify.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => {}
-                }
+                self.idle(wait).await;
                 continue;
             }
             idle_since = Instant::now();

@@ -706,3 +706,87 @@ async fn the_paused_gauge_of_the_configured_key_flips_during_a_401_pause() {
     );
     process.kill9().await;
 }
+
+/// A worker whose queue is empty asks no pause gate: when a key's 401 pause runs out, the fleet's
+/// one probe goes to a queue with cases waiting, not to an idle queue of the same key (which
+/// would send nothing and hold every other queue of the key off for another probe interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queue_does_not_use_up_the_probe_of_its_paused_key() {
+    use casegate::delivery::limiter::{LimiterConfig, PauseKind, RateLimiter, key_id, key_pause};
+    const IDLE_QUEUE: &str = "0b1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+    let redis = RedisServer::start().await;
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(1)).await;
+    let gateway = TestGateway::start(
+        options(&sandbox, Backend::Redis(redis.url()))
+            .setting("CASEGATE_DELIVERY__PROBE_INTERVAL_SECS", "10"),
+    )
+    .await;
+    let buffer = redis_buffer(&redis).await;
+    // The idle queue delivers once with the default key, then sits empty with a live worker.
+    buffer
+        .enqueue(Enqueue {
+            dedupe: None,
+            cases: vec![crate::support::cases::case_in(IDLE_QUEUE, 0)],
+            dead_letters: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sandbox
+            .wait_for(IDLE_QUEUE, 1, Duration::from_secs(10))
+            .await,
+        1
+    );
+
+    // The key is refused for a moment (as a 401 would pause it), then its pause runs out.
+    let Buffer::Redis(redis_buffer) = &buffer else {
+        unreachable!()
+    };
+    let (conn, prefix, timeout) = redis_buffer.connection_for("limiter");
+    let limits = LimiterConfig {
+        rate: 100,
+        window: Duration::from_secs(1),
+        margin: Duration::ZERO,
+    };
+    let limiter = RateLimiter::redis(limits, conn, prefix, timeout);
+    let pause = key_pause(&key_id(&casegate::secret::Secret::new(
+        crate::support::sandbox::API_KEY,
+    )));
+    let held_at = Instant::now();
+    limiter
+        .hold(
+            &pause,
+            PauseKind::KeyRefused,
+            Duration::from_millis(300),
+            "401 (test)",
+        )
+        .await;
+    // Wait until the pause has run out for a while (or someone took its probe meanwhile).
+    loop {
+        let probed = limiter
+            .pauses()
+            .await
+            .iter()
+            .any(|p| p.name == pause && p.remaining_ms > 1_000);
+        if probed || held_at.elapsed() > Duration::from_millis(800) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    backlog(&buffer, 0..1).await;
+    let delivered_in = Instant::now();
+    assert_eq!(
+        sandbox.wait_for(QUEUE, 1, Duration::from_secs(5)).await,
+        1,
+        "the waiting queue got the probe (probe interval 10 s), not the idle one"
+    );
+    println!(
+        "after a pause ran out, the waiting queue's probe went out in {:?}",
+        delivered_in.elapsed()
+    );
+    assert!(
+        limiter.pauses().await.iter().all(|p| p.name != pause),
+        "the probe's success resumed the key"
+    );
+    gateway.stop().await;
+}
