@@ -9,6 +9,9 @@
 //!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
 //!   names.
+//! - `{casegate}:consumer:<name>`: the lease on a consumer name, a random nonce with a `PX`
+//!   expiry, so two live processes never read through one consumer name
+//!   ([`RedisBuffer::lease_consumer`], `delivery::lease`).
 //! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
 //!   they increase monotonically and list oldest-first), the record as JSON in the field `r`.
 //!
@@ -227,6 +230,34 @@ for _, e in ipairs(r[1][2]) do
   end
 end
 return out
+",
+    )
+});
+
+/// Takes or renews the lease on a consumer name: free, or already ours, it is (re)set.
+/// KEYS: 1 lease. ARGV: 1 nonce, 2 ttl ms. Returns `{1}` when held, `{0, ms left}` when another
+/// process holds it.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// Gives up a lease if it is still ours. KEYS: 1 lease. ARGV: 1 nonce.
+static UNLEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 ",
     )
 });
@@ -560,6 +591,48 @@ impl RedisBuffer {
             })
             .await?;
         decode_triples(reply, "own_pending")
+    }
+
+    /// Takes or renews the lease on consumer name `name` for `ttl` with `nonce` (this process's
+    /// secret token): `None` when this process holds it now, `Some(time left)` when another
+    /// one does.
+    pub async fn lease_consumer(
+        &self,
+        name: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> Result<Option<Duration>, BufferError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = LEASE.prepare_invoke();
+        invocation
+            .key(self.key(&format!("consumer:{name}")))
+            .arg(nonce)
+            .arg(ttl_ms);
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .timed("lease", async { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(match reply.as_slice() {
+            [1, ..] => None,
+            [_, left, ..] => Some(Duration::from_millis(u64::try_from(*left).unwrap_or(0))),
+            _ => return Err(unexpected("lease", "no answer")),
+        })
+    }
+
+    /// Gives up the lease on `name` if `nonce` still holds it (a clean stop), so a replacement
+    /// under the same name starts at once.
+    pub async fn release_consumer(&self, name: &str, nonce: &str) -> Result<(), BufferError> {
+        let mut invocation = UNLEASE.prepare_invoke();
+        invocation
+            .key(self.key(&format!("consumer:{name}")))
+            .arg(nonce);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .timed("release lease", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(())
     }
 
     /// Blocks until `replicas` replicas acknowledged every write made on this connection so

@@ -14,7 +14,8 @@
 //! - A poison case cannot stall its queue: a batch failing with 5xx/timeouts is bisected, and a
 //!   single case that failed `max_attempts` times while the key's other requests succeeded is
 //!   dead-lettered with the last answer. A whole-API outage never dead-letters anything.
-//! - Each consumer has a stable name; on start it resumes the cases it held before at once.
+//! - Each consumer has a stable name, held by one live process ([`lease`], Redis); on start it
+//!   resumes the cases it held before at once.
 //!
 //! Shape: a supervisor ([`Delivery::run`]) runs one [`worker`] per queue and keeps the paused
 //! gauge in step with the pause table; the [`batcher`] assembles batches; [`policy`] decides
@@ -25,6 +26,7 @@ pub mod activity;
 pub mod batcher;
 pub mod client;
 pub mod health;
+pub mod lease;
 pub mod limiter;
 pub mod policy;
 mod worker;

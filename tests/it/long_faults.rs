@@ -790,3 +790,88 @@ async fn an_idle_queue_does_not_use_up_the_probe_of_its_paused_key() {
     );
     gateway.stop().await;
 }
+
+/// Runs `casegate serve` on `dir` and waits for it to exit; returns its stderr. Panics if it is
+/// still running after 20 s.
+async fn serve_until_exit(dir: &std::path::Path, env: &[(String, String)]) -> String {
+    let port = crate::support::free_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mappings",
+        ])
+        .arg(dir.join("mappings"))
+        .env("CASEGATE_BUFFER__PATH", dir.join("buffer.redb"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("a second process under a taken consumer name refuses to start")
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Two processes configured with one consumer name on one Redis: the second refuses to start and
+/// names the setting. The first, SIGKILLed, restarts on its own data directory under the same
+/// name at once (its lease, live for another visibility timeout, is its own) and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_name_is_held_by_one_live_process_and_a_killed_one_takes_it_back() {
+    let redis = RedisServer::start().await;
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(1)).await;
+    let workspace = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+        std::fs::write(dir.path().join("mappings/src.yaml"), mapping()).unwrap();
+        dir
+    };
+    let (first_dir, second_dir) = (workspace(), workspace());
+    let mut env = sandbox.settings();
+    for (k, v) in [
+        ("CASEGATE_BUFFER__BACKEND", "redis".to_string()),
+        ("CASEGATE_BUFFER__REDIS_URL", redis.url()),
+        ("CASEGATE_DELIVERY__CONSUMER", "replica-shared".into()),
+        ("CASEGATE_DELIVERY__POLL_INTERVAL_MS", "20".into()),
+    ] {
+        env.push((k.into(), v));
+    }
+    let first = GatewayProcess::spawn(first_dir.path(), &env).await;
+    let refused = serve_until_exit(second_dir.path(), &env).await;
+    assert!(
+        refused.contains("replica-shared")
+            && refused.contains("delivery.consumer")
+            && refused.contains("CASEGATE_DELIVERY__CONSUMER"),
+        "the refusal names the consumer and the setting: {refused}"
+    );
+
+    first.kill9().await;
+    let restarted = Instant::now();
+    let first = GatewayProcess::spawn(first_dir.path(), &env).await;
+    let client = crate::support::http_client();
+    let response = client
+        .post(first.url("/hooks/src"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(
+        sandbox.wait_for(QUEUE, 1, Duration::from_secs(10)).await,
+        1,
+        "the restarted process delivers under its name (visibility timeout 300 s)"
+    );
+    println!(
+        "SIGKILLed and restarted under its consumer name: delivering {:?} after the restart",
+        restarted.elapsed()
+    );
+    let refused = serve_until_exit(second_dir.path(), &env).await;
+    assert!(refused.contains("delivery.consumer"), "{refused}");
+    first.kill9().await;
+}
