@@ -115,7 +115,7 @@ pub enum Command {
         /// Shorthand for --listen 127.0.0.1:PORT.
         #[arg(long)]
         port: Option<u16>,
-        /// The only bearer token it accepts.
+        /// The bearer token it accepts (several comma-separated, each with its own limit).
         #[arg(long, default_value = "dv_sandbox")]
         api_key: String,
         /// Requests allowed per window.

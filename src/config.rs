@@ -53,6 +53,7 @@ struct RawBuffer {
     op_timeout_ms: u64,
     retry_after_secs: u64,
     wait_replicas: u32,
+    queue_retention_secs: u64,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +180,8 @@ pub struct IngressConfig {
 pub enum BufferBackendKind {
     Embedded,
     Redis,
+    /// Redis Cluster: `redis_url` holds comma-separated seed node URLs.
+    RedisCluster,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +195,8 @@ pub struct BufferConfig {
     pub retry_after: Duration,
     /// Redis replicas that must confirm a webhook's write before its 2xx (`WAIT`); 0: none.
     pub wait_replicas: u32,
+    /// How long a queue stays registered after it last held a case (Redis).
+    pub queue_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -396,15 +401,25 @@ impl Config {
         let backend = match raw.buffer.backend.as_str() {
             "embedded" => BufferBackendKind::Embedded,
             "redis" => BufferBackendKind::Redis,
+            "redis-cluster" => BufferBackendKind::RedisCluster,
             other => {
                 return Err(ConfigError::Invalid {
                     key: "buffer.backend",
-                    reason: format!("{other:?} is not one of \"embedded\", \"redis\""),
+                    reason: format!(
+                        "{other:?} is not one of \"embedded\", \"redis\", \"redis-cluster\""
+                    ),
                 });
             }
         };
-        if !raw.buffer.redis_url.starts_with("redis://")
-            && !raw.buffer.redis_url.starts_with("rediss://")
+        // A cluster takes several seed URLs, comma-separated; a single server exactly one.
+        let urls: Vec<&str> = if backend == BufferBackendKind::RedisCluster {
+            raw.buffer.redis_url.split(',').map(str::trim).collect()
+        } else {
+            vec![raw.buffer.redis_url.as_str()]
+        };
+        if urls
+            .iter()
+            .any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://"))
         {
             // Never echo the URL: it may carry a password.
             return Err(ConfigError::Invalid {
@@ -483,6 +498,7 @@ impl Config {
                 op_timeout: Duration::from_millis(raw.buffer.op_timeout_ms.max(1)),
                 retry_after: Duration::from_secs(raw.buffer.retry_after_secs.max(1)),
                 wait_replicas: raw.buffer.wait_replicas,
+                queue_retention: Duration::from_secs(raw.buffer.queue_retention_secs.max(1)),
             },
             duvo: DuvoConfig {
                 base_url,

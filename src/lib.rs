@@ -55,8 +55,13 @@ pub enum RunError {
 pub async fn open_buffer(config: &BufferConfig) -> Result<Buffer, BufferError> {
     Ok(match config.backend {
         BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open(&config.path)?),
-        BufferBackendKind::Redis => Buffer::Redis(
-            RedisBuffer::connect(
+        BufferBackendKind::Redis | BufferBackendKind::RedisCluster => Buffer::Redis(
+            RedisBuffer::connect_to(
+                if config.backend == BufferBackendKind::RedisCluster {
+                    buffer::redis::Topology::Cluster
+                } else {
+                    buffer::redis::Topology::Single
+                },
                 config.redis_url.expose(),
                 &config.key_prefix,
                 config.op_timeout,
@@ -281,6 +286,7 @@ pub fn start_delivery(
         max_request_bytes: settings.max_request_bytes,
         linger: settings.linger,
         poll_interval: settings.poll_interval,
+        queue_retention: config.buffer.queue_retention,
         visibility_timeout: settings.visibility_timeout,
         backoff: delivery::policy::Backoff {
             base: settings.backoff_base,

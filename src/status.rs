@@ -45,6 +45,9 @@ pub struct QueueStatus {
 pub struct PausedKey {
     pub key: String,
     pub for_ms: u64,
+    /// Why: a 429 (or a spent window) or a 401/403, as the pause table holds it.
+    #[serde(default)]
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,10 +109,16 @@ pub async fn report(
     }
     let paused_keys = match delivery {
         Some(d) => d
-            .paused_keys()
+            .pauses()
             .await
             .into_iter()
-            .map(|(key, for_ms)| PausedKey { key, for_ms })
+            .filter_map(|p| {
+                Some(PausedKey {
+                    key: p.name.strip_prefix("key:")?.to_string(),
+                    for_ms: p.remaining_ms,
+                    reason: p.reason,
+                })
+            })
             .collect(),
         None => Vec::new(),
     };
@@ -185,8 +194,8 @@ pub fn render(report: &StatusReport) -> String {
     }
     for key in &report.paused_keys {
         out.push_str(&format!(
-            "\nAPI key {} is paused for {} ms more (401/403 from the API)\n",
-            key.key, key.for_ms
+            "\nAPI key {} is paused for {} ms more: {}\n",
+            key.key, key.for_ms, key.reason
         ));
     }
     out

@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod redis;
+mod redis_conn;
 
 use std::time::Duration;
 
@@ -203,9 +204,29 @@ impl Buffer {
         dispatch!(self, b => b.enqueue(batch).await)
     }
 
-    /// Queues that hold at least one buffered case.
+    /// Queues that hold at least one buffered case (claimed ones included). On Redis one read
+    /// of the ready set, longest-waiting first, whatever the number of queues ever used.
     pub async fn queues(&self) -> Result<Vec<String>, BufferError> {
         dispatch!(self, b => b.queues().await)
+    }
+
+    /// True when `queue` holds nothing (claimed cases included); on Redis it then leaves the
+    /// ready set, atomically with the writes, so a worker can stop without missing a case.
+    pub async fn settle(&self, queue: &str) -> Result<bool, BufferError> {
+        match self {
+            Buffer::Redis(b) => b.settle(queue).await,
+            Buffer::Embedded(b) => Ok(b.stats(queue).await?.depth == 0),
+        }
+    }
+
+    /// Forgets up to `limit` queues that stayed empty for `retention` (Redis: the stream, its
+    /// consumer group and its registry entry); the embedded store keeps only a counter per queue
+    /// and has nothing to forget. Returns how many were forgotten.
+    pub async fn prune(&self, retention: Duration, limit: usize) -> Result<u64, BufferError> {
+        match self {
+            Buffer::Redis(b) => b.prune(retention, limit).await,
+            Buffer::Embedded(_) => Ok(0),
+        }
     }
 
     /// Hands out up to `max` of `queue`'s oldest never-claimed cases to `consumer`.

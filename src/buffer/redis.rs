@@ -3,8 +3,14 @@
 //! Key layout (every key carries the hash tag `{<prefix>}`, default prefix `casegate`):
 //! - `{casegate}:q:<queue>`: the queue's stream. Each entry holds one [`CaseRecord`] as JSON in
 //!   the field `r`; the entry id is the [`CaseId`].
-//! - `{casegate}:queues`: set of every queue that was ever written to (never pruned;
-//!   [`RedisBuffer::queues`] skips the empty ones).
+//! - `{casegate}:ready`: sorted set of the queues that hold at least one case, scored by when
+//!   they got work. The write script adds to it; a worker that finds its queue drained takes it
+//!   out ([`RedisBuffer::settle`], atomic with the writes). Delivery reads only this set, so an
+//!   idle gateway costs the same few commands per second for 10 queues or 10,000.
+//! - `{casegate}:registry`: sorted set of every queue written to, scored by its last write;
+//!   [`RedisBuffer::prune`] forgets queues empty past the retention period (stream, group and
+//!   all). Older versions kept `{casegate}:queues`, a plain set; it is folded into these two on
+//!   first use.
 //! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry
 //!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
@@ -16,9 +22,11 @@
 //!   they increase monotonically and list oldest-first), the record as JSON in the field `r`.
 //!
 //! One hash tag puts a whole deployment in one Cluster slot, so every multi-key write is a single
-//! Lua script, atomic even on Redis Cluster. One slot is enough: throughput is capped by the Duvo
-//! API (about 500 cases/s per API key), far below what one Redis shard serves. (The connection
-//! itself is a plain, non-cluster one: the layout is ready for Cluster, the client is not yet.)
+//! Lua script, atomic even on Redis Cluster (the limiter's keys share the tag too). One slot is
+//! enough: throughput is capped by the Duvo API (about 500 cases/s per API key), far below what
+//! one Redis shard serves (docs/scaling.md has the measurements). The connection is a single
+//! server's or a Redis Cluster's ([`Topology`]); the cluster client follows redirections and
+//! failovers on its own.
 //!
 //! Who acks when: ingress writes with [`RedisBuffer::enqueue`] (one script: dedupe mark, `XADD`s,
 //! dead letters). The delivery loop claims with `XREADGROUP >`, which puts the entries in the
@@ -47,8 +55,9 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, Value};
+
+pub use super::redis_conn::{RedisConn, Topology};
 
 use super::{
     BufferError, BufferedCase, CaseId, CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord,
@@ -63,9 +72,12 @@ const FIELD: &str = "r";
 
 /// Writes one webhook (or one replay) atomically. Denied as a whole when Redis is out of memory.
 ///
-/// KEYS: 1 queue set, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4 second dedupe
-/// mark (the body digest; KEYS[3] again when unused), 5.. one stream per case. ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of
-/// cases n, 4 number of dead letters m, then n queue names, n case records, m dead-letter records.
+/// KEYS: 1 queue registry, 2 dead-letter stream, 3 dedupe mark (any key when unused), 4 second
+/// dedupe mark (the body digest; KEYS[3] again when unused), 5 ready set, 6.. one stream per case.
+/// ARGV: 1 dedupe ttl ms (0: none), 2 dead letter to consume ('': none), 3 number of cases n, 4
+/// number of dead letters m, then n queue names, n case records, m dead-letter records. Each
+/// case's queue enters the ready set (if not in it: its score says since when it has work) and
+/// has its last write noted in the registry.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua
@@ -91,8 +103,11 @@ local n = tonumber(ARGV[3])
 local m = tonumber(ARGV[4])
 local cases = {}
 for i = 1, n do
-  redis.call('SADD', KEYS[1], ARGV[4 + i])
-  cases[i] = redis.call('XADD', KEYS[4 + i], '*', 'r', ARGV[4 + n + i])
+  local id = redis.call('XADD', KEYS[5 + i], '*', 'r', ARGV[4 + n + i])
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('ZADD', KEYS[1], ms, ARGV[4 + i])
+  redis.call('ZADD', KEYS[5], 'NX', ms, ARGV[4 + i])
+  cases[i] = id
 end
 local dead = {}
 for i = 1, m do
@@ -102,6 +117,59 @@ if ARGV[2] ~= '' then
   redis.call('XDEL', KEYS[2], ARGV[2])
 end
 return {'stored', cases, dead}
+",
+    )
+});
+
+/// Takes a drained queue out of the ready set: atomic with the writes, so a case written after
+/// the check puts it back and none is missed. KEYS: 1 stream, 2 ready set. ARGV: 1 queue.
+/// Returns 1 when the queue holds nothing (claimed cases included) and left the set.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+if redis.call('XLEN', KEYS[1]) > 0 then
+  return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+",
+    )
+});
+
+/// Forgets a queue that stayed empty past the retention period: its stream (and consumer
+/// group) is deleted and it leaves the registry and the ready set. Nothing is forgotten that
+/// holds a case or was written to since `cutoff`.
+/// KEYS: 1 stream, 2 registry, 3 ready set. ARGV: 1 queue, 2 cutoff ms. Returns 1 if forgotten.
+static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local last = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if redis.call('XLEN', KEYS[1]) > 0 or (last and tonumber(last) > tonumber(ARGV[2])) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+",
+    )
+});
+
+/// Moves one queue of the set older versions kept (`{p}:queues`, every queue ever written) into
+/// the registry and, if it holds cases, the ready set.
+/// KEYS: 1 stream, 2 old queue set, 3 registry, 4 ready set. ARGV: 1 queue.
+static MIGRATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[3], 'NX', now, ARGV[1])
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if first[1] then
+  redis.call('ZADD', KEYS[4], 'NX', tonumber(string.match(first[1][1], '^(%d+)')), ARGV[1])
+end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
 ",
     )
 });
@@ -262,32 +330,39 @@ return 0
     )
 });
 
-/// Acks and deletes entries. KEYS: 1 stream. ARGV: 1 group, 2.. ids.
+/// Acks and deletes entries; a queue left empty leaves the ready set.
+/// KEYS: 1 stream, 2 ready set. ARGV: 1 group, 2 queue, 3.. ids.
 static ACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua flags=allow-oom
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[i])
   redis.call('XDEL', KEYS[1], ARGV[i])
 end
-return #ARGV - 1
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return #ARGV - 2
 ",
     )
 });
 
-/// Acks and deletes entries and stores their dead letters.
-/// KEYS: 1 stream, 2 dead-letter stream. ARGV: 1 group, then pairs (case id or '', record).
-/// Returns the dead-letter ids.
+/// Acks and deletes entries and stores their dead letters; a queue left empty leaves the ready
+/// set. KEYS: 1 stream, 2 dead-letter stream, 3 ready set. ARGV: 1 group, 2 queue, then pairs
+/// (case id or '', record). Returns the dead-letter ids.
 static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua flags=allow-oom
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   if ARGV[i] ~= '' then
     redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[i])
     redis.call('XDEL', KEYS[1], ARGV[i])
   end
   out[#out + 1] = redis.call('XADD', KEYS[2], '*', 'r', ARGV[i + 1])
+end
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[2])
 end
 return out
 ",
@@ -318,11 +393,13 @@ return {depth, claimed, oldest}
 /// Buffer on Redis Streams. Clones share one auto-reconnecting multiplexed connection.
 #[derive(Clone)]
 pub struct RedisBuffer {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     op_timeout: Duration,
     /// Replicas that must confirm a webhook's write before it is acknowledged (`WAIT`); 0: none.
     wait_replicas: u32,
+    /// Whether this process folded the old queue set into the registry already.
+    migrated: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisBuffer {
@@ -336,31 +413,31 @@ impl std::fmt::Debug for RedisBuffer {
 }
 
 impl RedisBuffer {
-    /// Prepares a connection to `url` without waiting for it: succeeds while Redis is down.
-    /// Fails only for a malformed URL (the error does not repeat the URL, which may hold a
-    /// password).
+    /// [`Self::connect_to`] one Redis server.
     pub async fn connect(
         url: &str,
         key_prefix: &str,
         op_timeout: Duration,
     ) -> Result<RedisBuffer, BufferError> {
-        let client = redis::Client::open(url).map_err(|_| {
-            BufferError::Unavailable("invalid redis url (not shown: it may hold a password)".into())
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(op_timeout))
-            .set_response_timeout(Some(op_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            BufferError::Unavailable(format!("redis connection setup failed: {:?}", e.kind()))
-        })?;
+        Self::connect_to(Topology::Single, url, key_prefix, op_timeout).await
+    }
+
+    /// Prepares a connection to `url` (for a cluster: comma-separated seed URLs) without waiting
+    /// for it: succeeds while Redis is down. Fails only for a malformed URL (the error does not
+    /// repeat the URL, which may hold a password).
+    pub async fn connect_to(
+        topology: Topology,
+        url: &str,
+        key_prefix: &str,
+        op_timeout: Duration,
+    ) -> Result<RedisBuffer, BufferError> {
+        let conn = RedisConn::open(topology, url, op_timeout)?;
         let buffer = RedisBuffer {
             conn,
             prefix: key_prefix.to_owned(),
             op_timeout,
             wait_replicas: 0,
+            migrated: Default::default(),
         };
         // Start connecting now rather than on the first webhook; a failure here only means the
         // next operation tries again.
@@ -425,35 +502,112 @@ impl RedisBuffer {
         }
     }
 
+    /// Queues that hold at least one case, longest-waiting first: one read of the ready set,
+    /// whatever the number of queues ever used.
     pub async fn queues(&self) -> Result<Vec<String>, BufferError> {
+        self.migrate_once().await?;
         let mut conn = self.conn.clone();
-        let set = self.key("queues");
-        let names: Vec<String> = self
-            .timed("queues", async {
-                redis::cmd("SMEMBERS")
-                    .arg(&set)
+        let ready = self.key("ready");
+        self.timed("queues", async {
+            redis::cmd("ZRANGE")
+                .arg(&ready)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Takes `queue` out of the ready set if it holds nothing; true when it did.
+    pub async fn settle(&self, queue: &str) -> Result<bool, BufferError> {
+        let mut invocation = SETTLE.prepare_invoke();
+        invocation
+            .key(self.stream_key(queue))
+            .key(self.key("ready"))
+            .arg(queue);
+        let mut conn = self.conn.clone();
+        let settled: u64 = self
+            .timed("settle", async { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(settled == 1)
+    }
+
+    /// Forgets up to `limit` queues that held nothing and were not written to for `retention`;
+    /// returns how many.
+    pub async fn prune(&self, retention: Duration, limit: usize) -> Result<u64, BufferError> {
+        let mut conn = self.conn.clone();
+        let registry = self.key("registry");
+        let (seconds, micros): (u64, u64) = self
+            .timed("prune", async {
+                conn.on_slot_master(redis::cmd("TIME"), &registry).await
+            })
+            .await?;
+        let now_ms = seconds * 1000 + micros / 1000;
+        let cutoff =
+            now_ms.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        let stale: Vec<String> = self
+            .timed("prune", async {
+                redis::cmd("ZRANGE")
+                    .arg(&registry)
+                    .arg("-inf")
+                    .arg(cutoff)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
                     .query_async(&mut conn)
                     .await
             })
             .await?;
-        if names.is_empty() {
-            return Ok(names);
+        let mut forgotten = 0;
+        for queue in stale {
+            let mut invocation = FORGET.prepare_invoke();
+            invocation
+                .key(self.stream_key(&queue))
+                .key(&registry)
+                .key(self.key("ready"))
+                .arg(&queue)
+                .arg(cutoff);
+            let done: u64 = self
+                .timed("prune", async { invocation.invoke_async(&mut conn).await })
+                .await?;
+            forgotten += done;
         }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("XLEN").arg(self.stream_key(name));
+        Ok(forgotten)
+    }
+
+    /// Folds the queue set older versions kept into the registry and ready set, once per
+    /// process (afterwards the set is gone and this is one `SMEMBERS` of nothing at start).
+    async fn migrate_once(&self) -> Result<(), BufferError> {
+        if self.migrated.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
         }
-        let depths: Vec<u64> = self
-            .timed("queues", async { pipe.query_async(&mut conn).await })
+        let mut conn = self.conn.clone();
+        let old = self.key("queues");
+        let names: Vec<String> = self
+            .timed("queues", async {
+                redis::cmd("SMEMBERS")
+                    .arg(&old)
+                    .query_async(&mut conn)
+                    .await
+            })
             .await?;
-        let mut queues: Vec<String> = names
-            .into_iter()
-            .zip(depths)
-            .filter(|(_, depth)| *depth > 0)
-            .map(|(name, _)| name)
-            .collect();
-        queues.sort();
-        Ok(queues)
+        for name in names {
+            let mut invocation = MIGRATE.prepare_invoke();
+            invocation
+                .key(self.stream_key(&name))
+                .key(&old)
+                .key(self.key("registry"))
+                .key(self.key("ready"))
+                .arg(&name);
+            let _: u64 = self
+                .timed("queues", async { invocation.invoke_async(&mut conn).await })
+                .await?;
+        }
+        self.migrated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     pub async fn claim(
@@ -643,16 +797,15 @@ impl RedisBuffer {
             return Ok(());
         }
         let mut conn = self.conn.clone();
+        let slot_key = self.key("queues");
         let timeout_ms = u64::try_from(timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let acked: u64 = self
             .timed_for("wait", timeout + self.op_timeout, async {
-                redis::cmd("WAIT")
-                    .arg(replicas)
-                    .arg(timeout_ms)
-                    .query_async(&mut conn)
-                    .await
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(replicas).arg(timeout_ms);
+                conn.on_slot_master(wait, &slot_key).await
             })
             .await?;
         if acked < u64::from(replicas) {
@@ -663,6 +816,17 @@ impl RedisBuffer {
         Ok(())
     }
 
+    /// With replicas to wait for, an ack also waits for them (best effort): a failover right
+    /// after it would otherwise bring the delivered cases back and send them again.
+    async fn replicate_removal(&self) {
+        if let Err(error) = self
+            .wait_replicas(self.wait_replicas, self.op_timeout / 2)
+            .await
+        {
+            tracing::warn!(error = %error, "an ack is not confirmed by the replicas; a failover now could deliver its cases again");
+        }
+    }
+
     pub async fn ack(&self, queue: &str, ids: &[CaseId]) -> Result<(), BufferError> {
         // A malformed id cannot name an entry; sending it would make Redis reject the whole call.
         let ids: Vec<&CaseId> = ids.iter().filter(|id| is_stream_id(id)).collect();
@@ -670,11 +834,17 @@ impl RedisBuffer {
             return Ok(());
         }
         let mut invocation = ACK.prepare_invoke();
-        invocation.key(self.stream_key(queue)).arg(GROUP).arg(ids);
+        invocation
+            .key(self.stream_key(queue))
+            .key(self.key("ready"))
+            .arg(GROUP)
+            .arg(queue)
+            .arg(ids);
         let mut conn = self.conn.clone();
         let _: Value = self
             .timed("ack", async { invocation.invoke_async(&mut conn).await })
             .await?;
+        self.replicate_removal().await;
         Ok(())
     }
 
@@ -690,7 +860,9 @@ impl RedisBuffer {
         invocation
             .key(self.stream_key(queue))
             .key(self.key("dlq"))
-            .arg(GROUP);
+            .key(self.key("ready"))
+            .arg(GROUP)
+            .arg(queue);
         for (id, record) in &cases {
             let id = if is_stream_id(id) { id.as_str() } else { "" };
             invocation.arg(id).arg(encode(record)?);
@@ -701,6 +873,7 @@ impl RedisBuffer {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
+        self.replicate_removal().await;
         strings(reply, "dead_letter_cases")
     }
 
@@ -828,9 +1001,10 @@ impl RedisBuffer {
 
     pub async fn ping(&self) -> Result<(), BufferError> {
         let mut conn = self.conn.clone();
+        let slot_key = self.key("queues");
         let _: String = self
             .timed("ping", async {
-                redis::cmd("PING").query_async(&mut conn).await
+                conn.on_slot_master(redis::cmd("PING"), &slot_key).await
             })
             .await?;
         Ok(())
@@ -852,14 +1026,15 @@ impl RedisBuffer {
     ) -> Result<Written, BufferError> {
         let records = cases.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let mut invocation = WRITE.prepare_invoke();
-        let queue_set = self.key("queues");
+        let registry = self.key("registry");
         let (seen_key, body_key, ttl_ms) =
-            dedupe.unwrap_or_else(|| (queue_set.clone(), queue_set.clone(), 0));
+            dedupe.unwrap_or_else(|| (registry.clone(), registry.clone(), 0));
         invocation
-            .key(&queue_set)
+            .key(&registry)
             .key(self.key("dlq"))
             .key(seen_key)
-            .key(body_key);
+            .key(body_key)
+            .key(self.key("ready"));
         for case in cases {
             invocation.key(self.stream_key(&case.queue));
         }
@@ -931,7 +1106,7 @@ impl RedisBuffer {
 
     /// The shared connection and a key under this deployment's hash tag, for other state that
     /// lives beside the buffer (the delivery rate limiter shared by every replica).
-    pub fn connection_for(&self, name: &str) -> (ConnectionManager, String, Duration) {
+    pub fn connection_for(&self, name: &str) -> (RedisConn, String, Duration) {
         (self.conn.clone(), self.key(name), self.op_timeout)
     }
 

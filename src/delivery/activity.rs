@@ -17,6 +17,8 @@ struct Book {
     /// (delivered at ms, cases) within the last minute.
     recent: VecDeque<(u64, u64)>,
     last_error: Option<(u64, String)>,
+    /// When this queue last delivered or failed (ms).
+    last_at: u64,
 }
 
 /// What `casegate status` shows about a queue's delivery.
@@ -37,6 +39,7 @@ impl Activity {
         let mut queues = self.queues.lock().expect("activity lock");
         let book = queues.entry(queue.to_string()).or_default();
         book.delivered_total += cases;
+        book.last_at = book.last_at.max(now_ms);
         book.recent.push_back((now_ms, cases));
         while book
             .recent
@@ -49,7 +52,16 @@ impl Activity {
 
     pub fn error(&self, queue: &str, error: String, now_ms: u64) {
         let mut queues = self.queues.lock().expect("activity lock");
-        queues.entry(queue.to_string()).or_default().last_error = Some((now_ms, error));
+        let book = queues.entry(queue.to_string()).or_default();
+        book.last_error = Some((now_ms, error));
+        book.last_at = book.last_at.max(now_ms);
+    }
+
+    /// Forgets queues with no delivery or error for `idle_ms`, so this bookkeeping follows the
+    /// queues with recent work, not every queue ever seen.
+    pub fn forget_idle(&self, now_ms: u64, idle_ms: u64) {
+        let mut queues = self.queues.lock().expect("activity lock");
+        queues.retain(|_, book| now_ms.saturating_sub(book.last_at) < idle_ms);
     }
 
     /// Every queue seen, sorted; `paused_for_ms` is left for the caller to fill from the pauses.
@@ -92,5 +104,13 @@ mod tests {
         assert_eq!(later[0].delivered_last_minute, 5);
         assert_eq!(later[0].delivered_total, 105);
         assert_eq!(later[0].last_error.as_deref(), Some("HTTP 503; retrying"));
+        activity.delivered("other", 1, 70_000);
+        activity.forget_idle(120_000, 60_000);
+        let kept: Vec<String> = activity
+            .snapshot(120_000)
+            .into_iter()
+            .map(|a| a.queue)
+            .collect();
+        assert_eq!(kept, ["other"], "a queue idle past the period is forgotten");
     }
 }

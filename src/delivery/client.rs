@@ -3,6 +3,7 @@
 //! Always the `cases` form (1-100), never `case`, so one code path serves every batch size; `data`
 //! is already a JSON-encoded string in the buffer, as the API requires.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -29,6 +30,44 @@ struct CreateCases<'a> {
 struct ErrorBody {
     error: Option<String>,
     message: Option<String>,
+}
+
+/// What delivery sends batches to: the Duvo API over HTTP, or a stand-in that answers in
+/// process, so the worker and batcher run in unit tests on paused time with no socket.
+#[derive(Clone)]
+pub enum Api {
+    Http(DuvoClient),
+    StandIn(Arc<dyn StandIn>),
+}
+
+/// Answers `POST /queues/{queue}/cases` in process (tests substitute it for the HTTP client).
+pub trait StandIn: Send + Sync {
+    fn create_cases(&self, api_key: &Secret, queue: &str, cases: &[&CaseRecord]) -> ApiAnswer;
+}
+
+impl From<DuvoClient> for Api {
+    fn from(client: DuvoClient) -> Api {
+        Api::Http(client)
+    }
+}
+
+impl Api {
+    /// Sends one batch. Never fails: a transport error is an answer too.
+    pub async fn create_cases(
+        &self,
+        api_key: &Secret,
+        queue: &str,
+        cases: &[&CaseRecord],
+    ) -> ApiAnswer {
+        match self {
+            Api::Http(client) => {
+                client
+                    .create_cases(api_key, queue, DuvoClient::body(cases))
+                    .await
+            }
+            Api::StandIn(stand_in) => stand_in.create_cases(api_key, queue, cases),
+        }
+    }
 }
 
 /// A client for one API base URL; cheap to clone.

@@ -20,7 +20,9 @@
 //! Shape: a supervisor ([`Delivery::run`]) runs one [`worker`] per queue and keeps the paused
 //! gauge in step with the pause table; the [`batcher`] assembles batches; [`policy`] decides
 //! what an answer means (pure); [`health`] tells a poison case from an outage; [`activity`]
-//! keeps what `status` shows. Time is tokio's (paused in tests) and jitter is injected.
+//! keeps what `status` shows. Time is tokio's (paused in tests) and jitter is injected; requests
+//! go through [`client::Api`], the HTTP client or an in-process stand-in, so every rule above is
+//! unit-tested on paused time (`worker/tests.rs`).
 
 pub mod activity;
 pub mod batcher;
@@ -42,7 +44,7 @@ use crate::prometheus;
 use crate::secret::Secret;
 use activity::Activity;
 pub use activity::QueueActivity;
-use client::DuvoClient;
+use client::Api;
 use health::Health;
 use limiter::{PauseInfo, PauseKind, RateLimiter, key_id};
 use policy::Backoff;
@@ -78,6 +80,8 @@ pub struct DeliveryConfig {
     pub max_request_bytes: usize,
     pub linger: Duration,
     pub poll_interval: Duration,
+    /// A queue that stayed empty this long is forgotten by the buffer (Redis registry).
+    pub queue_retention: Duration,
     pub visibility_timeout: Duration,
     pub backoff: Backoff,
     pub probe_interval: Duration,
@@ -139,7 +143,7 @@ pub struct Delivery {
 
 struct Inner {
     buffer: Buffer,
-    client: DuvoClient,
+    client: Api,
     limiter: RateLimiter,
     keys: ApiKeys,
     config: DeliveryConfig,
@@ -153,7 +157,7 @@ struct Inner {
 impl Delivery {
     pub fn new(
         buffer: Buffer,
-        client: DuvoClient,
+        client: impl Into<Api>,
         limiter: RateLimiter,
         keys: ApiKeys,
         config: DeliveryConfig,
@@ -162,7 +166,7 @@ impl Delivery {
         Delivery {
             inner: Arc::new(Inner {
                 buffer,
-                client,
+                client: client.into(),
                 limiter,
                 keys,
                 config,
@@ -180,6 +184,10 @@ impl Delivery {
     }
 
     /// Runs the supervisor until shutdown, then waits for workers to finish their current send.
+    ///
+    /// Every `poll_interval` it reads the queues with work (one read of the buffer's ready set,
+    /// whatever the number of queues ever used) and starts a worker for each one without. A
+    /// worker stops once its queue is drained, so tasks and memory follow the queues with work.
     pub async fn run(self) {
         let mut workers: HashMap<String, (Arc<Notify>, tokio::task::JoinHandle<()>)> =
             HashMap::new();
@@ -187,22 +195,26 @@ impl Delivery {
         let mut buffer_down_logged = false;
         let mut gauged: HashSet<(&'static str, String)> = HashSet::new();
         let mut gauge_at = tokio::time::Instant::now();
+        let prune_every = (self.inner.config.queue_retention / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut prune_at = tokio::time::Instant::now() + prune_every;
+        let mut woken = true;
         while !*shutdown.borrow() {
+            workers.retain(|_, (_, task)| !task.is_finished());
             match self.inner.buffer.queues().await {
                 Ok(queues) => {
                     buffer_down_logged = false;
                     for queue in queues {
-                        let running = workers
-                            .get(&queue)
-                            .is_some_and(|(_, task)| !task.is_finished());
-                        if !running {
+                        if let std::collections::hash_map::Entry::Vacant(slot) =
+                            workers.entry(queue)
+                        {
                             let notify = Arc::new(Notify::new());
                             let task = tokio::spawn(worker::run(
                                 self.clone(),
-                                queue.clone(),
+                                slot.key().clone(),
                                 notify.clone(),
                             ));
-                            workers.insert(queue, (notify, task));
+                            slot.insert((notify, task));
                         }
                     }
                 }
@@ -212,18 +224,42 @@ impl Delivery {
                 }
                 Err(_) => {}
             }
-            for (notify, _) in workers.values() {
-                notify.notify_one();
+            if woken {
+                // Ingress wrote: a worker waiting for more cases claims them at once.
+                for (notify, _) in workers.values() {
+                    notify.notify_one();
+                }
             }
-            if tokio::time::Instant::now() >= gauge_at {
+            let now = tokio::time::Instant::now();
+            if now >= gauge_at {
                 gauged = self.refresh_paused_gauge(gauged).await;
                 gauge_at = tokio::time::Instant::now() + Duration::from_secs(1);
             }
-            tokio::select! {
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
-                _ = shutdown.changed() => {}
+            if now >= prune_at {
+                match self
+                    .inner
+                    .buffer
+                    .prune(self.inner.config.queue_retention, 1_000)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(forgotten) => {
+                        tracing::info!(forgotten, "forgot queues empty past the retention period")
+                    }
+                    Err(error) => tracing::warn!(error = %error, "pruning idle queues failed"),
+                }
+                let retention_ms = u64::try_from(self.inner.config.queue_retention.as_millis())
+                    .unwrap_or(u64::MAX);
+                self.inner
+                    .activity
+                    .forget_idle((self.inner.config.now_ms)(), retention_ms);
+                prune_at = tokio::time::Instant::now() + prune_every;
             }
+            woken = tokio::select! {
+                _ = self.inner.wake.notified() => true,
+                _ = tokio::time::sleep(self.inner.config.poll_interval) => false,
+                _ = shutdown.changed() => false,
+            };
         }
         for (_, (notify, task)) in workers {
             notify.notify_one();

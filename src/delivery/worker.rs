@@ -14,7 +14,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::batcher::{self, Claims};
-use super::client::DuvoClient;
 use super::limiter::{Gate, PauseKind, key_pause, queue_pause};
 use super::policy::{Action, AfterFailure, ApiAnswer, after_failure, decide, window_spent};
 use super::{Delivery, Inner};
@@ -22,8 +21,9 @@ use crate::buffer::{BufferedCase, CaseId, CaseRecord, DeadLetterKind, DeadLetter
 use crate::prometheus;
 use crate::secret::Secret;
 
-/// An idle worker stops after this long; the supervisor starts a new one when cases arrive.
-const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// The longest a worker whose queue holds only other consumers' claims waits before it looks
+/// again (a worker whose queue is drained stops; the supervisor starts one when cases arrive).
+const IDLE_MAX: Duration = Duration::from_secs(1);
 
 /// Single cases a worker sets aside (keeps claimed and retries on their own backoff) while the
 /// rest of its queue flows. Beyond this, failing cases are retried in place: in an outage
@@ -114,11 +114,9 @@ struct Group {
     cases: Vec<BufferedCase>,
     /// Transient failures in a row.
     failures: u32,
-    /// Of those (for a single case), how many happened while the key was otherwise healthy.
+    /// Of those (for a single case), how many came with fresh evidence that the key was
+    /// otherwise healthy (see [`super::health`]).
     counted: u32,
-    first_failure: Option<Instant>,
-    /// The last health verdict, kept while no new evidence comes in.
-    healthy: bool,
     /// The last attempt's outcome was unknown (timeout, 5xx), or the cases were taken over from
     /// a stopped consumer: the API may hold them already.
     ambiguous: bool,
@@ -134,8 +132,6 @@ impl Group {
             cases,
             failures: 0,
             counted: 0,
-            first_failure: None,
-            healthy: false,
             ambiguous,
             last_answer: String::new(),
             aside: false,
@@ -148,8 +144,6 @@ impl Group {
             cases,
             failures: 0,
             counted: 0,
-            first_failure: self.first_failure,
-            healthy: self.healthy,
             ambiguous: self.ambiguous,
             last_answer: self.last_answer.clone(),
             aside: false,
@@ -261,26 +255,8 @@ impl Worker {
             .await
     }
 
-    /// True when this worker holds nothing and its queue is empty (an unanswered buffer counts
-    /// as not empty: the claim that follows will tell).
-    async fn nothing_to_send(&self) -> bool {
-        self.carry.is_empty()
-            && self.suspects.is_empty()
-            && matches!(self.inner().buffer.stats(&self.queue).await, Ok(s) if s.depth == 0)
-    }
-
-    /// Waits up to `wait` for cases (ingress or the supervisor pokes) or shutdown.
-    async fn idle(&self, wait: Duration) {
-        let mut shutdown = self.inner().shutdown.clone();
-        tokio::select! {
-            _ = self.notify.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|stop| *stop) => {}
-        }
-    }
-
     async fn run(mut self) {
-        let mut idle_since = Instant::now();
+        let mut idle_wait = Duration::ZERO;
         {
             let mut resumed = Vec::new();
             self.claims().own_pending(&mut resumed).await;
@@ -288,15 +264,6 @@ impl Worker {
             self.carry = resumed;
         }
         while !self.stopping() {
-            if self.nothing_to_send().await {
-                // Ask no gate: a probe won now would send nothing, yet hold off the fleet's
-                // next probe (a queue with cases waiting) for a whole interval.
-                if idle_since.elapsed() > IDLE_EXIT {
-                    return;
-                }
-                self.idle(self.inner().config.poll_interval).await;
-                continue;
-            }
             let mut probing = Probing::default();
             if let Some(key) = self.key_hint.clone() {
                 match self.gate(&key_pause(&key)).await {
@@ -339,20 +306,50 @@ impl Worker {
             let mut batch = std::mem::take(&mut self.carry);
             self.fill(&mut batch).await;
             if batch.is_empty() {
-                if idle_since.elapsed() > IDLE_EXIT && self.suspects.is_empty() {
-                    return;
+                // A probe won with nothing to send goes back at once: kept, it would hold off a
+                // queue with cases waiting for a whole probe interval.
+                if probing.key
+                    && let Some(key) = &self.key_hint
+                {
+                    self.inner().limiter.hand_back(&key_pause(key)).await;
                 }
+                if probing.queue {
+                    self.inner()
+                        .limiter
+                        .hand_back(&queue_pause(&self.queue))
+                        .await;
+                }
+                if self.suspects.is_empty() {
+                    match self.inner().buffer.settle(&self.queue).await {
+                        // Drained: the queue left the ready set, and a later case puts it back
+                        // and gets a new worker from the supervisor.
+                        Ok(true) => return,
+                        // Other consumers hold its cases: look again, less and less often, for
+                        // cases they give up (reclaim) until new work wakes this worker.
+                        Ok(false) => {
+                            idle_wait = (idle_wait * 2).clamp(config.poll_interval, IDLE_MAX)
+                        }
+                        Err(_) => idle_wait = config.poll_interval,
+                    }
+                } else {
+                    idle_wait = config.poll_interval;
+                }
+                let mut shutdown = self.inner().shutdown.clone();
                 let wait = self
                     .suspects
                     .iter()
                     .map(|s| s.due.saturating_duration_since(Instant::now()))
                     .min()
-                    .unwrap_or(config.poll_interval)
-                    .min(config.poll_interval);
-                self.idle(wait).await;
+                    .unwrap_or(idle_wait)
+                    .min(idle_wait);
+                tokio::select! {
+                    _ = self.notify.notified() => idle_wait = Duration::ZERO,
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => {}
+                }
                 continue;
             }
-            idle_since = Instant::now();
+            idle_wait = Duration::ZERO;
             if batch.len() < config.max_batch {
                 let oldest_age = batcher::age(&batch, (config.now_ms)());
                 if oldest_age < config.linger {
@@ -450,10 +447,7 @@ impl Worker {
                     .increment(group.cases.len() as u64);
             }
             let records: Vec<&CaseRecord> = group.cases.iter().map(|c| &c.record).collect();
-            let answer = inner
-                .client
-                .create_cases(secret, &queue, DuvoClient::body(&records))
-                .await;
+            let answer = inner.client.create_cases(secret, &queue, &records).await;
             if let Some(reset) = window_spent(&answer, inner.limiter.rate()) {
                 inner.limiter.pause(key, reset).await;
             }
@@ -466,7 +460,7 @@ impl Worker {
                 Action::Ack => {
                     let group = work.pop_front().expect("not empty");
                     let ids = group.ids();
-                    inner.health.record(key, Instant::now(), true, &queue, &ids);
+                    inner.health.record(key, true, &queue, &ids);
                     self.ack(&ids).await;
                     self.record_delivered(&group.cases);
                     tracing::info!(%queue, key, cases = ids.len(), "batch delivered");
@@ -494,24 +488,17 @@ impl Worker {
                     // ends: the next grant waits for it.
                 }
                 Action::Backoff => {
-                    let now = Instant::now();
                     let summary = answer_summary(&answer);
                     group.ambiguous = true;
                     group.failures += 1;
                     group.last_answer = summary.clone();
-                    let first_failure = *group.first_failure.get_or_insert(now);
                     let ids = group.ids();
-                    if group.cases.len() == 1 {
-                        if let Some(healthy) =
-                            inner.health.verdict(key, &queue, &ids[0], first_failure)
-                        {
-                            group.healthy = healthy;
-                        }
-                        if group.healthy {
-                            group.counted += 1;
-                        }
+                    if group.cases.len() == 1
+                        && inner.health.verdict(key, &queue, &ids[0]) == Some(true)
+                    {
+                        group.counted += 1;
                     }
-                    inner.health.record(key, now, false, &queue, &ids);
+                    inner.health.record(key, false, &queue, &ids);
                     // Each group backs off on its own failures: a bisected half starts
                     // afresh (it is a different request), a case retried in place slows down.
                     let attempt = group.failures - 1;
@@ -732,3 +719,6 @@ fn answer_summary(answer: &ApiAnswer) -> String {
         ApiAnswer::Transport(reason) => reason.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;

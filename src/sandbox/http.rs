@@ -174,10 +174,11 @@ async fn gate(
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    if let Err(e) = sandbox.authorize(auth) {
-        return Err((e, sandbox.rate_state()));
-    }
-    let rate = sandbox.admit();
+    let key = match sandbox.authorize(auth) {
+        Ok(key) => key,
+        Err(e) => return Err((e, sandbox.rate_state())),
+    };
+    let rate = sandbox.admit(&key);
     if !rate.allowed {
         let e = SandboxError::RateLimited {
             retry_after_secs: rate.retry_after_secs(),

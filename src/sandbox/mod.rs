@@ -81,7 +81,8 @@ use limiter::SlidingWindowLimiter;
 /// How the sandbox is set up.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// The only API key accepted (`Authorization: Bearer <api_key>`).
+    /// The API key accepted (`Authorization: Bearer <api_key>`); several keys comma-separated,
+    /// each with its own window, for runs with many keys.
     pub api_key: String,
     /// Requests allowed per `window` per API key; 0 refuses every request with 429.
     pub rate: u32,
@@ -329,8 +330,8 @@ impl Sandbox {
         }
     }
 
-    /// Checks an `Authorization` header value against the configured key.
-    pub(crate) fn authorize(&self, header: Option<&str>) -> Result<(), SandboxError> {
+    /// Checks an `Authorization` header value against the configured key(s); returns the key.
+    pub(crate) fn authorize(&self, header: Option<&str>) -> Result<String, SandboxError> {
         let header = header.ok_or(SandboxError::Unauthorized("missing Authorization header"))?;
         let token = match header.trim().split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
@@ -340,17 +341,19 @@ impl Sandbox {
                 ));
             }
         };
-        let expected = self.inner.config.api_key.as_bytes();
-        if bool::from(token.as_bytes().ct_eq(expected)) {
-            Ok(())
-        } else {
-            Err(SandboxError::Unauthorized("invalid API key"))
+        let mut matched = None;
+        // Every configured key is compared, so the time taken says nothing about which matched.
+        for expected in self.inner.config.api_key.split(',') {
+            if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
+                matched = Some(expected.to_owned());
+            }
         }
+        matched.ok_or(SandboxError::Unauthorized("invalid API key"))
     }
 
-    /// Counts an authorized request against the key's window, if there is room.
-    pub(crate) fn admit(&self) -> RateDecision {
-        self.state().limiter.check(&self.inner.config.api_key)
+    /// Counts an authorized request against `key`'s window, if there is room.
+    pub(crate) fn admit(&self, key: &str) -> RateDecision {
+        self.state().limiter.check(key)
     }
 
     /// The key's window, without counting.

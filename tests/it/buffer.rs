@@ -6,11 +6,13 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
+use casegate::buffer::redis::Topology;
 use casegate::buffer::{
     Buffer, BufferError, CaseId, CaseMeta, CaseRecord, DeadLetterId, DeadLetterKind,
     DeadLetterRecord, DedupeMark, EmbeddedBuffer, Enqueue, EnqueueOutcome, QueueStats, RedisBuffer,
 };
 
+use crate::support::redis_cluster::RedisCluster;
 use crate::support::redis_server::RedisServer;
 
 const QUEUE_A: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a01";
@@ -29,6 +31,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 enum Backend {
     Redis(RedisServer),
     Embedded(tempfile::TempDir),
+    /// A Redis Cluster shared by several tests, each under its own key prefix (hash tag).
+    Cluster(
+        std::sync::Arc<tokio::sync::Mutex<RedisCluster>>,
+        &'static str,
+    ),
 }
 
 /// A buffer under test plus what it takes to crash it and bring it back on the same data.
@@ -58,8 +65,10 @@ impl Fixture {
             buffer,
         } = self;
         drop(buffer);
-        if let Backend::Redis(server) = &mut backend {
-            server.restart().await;
+        match &mut backend {
+            Backend::Redis(server) => server.restart().await,
+            Backend::Cluster(cluster, _) => cluster.lock().await.restart_all().await,
+            Backend::Embedded(_) => {}
         }
         let buffer = open(&backend).await;
         Fixture { backend, buffer }
@@ -73,6 +82,16 @@ async fn open(backend: &Backend) -> Buffer {
                 .await
                 .expect("connect to redis"),
         ),
+        Backend::Cluster(cluster, prefix) => Buffer::Redis(
+            RedisBuffer::connect_to(
+                Topology::Cluster,
+                &cluster.lock().await.urls(),
+                prefix,
+                OP_TIMEOUT,
+            )
+            .await
+            .expect("connect to the redis cluster"),
+        ),
         // A nested path: opening creates the missing directories.
         Backend::Embedded(dir) => Buffer::Embedded(
             EmbeddedBuffer::open(&dir.path().join("state").join("buffer.redb"))
@@ -83,6 +102,17 @@ async fn open(backend: &Backend) -> Buffer {
 
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
+        /// The whole contract against one Redis Cluster (three masters, one replica each), each
+        /// test under its own hash tag so the tests land on different masters' slots.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis_cluster_keeps_the_whole_contract() {
+            let cluster = std::sync::Arc::new(tokio::sync::Mutex::new(RedisCluster::start().await));
+            $(
+                let backend = Backend::Cluster(cluster.clone(), stringify!($test));
+                let buffer = open(&backend).await;
+                $test(Fixture { backend, buffer }).await;
+            )*
+        }
         mod redis {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -976,7 +1006,8 @@ async fn redis_keys_share_one_hash_tag() {
         [
             "{tenant-7}:dlq".to_owned(),
             "{tenant-7}:q:".to_owned() + QUEUE_A,
-            "{tenant-7}:queues".to_owned(),
+            "{tenant-7}:ready".to_owned(),
+            "{tenant-7}:registry".to_owned(),
             "{tenant-7}:seen:github:d-1".to_owned(),
         ]
     );

@@ -320,14 +320,40 @@ async fn a_refused_key_pauses_delivery_and_keeps_the_cases() {
             202
         );
     }
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let stats = sandbox.stats();
-    assert_eq!(stats.accepted_cases, 0);
-    assert!(stats.status_counts.get(&401).copied().unwrap_or(0) >= 1);
+    let refused = || {
+        sandbox
+            .stats()
+            .status_counts
+            .get(&401)
+            .copied()
+            .unwrap_or(0)
+    };
     assert!(
-        stats.total_requests <= 6,
-        "a paused key is only probed now and then: {} requests",
-        stats.total_requests
+        sandbox
+            .wait_until(Duration::from_secs(20), || refused() >= 1)
+            .await
+    );
+    // Three more requests to a paused key are probes one 1 s interval apart: they take at
+    // least two intervals, however loaded the machine (load only slows them).
+    let before = sandbox.stats().total_requests;
+    let started = std::time::Instant::now();
+    assert!(
+        sandbox
+            .wait_until(Duration::from_secs(30), || sandbox.stats().total_requests
+                >= before + 3)
+            .await,
+        "the key is probed again"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_800),
+        "a paused key is only probed once per interval: 3 requests in {took:?}"
+    );
+    assert_eq!(sandbox.stats().accepted_cases, 0);
+    assert_eq!(
+        refused(),
+        sandbox.stats().total_requests,
+        "every request was a refused probe"
     );
     let dir = gateway.stop().await;
     assert_eq!(

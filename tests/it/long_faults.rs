@@ -148,6 +148,31 @@ async fn three_replicas_ride_out_an_outage_longer_than_the_visibility_timeout_ex
     }
 }
 
+/// Waits for `n` more answers with `status` (probes of a pause, 1 s apart for the whole fleet)
+/// and checks they took as long as probes one interval apart must: at most two of them can be
+/// stragglers of the first burst (three replicas, one refusal already seen), so the other
+/// `n - 2` span at least `n - 3` intervals. A probe per replica would come three times as fast.
+/// A slow machine only makes them slower, so the bound holds under load; the deadline is
+/// generous for the same reason.
+async fn probe_pace(sandbox: &TestSandbox, status: u16, n: u64) -> Duration {
+    let before = status_count(sandbox, status);
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(60), || status_count(sandbox, status)
+            >= before + n)
+        .await,
+        "the probes stopped: {} in 60 s",
+        status_count(sandbox, status) - before
+    );
+    let took = started.elapsed();
+    let least = Duration::from_secs(n - 3).mul_f64(0.9);
+    assert!(
+        took >= least,
+        "{n} answers {status} in {took:?}: more than one probe per 1 s interval"
+    );
+    took
+}
+
 /// A 401 for every request: the key pauses on all three replicas, and the probes that follow
 /// come one per interval for the whole fleet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,18 +187,9 @@ async fn a_refused_key_pauses_three_replicas_with_one_probe_per_interval() {
             .setting("CASEGATE_ADMIN__TOKEN", ADMIN_TOKEN);
         replicas.push(TestGateway::start(options).await);
     }
-    assert!(eventually(Duration::from_secs(10), || status_count(&sandbox, 401) >= 1).await);
-    // Let the first refusals of each replica land, then count over whole probe intervals.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let before = status_count(&sandbox, 401);
-    let window = Duration::from_secs(4);
-    tokio::time::sleep(window).await;
-    let probes = status_count(&sandbox, 401) - before;
-    println!("401 pause: {probes} probes in 4 s across 3 replicas (1 s interval)");
-    assert!(
-        (2..=5).contains(&probes),
-        "one probe per 1 s interval for the fleet: {probes} in 4 s"
-    );
+    assert!(eventually(Duration::from_secs(20), || status_count(&sandbox, 401) >= 1).await);
+    let probes = probe_pace(&sandbox, 401, 8).await;
+    println!("401 pause: 8 refusals across 3 replicas took {probes:?} (1 s interval)");
     assert_eq!(sandbox.stats().accepted_cases, 0);
     // Every replica tells the same story: its status lists the paused key, its gauge says 1.
     let client = crate::support::http_client();
@@ -255,16 +271,9 @@ async fn an_unknown_queue_pauses_then_resumes_in_order(backend: impl Fn() -> Bac
             .unwrap();
         assert_eq!(response.status().as_u16(), 202);
     }
-    assert!(eventually(Duration::from_secs(10), || status_count(&sandbox, 404) >= 1).await);
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let before = status_count(&sandbox, 404);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let probes = status_count(&sandbox, 404) - before;
-    println!("404 pause on {replicas_n} replica(s): {probes} probes in 3 s");
-    assert!(
-        (1..=4).contains(&probes),
-        "one probe per 1 s interval: {probes} in 3 s"
-    );
+    assert!(eventually(Duration::from_secs(20), || status_count(&sandbox, 404) >= 1).await);
+    let probes = probe_pace(&sandbox, 404, 8).await;
+    println!("404 pause on {replicas_n} replica(s): 8 refusals took {probes:?} (1 s interval)");
     sandbox.sandbox.set_faults(Faults::default());
     assert!(
         eventually(Duration::from_secs(20), || sandbox.titles(QUEUE).len() >= n).await,
@@ -337,7 +346,11 @@ async fn a_500_poison_case_is_dead_lettered_and_an_outage_is_not() {
     let dir = tempfile::tempdir().unwrap();
     backlog(&embedded_buffer(dir.path()), 0..300).await;
     let started = Instant::now();
-    let gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded), dir).await;
+    let gateway = TestGateway::start_in(
+        options(&sandbox, Backend::Embedded).setting("CASEGATE_ADMIN__TOKEN", ADMIN_TOKEN),
+        dir,
+    )
+    .await;
     assert!(
         eventually(Duration::from_secs(30), || sandbox.titles(QUEUE).len()
             >= 299)
@@ -356,6 +369,33 @@ async fn a_500_poison_case_is_dead_lettered_and_an_outage_is_not() {
     assert!(
         requests <= 60,
         "bisecting 100 cases costs a few requests per level, not one per case: {requests}"
+    );
+    // Its failures count only with fresh evidence that the API takes other cases: newer
+    // webhooks go through while it is retried, until it is dead-lettered.
+    let client = crate::support::http_client();
+    let mut next = 300;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pause_story(&gateway).await.0.dead_letters == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        let response = client
+            .post(gateway.url("/hooks/src"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"id": {next}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || sandbox.titles(QUEUE).len()
+            >= next - 1)
+        .await,
+        "every newer case delivered"
     );
     let dir = gateway.stop().await;
     let buffer = embedded_buffer(dir.path());
@@ -707,30 +747,47 @@ async fn the_paused_gauge_of_the_configured_key_flips_during_a_401_pause() {
     process.kill9().await;
 }
 
-/// A worker whose queue is empty asks no pause gate: when a key's 401 pause runs out, the fleet's
-/// one probe goes to a queue with cases waiting, not to an idle queue of the same key (which
-/// would send nothing and hold every other queue of the key off for another probe interval).
+/// A worker with nothing to claim (its queue's one case is held by another consumer) gives back
+/// a probe it won: when a key's 401 pause runs out, the fleet's one probe reaches a queue with
+/// cases waiting, not held off for another interval by a worker that sent nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_queue_does_not_use_up_the_probe_of_its_paused_key() {
+async fn a_worker_with_nothing_to_send_hands_back_the_probe_of_its_paused_key() {
     use casegate::delivery::limiter::{LimiterConfig, PauseKind, RateLimiter, key_id, key_pause};
     const IDLE_QUEUE: &str = "0b1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
     let redis = RedisServer::start().await;
     let sandbox = TestSandbox::start(1_000, Duration::from_secs(1)).await;
+    let buffer = redis_buffer(&redis).await;
+    let write = |i| {
+        let buffer = buffer.clone();
+        async move {
+            buffer
+                .enqueue(Enqueue {
+                    dedupe: None,
+                    cases: vec![crate::support::cases::case_in(IDLE_QUEUE, i)],
+                    dead_letters: vec![],
+                })
+                .await
+                .unwrap();
+        }
+    };
+    // Another consumer holds the idle queue's first case (and keeps it: 60 s visibility).
+    write(0).await;
+    assert_eq!(
+        buffer
+            .claim(IDLE_QUEUE, "other-holder", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let gateway = TestGateway::start(
         options(&sandbox, Backend::Redis(redis.url()))
-            .setting("CASEGATE_DELIVERY__PROBE_INTERVAL_SECS", "10"),
+            .setting("CASEGATE_DELIVERY__PROBE_INTERVAL_SECS", "10")
+            .setting("CASEGATE_DELIVERY__VISIBILITY_TIMEOUT_SECS", "60"),
     )
     .await;
-    let buffer = redis_buffer(&redis).await;
-    // The idle queue delivers once with the default key, then sits empty with a live worker.
-    buffer
-        .enqueue(Enqueue {
-            dedupe: None,
-            cases: vec![crate::support::cases::case_in(IDLE_QUEUE, 0)],
-            dead_letters: vec![],
-        })
-        .await
-        .unwrap();
+    // Its worker delivers the second case with the default key, then finds nothing to claim.
+    write(1).await;
     assert_eq!(
         sandbox
             .wait_for(IDLE_QUEUE, 1, Duration::from_secs(10))
@@ -761,14 +818,15 @@ async fn an_idle_queue_does_not_use_up_the_probe_of_its_paused_key() {
             "401 (test)",
         )
         .await;
-    // Wait until the pause has run out for a while (or someone took its probe meanwhile).
+    // Wait until the pause has run out for longer than an idle worker's longest look-again
+    // (1 s), or until someone took its probe meanwhile.
     loop {
         let probed = limiter
             .pauses()
             .await
             .iter()
             .any(|p| p.name == pause && p.remaining_ms > 1_000);
-        if probed || held_at.elapsed() > Duration::from_millis(800) {
+        if probed || held_at.elapsed() > Duration::from_millis(2_000) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -874,4 +932,170 @@ async fn a_consumer_name_is_held_by_one_live_process_and_a_killed_one_takes_it_b
     let refused = serve_until_exit(second_dir.path(), &env).await;
     assert!(refused.contains("delivery.consumer"), "{refused}");
     first.kill9().await;
+}
+
+/// What a replica says about its pauses: `/admin/status` (as `casegate status` renders it) and
+/// the `casegate_delivery_paused` gauge lines set to 1.
+async fn pause_story(gateway: &TestGateway) -> (casegate::status::StatusReport, Vec<String>) {
+    let client = crate::support::http_client();
+    let report: casegate::status::StatusReport = client
+        .get(gateway.url("/admin/status"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let metrics = client
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let paused = metrics
+        .lines()
+        .filter(|line| line.starts_with("casegate_delivery_paused{") && line.ends_with(" 1"))
+        .map(str::to_string)
+        .collect();
+    (report, paused)
+}
+
+/// A 429 pauses the key: `status` and the paused gauge say so while it holds, and both clear
+/// once the key sends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_pause_shows_in_status_and_the_paused_gauge_and_clears_after() {
+    let redis = RedisServer::start().await;
+    // One request per 4 s at the API, spent by another client before the gateway starts: the
+    // gateway's first request meets a 429 with a retry-after of up to 4 s.
+    let api_key = "dv_sandbox_429_status";
+    let key_id = casegate::delivery::limiter::key_id(&casegate::secret::Secret::new(api_key));
+    let sandbox = TestSandbox::start_with_key(1, Duration::from_secs(4), api_key).await;
+    let spent = crate::support::http_client()
+        .post(format!("{}/queues/{QUEUE}/cases", sandbox.base_url))
+        .bearer_auth(api_key)
+        .json(&serde_json::json!({"cases": [{"title": "another client", "data": "{}"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(spent.status().is_success(), "{}", spent.status());
+    backlog(&redis_buffer(&redis).await, 0..200).await;
+    let gateway = TestGateway::start(
+        options(&sandbox, Backend::Redis(redis.url()))
+            .setting("CASEGATE_ADMIN__TOKEN", ADMIN_TOKEN),
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(20), || status_count(&sandbox, 429) >= 1).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (report, paused) = pause_story(&gateway).await;
+        let listed = report
+            .paused_keys
+            .iter()
+            .any(|k| k.reason.contains("429") && k.for_ms > 0);
+        let rendered = casegate::status::render(&report);
+        let gauged = paused
+            .iter()
+            .any(|line| line.contains("kind=\"key\"") && line.contains(&key_id));
+        if listed && gauged && rendered.contains("is paused") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 429 pause does not show: {rendered} / gauge {paused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(40), || sandbox.titles(QUEUE).len()
+            >= 201)
+        .await,
+        "delivered after the pause: {}",
+        sandbox.titles(QUEUE).len()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (report, paused) = pause_story(&gateway).await;
+        if report.paused_keys.is_empty() && !paused.iter().any(|line| line.contains(&key_id)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pause never cleared: {:?} / gauge {paused:?}",
+            report.paused_keys
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let titles = sandbox.titles(QUEUE);
+    assert!(counts(&titles).values().all(|&n| n == 1), "each case once");
+    gateway.stop().await;
+}
+
+/// A rule naming an API key the config does not have: its queue pauses (shown by `status` and
+/// the gauge), keeps every case, and sends nothing; the other queues flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_whose_rule_names_a_missing_key_is_paused_and_keeps_its_cases() {
+    const KEYLESS: &str = "9a1d2c3b-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(1)).await;
+    let keyless = format!(
+        "verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {KEYLESS}, api_key: team-x, title: 'Keyless {{{{ $.id }}}}'}}\n"
+    );
+    let mut options =
+        GatewayOptions::embedded(&[("src.yaml", &mapping()), ("keyless.yaml", &keyless)]);
+    options.settings.extend(sandbox.settings());
+    for (key, value) in scaled() {
+        options.settings.push((key.into(), value));
+    }
+    let gateway = TestGateway::start(options.setting("CASEGATE_ADMIN__TOKEN", ADMIN_TOKEN)).await;
+    let client = crate::support::http_client();
+    for i in 0..5 {
+        for source in ["src", "keyless"] {
+            let response = client
+                .post(gateway.url(&format!("/hooks/{source}")))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"id": {i}}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 202, "{source}");
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || sandbox.titles(QUEUE).len() >= 5).await,
+        "the configured queue flows"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (report, paused) = pause_story(&gateway).await;
+        let queue = report.queues.iter().find(|q| q.queue == KEYLESS);
+        let listed = queue.is_some_and(|q| {
+            q.paused_for_ms.is_some() && q.last_error.as_deref().unwrap_or("").contains("team-x")
+        });
+        let gauged = paused
+            .iter()
+            .any(|line| line.contains("kind=\"queue\"") && line.contains(KEYLESS));
+        let rendered = casegate::status::render(&report);
+        if listed && gauged && rendered.contains("paused") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the keyless queue does not show as paused: {rendered} / gauge {paused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sandbox.titles(KEYLESS).is_empty(),
+        "nothing is sent without its key"
+    );
+    let dir = gateway.stop().await;
+    let buffer = embedded_buffer(dir.path());
+    assert_eq!(
+        buffer.stats(KEYLESS).await.unwrap().depth,
+        5,
+        "its cases are kept"
+    );
+    assert!(buffer.list_dead_letters(None, 10).await.unwrap().is_empty());
 }

@@ -2,6 +2,7 @@
 //! instances spawned per test, real signatures.
 
 mod buffer;
+mod cluster;
 mod delivery;
 mod faults;
 mod hostile;
@@ -12,6 +13,7 @@ mod operate;
 mod operators;
 mod readme;
 mod reload;
+mod scale;
 mod security;
 mod serve;
 mod support;

@@ -1,6 +1,7 @@
 pub mod cases;
 pub mod gateway;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sandbox;
 

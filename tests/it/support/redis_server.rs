@@ -16,11 +16,18 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (a cluster node's), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port with an empty data directory and waits until it answers.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with extra `redis-server` arguments.
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         let mut last_error = String::new();
         // Another process may take the free port between our probe and the server's bind.
         for _ in 0..5 {
@@ -28,6 +35,7 @@ impl RedisServer {
                 port: super::free_port(),
                 dir: tempfile::tempdir().expect("temp dir for redis"),
                 child: None,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return server,
@@ -74,6 +82,10 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} failed");
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server if it runs, then starts it again on the same port and data directory.
     pub async fn restart(&mut self) {
         self.stop();
@@ -111,6 +123,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

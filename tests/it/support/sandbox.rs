@@ -10,14 +10,22 @@ pub const API_KEY: &str = "dv_sandbox_test";
 pub struct TestSandbox {
     pub sandbox: Sandbox,
     pub base_url: String,
+    /// The one API key this sandbox accepts.
+    pub api_key: String,
     _stop: oneshot::Sender<()>,
 }
 
 impl TestSandbox {
     /// A sandbox allowing `rate` requests per `window`.
     pub async fn start(rate: u32, window: Duration) -> TestSandbox {
+        TestSandbox::start_with_key(rate, window, API_KEY).await
+    }
+
+    /// Likewise, accepting `api_key`: a key no other test uses, for tests that read the
+    /// process-wide metrics of that key.
+    pub async fn start_with_key(rate: u32, window: Duration, api_key: &str) -> TestSandbox {
         let config = SandboxConfig {
-            api_key: API_KEY.into(),
+            api_key: api_key.into(),
             rate,
             window,
             ..SandboxConfig::default()
@@ -36,6 +44,7 @@ impl TestSandbox {
         TestSandbox {
             sandbox,
             base_url,
+            api_key: api_key.into(),
             _stop: stop,
         }
     }
@@ -65,11 +74,25 @@ impl TestSandbox {
         }
     }
 
+    /// Polls `condition` every 20 ms until it holds (true) or `within` passes (false).
+    pub async fn wait_until(&self, within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if condition() {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The CASEGATE_* settings that point a gateway at this sandbox.
     pub fn settings(&self) -> Vec<(String, String)> {
         vec![
             ("CASEGATE_DUVO__BASE_URL".into(), self.base_url.clone()),
-            ("CASEGATE_DUVO__API_KEY".into(), API_KEY.into()),
+            ("CASEGATE_DUVO__API_KEY".into(), self.api_key.clone()),
         ]
     }
 
