@@ -415,11 +415,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     let previews = dlq::preview_all(&buffer, &mappings, source.as_deref())
                         .await
                         .map_err(|e| e.to_string())?;
-                    let previews: Vec<_> = previews
-                        .iter()
-                        .map(|p| serde_json::to_value(p).unwrap_or_default())
-                        .collect();
-                    print_previews(&previews);
+                    print_previews(&json_values(&previews));
                 }
                 (Some(id), false, false) => {
                     let outcome = dlq::replay(&buffer, &mappings, &id)
@@ -441,11 +437,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     )
                     .await
                     .map_err(|e| e.to_string())?;
-                    let outcomes: Vec<_> = outcomes
-                        .iter()
-                        .map(|o| serde_json::to_value(o).unwrap_or_default())
-                        .collect();
-                    print_replayed(&outcomes);
+                    print_replayed(&json_values(&outcomes));
                 }
                 _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             }
@@ -463,6 +455,15 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
         }
     }
     buffer.flush().await.map_err(|e| e.to_string())
+}
+
+/// Each item as JSON, for the printers that take what the local store and the admin API answer
+/// alike.
+fn json_values<T: serde::Serialize>(items: &[T]) -> Vec<serde_json::Value> {
+    items
+        .iter()
+        .map(|item| serde_json::to_value(item).unwrap_or_default())
+        .collect()
 }
 
 /// `casegate dlq` through a running gateway's admin API (the embedded store allows one process).

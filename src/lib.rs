@@ -47,6 +47,8 @@ pub enum RunError {
     Buffer(#[from] BufferError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Lease(#[from] delivery::lease::LeaseError),
 }
 
 /// Opens the configured buffer backend.
@@ -148,7 +150,31 @@ pub async fn run_with_clock(
     ingestor = ingestor
         .allow_default_secrets(config.ingress.allow_default_secrets)
         .offload_verify_above(config.ingress.offload_verify_bytes);
-    let delivery_task = delivery.clone().map(|d| tokio::spawn(d.run()));
+    // On Redis, delivery reads through a consumer name only this process holds.
+    let lease = match (&delivery, &buffer) {
+        (Some(_), Buffer::Redis(redis)) => {
+            let data_dir = config
+                .buffer
+                .path
+                .parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            Some(
+                delivery::lease::ConsumerLease::take(
+                    redis,
+                    &config.delivery.consumer,
+                    data_dir,
+                    config.delivery.visibility_timeout,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    let delivery_task = delivery.clone().map(|d| match lease {
+        Some(lease) => tokio::spawn(lease.run_holding(d.run(), stop_delivery.subscribe())),
+        None => tokio::spawn(d.run()),
+    });
     let reloader = Arc::new(
         mapping::MappingReloader::new(
             config.mappings.clone(),

@@ -15,6 +15,9 @@
 //!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
 //!   names.
+//! - `{casegate}:consumer:<name>`: the lease on a consumer name, a random nonce with a `PX`
+//!   expiry, so two live processes never read through one consumer name
+//!   ([`RedisBuffer::lease_consumer`], `delivery::lease`).
 //! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
 //!   they increase monotonically and list oldest-first), the record as JSON in the field `r`.
 //!
@@ -84,6 +87,13 @@ if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then
 end
 if ttl > 0 then
   if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    -- Rewrite the mark (same value, same expiry): a replicated write, so a WAIT after this
+    -- answer also covers the first write of the event, whichever connection made it.
+    for k = 3, 4 do
+      if redis.call('EXISTS', KEYS[k]) == 1 then
+        redis.call('SET', KEYS[k], '1', 'KEEPTTL')
+      end
+    end
     return {'duplicate'}
   end
   redis.call('SET', KEYS[3], '1', 'PX', ttl)
@@ -228,43 +238,35 @@ return out
     )
 });
 
-/// Resets the idle time of entries `consumer` still holds, so no other consumer takes them
-/// while their holder waits out a backoff or a pause. An entry that is no longer pending, belongs
-/// to another consumer, or already sat idle past the visibility timeout (anyone may have taken it
-/// since) is left alone: a late renewal never steals a claim back.
-/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 max idle ms, 4.. ids. Returns how many renewed.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
+/// Renews or releases entries `consumer` still holds; an entry that is no longer pending or
+/// belongs to another consumer is left alone.
+/// - `renew` resets their idle time, so no other consumer takes them while their holder waits
+///   out a backoff or a pause. An entry that already sat idle past the visibility timeout
+///   (anyone may have taken it since) is left alone too: a late renewal never steals a claim back.
+/// - `release` hands them back to the group at once: their idle time is set to the visibility
+///   timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of newer
+///   entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
+///
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms (renew: the most an entry may have
+/// sat; release: the idle time to set), 4 mode (`renew` or `release`), 5.. ids. Returns how many.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua flags=allow-oom
-local renewed = 0
-for i = 4, #ARGV do
-  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if type(p) == 'table' and not p.err and p[1] and tonumber(p[1][3]) < tonumber(ARGV[3]) then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    renewed = renewed + 1
-  end
-end
-return renewed
-",
-    )
-});
-
-/// Hands entries `consumer` holds back to the group at once: their idle time is set to the
-/// visibility timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of
-/// newer entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
-/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms to set, 4.. ids. Returns how many.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"#!lua flags=allow-oom
-local released = 0
-for i = 4, #ARGV do
+local release = ARGV[4] == 'release'
+local done = 0
+for i = 5, #ARGV do
   local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if type(p) == 'table' and not p.err and p[1] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-    released = released + 1
+    if release then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+      done = done + 1
+    elseif tonumber(p[1][3]) < tonumber(ARGV[3]) then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+      done = done + 1
+    end
   end
 end
-return released
+return done
 ",
     )
 });
@@ -296,6 +298,34 @@ for _, e in ipairs(r[1][2]) do
   end
 end
 return out
+",
+    )
+});
+
+/// Takes or renews the lease on a consumer name: free, or already ours, it is (re)set.
+/// KEYS: 1 lease. ARGV: 1 nonce, 2 ttl ms. Returns `{1}` when held, `{0, ms left}` when another
+/// process holds it.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// Gives up a lease if it is still ours. KEYS: 1 lease. ARGV: 1 nonce.
+static UNLEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 ",
     )
 });
@@ -444,10 +474,12 @@ impl RedisBuffer {
 
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let outcome = self.enqueue_unreplicated(batch).await?;
-        if matches!(outcome, EnqueueOutcome::Stored { .. }) {
-            self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
-                .await?;
-        }
+        // A duplicate waits too: the provider's retry of a webhook answered 503 (its first
+        // write reached the primary, no replica confirmed it in time) must not get a 2xx until a
+        // replica has that first write. The write script rewrote the mark, so this connection's
+        // replication offset is past the first write whichever connection made it.
+        self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
+            .await?;
         Ok(outcome)
     }
 
@@ -675,7 +707,7 @@ impl RedisBuffer {
         self.decode_triples(queue, reply, "reclaim").await
     }
 
-    /// See [`RENEW`]: keeps `consumer`'s claims on `ids` from expiring.
+    /// See [`HOLD`]: keeps `consumer`'s claims on `ids` from expiring.
     pub async fn renew(
         &self,
         queue: &str,
@@ -683,11 +715,11 @@ impl RedisBuffer {
         max_idle: Duration,
         ids: &[CaseId],
     ) -> Result<u64, BufferError> {
-        self.pending_op("renew", &RENEW, queue, consumer, max_idle, ids)
+        self.pending_op("renew", queue, consumer, max_idle, ids)
             .await
     }
 
-    /// See [`RELEASE`]: makes `consumer`'s claims on `ids` reclaimable at once.
+    /// See [`HOLD`]: makes `consumer`'s claims on `ids` reclaimable at once.
     pub async fn release(
         &self,
         queue: &str,
@@ -695,14 +727,12 @@ impl RedisBuffer {
         idle: Duration,
         ids: &[CaseId],
     ) -> Result<u64, BufferError> {
-        self.pending_op("release", &RELEASE, queue, consumer, idle, ids)
-            .await
+        self.pending_op("release", queue, consumer, idle, ids).await
     }
 
     async fn pending_op(
         &self,
         operation: &'static str,
-        script: &Script,
         queue: &str,
         consumer: &str,
         idle: Duration,
@@ -713,12 +743,13 @@ impl RedisBuffer {
             return Ok(0);
         }
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = HOLD.prepare_invoke();
         invocation
             .key(self.stream_key(queue))
             .arg(GROUP)
             .arg(consumer)
             .arg(idle_ms)
+            .arg(operation)
             .arg(ids);
         let mut conn = self.conn.clone();
         let reply: Value = self
@@ -752,6 +783,48 @@ impl RedisBuffer {
             })
             .await?;
         self.decode_triples(queue, reply, "own_pending").await
+    }
+
+    /// Takes or renews the lease on consumer name `name` for `ttl` with `nonce` (this process's
+    /// secret token): `None` when this process holds it now, `Some(time left)` when another
+    /// one does.
+    pub async fn lease_consumer(
+        &self,
+        name: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> Result<Option<Duration>, BufferError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = LEASE.prepare_invoke();
+        invocation
+            .key(self.key(&format!("consumer:{name}")))
+            .arg(nonce)
+            .arg(ttl_ms);
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .timed("lease", async { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(match reply.as_slice() {
+            [1, ..] => None,
+            [_, left, ..] => Some(Duration::from_millis(u64::try_from(*left).unwrap_or(0))),
+            _ => return Err(unexpected("lease", "no answer")),
+        })
+    }
+
+    /// Gives up the lease on `name` if `nonce` still holds it (a clean stop), so a replacement
+    /// under the same name starts at once.
+    pub async fn release_consumer(&self, name: &str, nonce: &str) -> Result<(), BufferError> {
+        let mut invocation = UNLEASE.prepare_invoke();
+        invocation
+            .key(self.key(&format!("consumer:{name}")))
+            .arg(nonce);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .timed("release lease", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(())
     }
 
     /// Blocks until `replicas` replicas acknowledged every write made on this connection so
