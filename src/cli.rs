@@ -412,10 +412,25 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     print_previews(&[serde_json::to_value(preview).unwrap_or_default()]);
                 }
                 (None, true, true) => {
-                    let previews = dlq::preview_all(&buffer, &mappings, source.as_deref())
+                    let mut tally = PreviewTally::default();
+                    let mut after: Option<String> = None;
+                    loop {
+                        let page = dlq::preview_page(
+                            &buffer,
+                            &mappings,
+                            source.as_deref(),
+                            after.as_deref(),
+                            dlq::PAGE,
+                        )
                         .await
                         .map_err(|e| e.to_string())?;
-                    print_previews(&json_values(&previews));
+                        tally.print(&json_values(&page.dry_run));
+                        match page.next {
+                            Some(next) => after = Some(next),
+                            None => break,
+                        }
+                    }
+                    tally.finish();
                 }
                 (Some(id), false, false) => {
                     let outcome = dlq::replay(&buffer, &mappings, &id)
@@ -515,24 +530,35 @@ async fn dlq_remote(admin: &AdminApi, action: DlqAction) -> Result<(), String> {
                         out!("{}", pretty(&answer));
                     }
                 }
+                (None, true) if dry_run => {
+                    // Page by page, so neither side holds the whole store's previews.
+                    let mut tally = PreviewTally::default();
+                    let mut after: Option<String> = None;
+                    loop {
+                        let mut extra = vec![("dry_run", "true".to_string())];
+                        extra.extend(after.take().map(|a| ("after", a)));
+                        let answer = admin
+                            .call(
+                                "POST",
+                                &format!("/admin/dlq/replay?{}", query(&source, &extra)),
+                            )
+                            .await?;
+                        tally.print(&answer["dry_run"].as_array().cloned().unwrap_or_default());
+                        match answer["next"].as_str() {
+                            Some(next) => after = Some(next.to_string()),
+                            None => break,
+                        }
+                    }
+                    tally.finish();
+                }
                 (None, true) => {
-                    let extra = if dry_run {
-                        vec![("dry_run", "true".to_string())]
-                    } else {
-                        Vec::new()
-                    };
                     let answer = admin
                         .call(
                             "POST",
-                            &format!("/admin/dlq/replay?{}", query(&source, &extra)),
+                            &format!("/admin/dlq/replay?{}", query(&source, &[])),
                         )
                         .await?;
-                    let list = |key: &str| answer[key].as_array().cloned().unwrap_or_default();
-                    if dry_run {
-                        print_previews(&list("dry_run"));
-                    } else {
-                        print_replayed(&list("replayed"));
-                    }
+                    print_replayed(&answer["replayed"].as_array().cloned().unwrap_or_default());
                 }
                 _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             }
@@ -606,36 +632,59 @@ fn print_replayed(outcomes: &[serde_json::Value]) {
 
 /// Dry-run previews, per dead letter: the cases it would enqueue, or why it would still fail.
 fn print_previews(previews: &[serde_json::Value]) {
-    let (mut enqueue, mut filtered, mut failing) = (0, 0, 0);
-    for preview in previews {
-        let id = preview["id"].as_str().unwrap_or_default();
-        match preview["result"].as_str().unwrap_or_default() {
-            "would_enqueue" => {
-                enqueue += 1;
-                let cases = preview["cases"].as_array().cloned().unwrap_or_default();
-                out!("{id}: would enqueue {} case(s):", cases.len());
-                out!("{}", pretty(&cases));
-            }
-            "would_filter" => {
-                filtered += 1;
-                out!(
-                    "{id}: no rule matches any more; the dead letter would be removed, no case made"
-                );
-            }
-            _ => {
-                failing += 1;
-                out!(
-                    "{id}: would still fail: {}",
-                    preview["reason"].as_str().unwrap_or_default()
-                );
+    let mut tally = PreviewTally::default();
+    tally.print(previews);
+    tally.finish();
+}
+
+/// Prints dry-run previews as they arrive (a page at a time) and counts them for the summary.
+#[derive(Default)]
+struct PreviewTally {
+    enqueue: usize,
+    filtered: usize,
+    failing: usize,
+}
+
+impl PreviewTally {
+    fn print(&mut self, previews: &[serde_json::Value]) {
+        for preview in previews {
+            let id = preview["id"].as_str().unwrap_or_default();
+            match preview["result"].as_str().unwrap_or_default() {
+                "would_enqueue" => {
+                    self.enqueue += 1;
+                    let cases = preview["cases"].as_array().cloned().unwrap_or_default();
+                    out!("{id}: would enqueue {} case(s):", cases.len());
+                    out!("{}", pretty(&cases));
+                }
+                "would_filter" => {
+                    self.filtered += 1;
+                    out!(
+                        "{id}: no rule matches any more; the dead letter would be removed, no case made"
+                    );
+                }
+                _ => {
+                    self.failing += 1;
+                    out!(
+                        "{id}: would still fail: {}",
+                        preview["reason"].as_str().unwrap_or_default()
+                    );
+                }
             }
         }
     }
-    out!(
-        "dry run over {} dead letter(s): {enqueue} would enqueue, {filtered} would be filtered out, \
-         {failing} would still fail; nothing was written",
-        previews.len()
-    );
+
+    fn finish(self) {
+        let Self {
+            enqueue,
+            filtered,
+            failing,
+        } = self;
+        out!(
+            "dry run over {} dead letter(s): {enqueue} would enqueue, {filtered} would be filtered out, \
+             {failing} would still fail; nothing was written",
+            enqueue + filtered + failing
+        );
+    }
 }
 
 /// `casegate try --dead-letter ID [MAPPING]`: the cases the dead letter would now become.

@@ -200,31 +200,44 @@ pub fn preview(letter: &DeadLetter, mapping: Option<&CompiledMapping>) -> Replay
     }
 }
 
-/// What replaying every dead letter (of one source, if given) would do, writing nothing.
-pub async fn preview_all(
+/// The most dead letters one dry-run page may cover: a preview holds the cases a letter would
+/// become, which can be as large as its body, so a dry run over the whole store is paged.
+pub const MAX_PREVIEW_PAGE: usize = 1_000;
+
+/// One page of a dry run over the dead-letter store, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PreviewPage {
+    /// What each dead letter of the page (of the requested source) would become.
+    pub dry_run: Vec<ReplayPreview>,
+    /// Where the next page starts (`after`), or `None` when this was the last one.
+    pub next: Option<String>,
+}
+
+/// What replaying the dead letters after `after` (of one source, if given) would do, writing
+/// nothing: at most `limit` letters (capped at [`MAX_PREVIEW_PAGE`]), one in memory at a time
+/// while the page's previews are built.
+pub async fn preview_page(
     buffer: &Buffer,
     mappings: &MappingSet,
     source: Option<&str>,
-) -> Result<Vec<ReplayPreview>, DlqError> {
-    // A page of ids at a time and one letter in memory: letters can be as large as a body.
-    let mut previews = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let ids = buffer.list_dead_letter_ids(after.as_deref(), PAGE).await?;
-        let Some(last) = ids.last() else { break };
-        after = Some(last.clone());
-        for id in ids {
-            let Some(letter) = buffer.get_dead_letter(&id).await? else {
-                continue;
-            };
-            if source.is_some_and(|s| letter.record.source != s) {
-                continue;
-            }
-            let mapping = mappings.get(&letter.record.source);
-            previews.push(preview(&letter, mapping.map(|m| m.as_ref())));
+    after: Option<&str>,
+    limit: usize,
+) -> Result<PreviewPage, DlqError> {
+    let limit = limit.clamp(1, MAX_PREVIEW_PAGE);
+    let ids = buffer.list_dead_letter_ids(after, limit).await?;
+    let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
+    let mut dry_run = Vec::new();
+    for id in ids {
+        let Some(letter) = buffer.get_dead_letter(&id).await? else {
+            continue;
+        };
+        if source.is_some_and(|s| letter.record.source != s) {
+            continue;
         }
+        let mapping = mappings.get(&letter.record.source);
+        dry_run.push(preview(&letter, mapping.map(|m| m.as_ref())));
     }
-    Ok(previews)
+    Ok(PreviewPage { dry_run, next })
 }
 
 /// Replays one dead letter.
