@@ -216,7 +216,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check { dir, config } => {
             match load_config(config.as_deref(), &Overrides::default()) {
                 Ok(config) => {
-                    return check(dir.as_deref().unwrap_or(&config.mappings), &config.env);
+                    return check_within(
+                        dir.as_deref().unwrap_or(&config.mappings),
+                        &config.env,
+                        config.ingress.max_event_cases_bytes,
+                    );
                 }
                 Err(error) => Err(error.to_string()),
             }
@@ -408,14 +412,25 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     print_previews(&[serde_json::to_value(preview).unwrap_or_default()]);
                 }
                 (None, true, true) => {
-                    let previews = dlq::preview_all(&buffer, &mappings, source.as_deref())
+                    let mut tally = PreviewTally::default();
+                    let mut after: Option<String> = None;
+                    loop {
+                        let page = dlq::preview_page(
+                            &buffer,
+                            &mappings,
+                            source.as_deref(),
+                            after.as_deref(),
+                            dlq::PAGE,
+                        )
                         .await
                         .map_err(|e| e.to_string())?;
-                    let previews: Vec<_> = previews
-                        .iter()
-                        .map(|p| serde_json::to_value(p).unwrap_or_default())
-                        .collect();
-                    print_previews(&previews);
+                        tally.print(&json_values(&page.dry_run));
+                        match page.next {
+                            Some(next) => after = Some(next),
+                            None => break,
+                        }
+                    }
+                    tally.finish();
                 }
                 (Some(id), false, false) => {
                     let outcome = dlq::replay(&buffer, &mappings, &id)
@@ -437,11 +452,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     )
                     .await
                     .map_err(|e| e.to_string())?;
-                    let outcomes: Vec<_> = outcomes
-                        .iter()
-                        .map(|o| serde_json::to_value(o).unwrap_or_default())
-                        .collect();
-                    print_replayed(&outcomes);
+                    print_replayed(&json_values(&outcomes));
                 }
                 _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             }
@@ -459,6 +470,15 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
         }
     }
     buffer.flush().await.map_err(|e| e.to_string())
+}
+
+/// Each item as JSON, for the printers that take what the local store and the admin API answer
+/// alike.
+fn json_values<T: serde::Serialize>(items: &[T]) -> Vec<serde_json::Value> {
+    items
+        .iter()
+        .map(|item| serde_json::to_value(item).unwrap_or_default())
+        .collect()
 }
 
 /// `casegate dlq` through a running gateway's admin API (the embedded store allows one process).
@@ -510,24 +530,35 @@ async fn dlq_remote(admin: &AdminApi, action: DlqAction) -> Result<(), String> {
                         out!("{}", pretty(&answer));
                     }
                 }
+                (None, true) if dry_run => {
+                    // Page by page, so neither side holds the whole store's previews.
+                    let mut tally = PreviewTally::default();
+                    let mut after: Option<String> = None;
+                    loop {
+                        let mut extra = vec![("dry_run", "true".to_string())];
+                        extra.extend(after.take().map(|a| ("after", a)));
+                        let answer = admin
+                            .call(
+                                "POST",
+                                &format!("/admin/dlq/replay?{}", query(&source, &extra)),
+                            )
+                            .await?;
+                        tally.print(&answer["dry_run"].as_array().cloned().unwrap_or_default());
+                        match answer["next"].as_str() {
+                            Some(next) => after = Some(next.to_string()),
+                            None => break,
+                        }
+                    }
+                    tally.finish();
+                }
                 (None, true) => {
-                    let extra = if dry_run {
-                        vec![("dry_run", "true".to_string())]
-                    } else {
-                        Vec::new()
-                    };
                     let answer = admin
                         .call(
                             "POST",
-                            &format!("/admin/dlq/replay?{}", query(&source, &extra)),
+                            &format!("/admin/dlq/replay?{}", query(&source, &[])),
                         )
                         .await?;
-                    let list = |key: &str| answer[key].as_array().cloned().unwrap_or_default();
-                    if dry_run {
-                        print_previews(&list("dry_run"));
-                    } else {
-                        print_replayed(&list("replayed"));
-                    }
+                    print_replayed(&answer["replayed"].as_array().cloned().unwrap_or_default());
                 }
                 _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             }
@@ -601,36 +632,59 @@ fn print_replayed(outcomes: &[serde_json::Value]) {
 
 /// Dry-run previews, per dead letter: the cases it would enqueue, or why it would still fail.
 fn print_previews(previews: &[serde_json::Value]) {
-    let (mut enqueue, mut filtered, mut failing) = (0, 0, 0);
-    for preview in previews {
-        let id = preview["id"].as_str().unwrap_or_default();
-        match preview["result"].as_str().unwrap_or_default() {
-            "would_enqueue" => {
-                enqueue += 1;
-                let cases = preview["cases"].as_array().cloned().unwrap_or_default();
-                out!("{id}: would enqueue {} case(s):", cases.len());
-                out!("{}", pretty(&cases));
-            }
-            "would_filter" => {
-                filtered += 1;
-                out!(
-                    "{id}: no rule matches any more; the dead letter would be removed, no case made"
-                );
-            }
-            _ => {
-                failing += 1;
-                out!(
-                    "{id}: would still fail: {}",
-                    preview["reason"].as_str().unwrap_or_default()
-                );
+    let mut tally = PreviewTally::default();
+    tally.print(previews);
+    tally.finish();
+}
+
+/// Prints dry-run previews as they arrive (a page at a time) and counts them for the summary.
+#[derive(Default)]
+struct PreviewTally {
+    enqueue: usize,
+    filtered: usize,
+    failing: usize,
+}
+
+impl PreviewTally {
+    fn print(&mut self, previews: &[serde_json::Value]) {
+        for preview in previews {
+            let id = preview["id"].as_str().unwrap_or_default();
+            match preview["result"].as_str().unwrap_or_default() {
+                "would_enqueue" => {
+                    self.enqueue += 1;
+                    let cases = preview["cases"].as_array().cloned().unwrap_or_default();
+                    out!("{id}: would enqueue {} case(s):", cases.len());
+                    out!("{}", pretty(&cases));
+                }
+                "would_filter" => {
+                    self.filtered += 1;
+                    out!(
+                        "{id}: no rule matches any more; the dead letter would be removed, no case made"
+                    );
+                }
+                _ => {
+                    self.failing += 1;
+                    out!(
+                        "{id}: would still fail: {}",
+                        preview["reason"].as_str().unwrap_or_default()
+                    );
+                }
             }
         }
     }
-    out!(
-        "dry run over {} dead letter(s): {enqueue} would enqueue, {filtered} would be filtered out, \
-         {failing} would still fail; nothing was written",
-        previews.len()
-    );
+
+    fn finish(self) {
+        let Self {
+            enqueue,
+            filtered,
+            failing,
+        } = self;
+        out!(
+            "dry run over {} dead letter(s): {enqueue} would enqueue, {filtered} would be filtered out, \
+             {failing} would still fail; nothing was written",
+            enqueue + filtered + failing
+        );
+    }
 }
 
 /// `casegate try --dead-letter ID [MAPPING]`: the cases the dead letter would now become.
@@ -952,6 +1006,12 @@ pub fn load_config(
 /// `casegate check`: compiles every mapping and runs its examples; prints every error, one per
 /// line, and returns failure if there is any.
 pub fn check(dir: &Path, env: &Env) -> ExitCode {
+    check_within(dir, env, crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES)
+}
+
+/// [`check`], reporting `max_event_bytes` (`ingress.max_event_cases_bytes`) as each mapping's
+/// bound on the size of one event's cases.
+pub fn check_within(dir: &Path, env: &Env, max_event_bytes: usize) -> ExitCode {
     let set = match MappingSet::load_dir(dir, env) {
         Ok(set) => set,
         Err(errors) => {
@@ -971,12 +1031,14 @@ pub fn check(dir: &Path, env: &Env) -> ExitCode {
             .collect();
         if failures.is_empty() {
             out!(
-                "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed)",
+                "ok    {} (source `{}`, version {}, {} rule(s), {} example(s) passed; limits: max_cases {}, max_event_cases_bytes {})",
                 mapping.file,
                 mapping.source,
                 mapping.version,
                 mapping.rule_names().count(),
-                results.len()
+                results.len(),
+                mapping.max_cases,
+                max_event_bytes
             );
         }
         for (name, failure) in failures {

@@ -17,6 +17,10 @@ use crate::secret::Secret;
 /// The shipped configuration file; also the lowest layer, so it can never drift from the defaults.
 pub const DEFAULTS_TOML: &str = include_str!("../config/casegate.toml");
 
+/// Shortest admin token accepted: the admin API can purge and replay, so its token must not be
+/// guessable.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -39,8 +43,33 @@ struct RawIngress {
     client_timeout_secs: u64,
     workers: usize,
     keep_alive_secs: u64,
+    trusted_proxies: StringList,
+    max_inflight_body_bytes: usize,
+    max_event_cases_bytes: usize,
     offload_verify_bytes: usize,
     allow_default_secrets: bool,
+}
+
+/// A list in a file, or a comma-separated string in an environment variable.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringList {
+    Many(Vec<String>),
+    One(String),
+}
+
+impl StringList {
+    fn items(&self) -> Vec<String> {
+        match self {
+            StringList::Many(items) => items.clone(),
+            StringList::One(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -168,12 +197,55 @@ pub struct IngressConfig {
     pub workers: usize,
     /// Idle keep-alive time; `None` turns keep-alive off.
     pub keep_alive: Option<Duration>,
+    /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed; nobody's by default.
+    pub trusted_proxies: Vec<IpRange>,
+    /// Body bytes all requests together may be receiving at once; beyond it, 503.
+    pub max_inflight_body_bytes: usize,
+    /// Largest total encoded size of the cases one event may produce.
+    pub max_event_cases_bytes: usize,
     /// Bodies larger than this are verified on the blocking pool, not the HTTP worker, so one
     /// large HMAC does not stall the other connections of its worker.
     pub offload_verify_bytes: usize,
     /// Serve sources whose secret fell back to a `${VAR:-default}`. Off in production: the
     /// default is public (it is in the repository). `serve --sandbox` turns it on.
     pub allow_default_secrets: bool,
+}
+
+/// An address or a CIDR block, such as `10.0.0.0/8` or `::1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(text: &str) -> Option<IpRange> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix.parse::<u8>().ok()?)),
+            None => (text.trim(), None),
+        };
+        let network: std::net::IpAddr = addr.parse().ok()?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpRange { network, prefix })
+    }
+
+    /// Whether `ip` lies in this range (an IPv4-mapped IPv6 peer counts as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, addr, bits) = match (self.network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => (u32::from(n) as u128, u32::from(a) as u128, 32),
+            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (net >> shift) == (addr >> shift)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,6 +470,27 @@ impl Config {
                 reason: "must be above 0".into(),
             });
         }
+        let trusted_proxies = raw
+            .ingress
+            .trusted_proxies
+            .items()
+            .iter()
+            .map(|entry| {
+                IpRange::parse(entry).ok_or_else(|| ConfigError::Invalid {
+                    key: "ingress.trusted_proxies",
+                    reason: format!("{entry:?} is not an address or CIDR block such as 10.0.0.0/8"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !raw.admin.token.is_empty() && raw.admin.token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            // Never echo the token.
+            return Err(ConfigError::Invalid {
+                key: "admin.token",
+                reason: format!(
+                    "is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a long random value (e.g. `openssl rand -hex 32`)"
+                ),
+            });
+        }
         let backend = match raw.buffer.backend.as_str() {
             "embedded" => BufferBackendKind::Embedded,
             "redis" => BufferBackendKind::Redis,
@@ -486,6 +579,9 @@ impl Config {
                 workers: raw.ingress.workers,
                 keep_alive: (raw.ingress.keep_alive_secs > 0)
                     .then(|| Duration::from_secs(raw.ingress.keep_alive_secs)),
+                trusted_proxies,
+                max_inflight_body_bytes: raw.ingress.max_inflight_body_bytes.max(1),
+                max_event_cases_bytes: raw.ingress.max_event_cases_bytes.max(1),
                 offload_verify_bytes: raw.ingress.offload_verify_bytes,
                 allow_default_secrets: raw.ingress.allow_default_secrets
                     || overrides_allow_default_secrets,
@@ -631,7 +727,7 @@ mod tests {
             ("CASEGATE_BUFFER__PATH", "/var/lib/casegate/buf.redb"),
             ("CASEGATE_DUVO__BASE_URL", "http://127.0.0.1:7000/v1/"),
             ("CASEGATE_DUVO__API_KEY", "dv_secret"),
-            ("CASEGATE_ADMIN__TOKEN", "admin-secret"),
+            ("CASEGATE_ADMIN__TOKEN", "admin-secret-0123456789abcdef0123"),
             ("CASEGATE_INGRESS__MAX_BODY_BYTES", "1024"),
         ])
         .unwrap();
@@ -650,7 +746,7 @@ mod tests {
         assert_eq!(config.duvo.api_key.as_ref().unwrap().expose(), "dv_secret");
         assert_eq!(
             config.admin_token.as_ref().unwrap().expose(),
-            "admin-secret"
+            "admin-secret-0123456789abcdef0123"
         );
         assert_eq!(config.ingress.max_body_bytes, 1024);
     }
@@ -703,6 +799,46 @@ mod tests {
             let error = load_env(&[(key, value)]).unwrap_err().to_string();
             assert!(error.contains(named), "{key}={value}: {error}");
             assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_short_admin_token_is_an_error_that_does_not_echo_it() {
+        let error = load_env(&[("CASEGATE_ADMIN__TOKEN", "short-token-hunter2")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("admin.token"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let long = "x".repeat(MIN_ADMIN_TOKEN_CHARS);
+        assert!(load_env(&[("CASEGATE_ADMIN__TOKEN", long.as_str())]).is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidr_blocks() {
+        assert!(load_env(&[]).unwrap().ingress.trusted_proxies.is_empty());
+        let config =
+            load_env(&[("CASEGATE_INGRESS__TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).unwrap();
+        assert_eq!(config.ingress.trusted_proxies.len(), 2);
+        assert!(load_env(&[("CASEGATE_INGRESS__TRUSTED_PROXIES", "nowhere")]).is_err());
+        let range = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(range.contains("10.1.2.3".parse().unwrap()));
+        assert!(range.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!range.contains("11.0.0.1".parse().unwrap()));
+        let one = IpRange::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(
+            IpRange::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            IpRange::parse("::1")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        for bad in ["10.0.0.0/33", "nowhere", "10.0.0.0/x"] {
+            assert!(IpRange::parse(bad).is_none(), "{bad}");
         }
     }
 

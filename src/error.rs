@@ -52,6 +52,10 @@ impl ApiError {
             E::PayloadTooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
             }
+            E::BodiesInFlight { .. } => ApiError {
+                retry_after: Some(retry_after),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+            },
             E::BodyTimeout(_) => Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message),
             E::BodyRead(_) => Self::new(StatusCode::BAD_REQUEST, "unreadable_body", message),
             E::Unauthorized(verify) => Self::new(StatusCode::UNAUTHORIZED, verify.code(), message),

@@ -51,6 +51,10 @@ pub enum IngestError {
     UnsupportedMediaType(String),
     #[error("body is larger than the {limit} byte limit")]
     PayloadTooLarge { limit: usize },
+    #[error(
+        "the gateway is receiving too many large bodies at once (over {limit} bytes in flight); retry later"
+    )]
+    BodiesInFlight { limit: usize },
     #[error("the body was not received within {0:?}")]
     BodyTimeout(Duration),
     #[error("the body could not be read: {0}")]
@@ -106,6 +110,8 @@ pub struct Ingestor {
     mappings: Arc<ArcSwap<MappingSet>>,
     buffer: Buffer,
     default_dedupe_ttl: Duration,
+    /// `ingress.max_event_cases_bytes`: the total size of one event's cases.
+    max_event_bytes: usize,
     clock: Clock,
     /// Poked after cases were written, so local delivery starts without waiting for its poll.
     wake: Option<Arc<Notify>>,
@@ -132,11 +138,19 @@ impl Ingestor {
             mappings,
             buffer,
             default_dedupe_ttl,
+            max_event_bytes: crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES,
             clock,
             wake: None,
             allow_default_secrets: false,
             offload_verify_bytes: DEFAULT_OFFLOAD_VERIFY_BYTES,
         }
+    }
+
+    /// Bounds the total size of one event's cases (the default is
+    /// [`crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES`]).
+    pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
+        self.max_event_bytes = max_event_bytes;
+        self
     }
 
     /// Serves sources whose secret is a `${VAR:-default}` (development mode).
@@ -289,7 +303,7 @@ impl Ingestor {
             }),
             (None, None) => None,
         };
-        match mapping.apply(&input) {
+        match mapping.apply_within(&input, self.max_event_bytes) {
             Ok(cases) => Enqueue {
                 dedupe,
                 cases,

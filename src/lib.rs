@@ -47,12 +47,17 @@ pub enum RunError {
     Buffer(#[from] BufferError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Lease(#[from] delivery::lease::LeaseError),
 }
 
 /// Opens the configured buffer backend.
 pub async fn open_buffer(config: &BufferConfig) -> Result<Buffer, BufferError> {
     Ok(match config.backend {
-        BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open(&config.path)?),
+        BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open_with_timeout(
+            &config.path,
+            config.op_timeout,
+        )?),
         BufferBackendKind::Redis | BufferBackendKind::RedisCluster => Buffer::Redis(
             RedisBuffer::connect_to(
                 if config.backend == BufferBackendKind::RedisCluster {
@@ -123,7 +128,8 @@ pub async fn run_with_clock(
         buffer.clone(),
         config.ingress.dedupe_ttl,
         clock,
-    );
+    )
+    .with_max_event_bytes(config.ingress.max_event_cases_bytes);
     let has_key = config.duvo.api_key.is_some() || !config.duvo.api_keys.is_empty();
     let delivery = match (config.delivery.enabled, has_key) {
         (true, true) => Some(start_delivery(&config, &buffer, delivery_stopped)?),
@@ -144,7 +150,31 @@ pub async fn run_with_clock(
     ingestor = ingestor
         .allow_default_secrets(config.ingress.allow_default_secrets)
         .offload_verify_above(config.ingress.offload_verify_bytes);
-    let delivery_task = delivery.clone().map(|d| tokio::spawn(d.run()));
+    // On Redis, delivery reads through a consumer name only this process holds.
+    let lease = match (&delivery, &buffer) {
+        (Some(_), Buffer::Redis(redis)) => {
+            let data_dir = config
+                .buffer
+                .path
+                .parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            Some(
+                delivery::lease::ConsumerLease::take(
+                    redis,
+                    &config.delivery.consumer,
+                    data_dir,
+                    config.delivery.visibility_timeout,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    let delivery_task = delivery.clone().map(|d| match lease {
+        Some(lease) => tokio::spawn(lease.run_holding(d.run(), stop_delivery.subscribe())),
+        None => tokio::spawn(d.run()),
+    });
     let reloader = Arc::new(
         mapping::MappingReloader::new(
             config.mappings.clone(),
@@ -176,6 +206,10 @@ pub async fn run_with_clock(
         max_body_bytes: config.ingress.max_body_bytes,
         client_timeout: config.ingress.client_timeout,
         public_url: config.public_url.clone(),
+        trusted_proxies: config.ingress.trusted_proxies.clone(),
+        inflight_bodies: Arc::new(http::ingress::InflightBodies::new(
+            config.ingress.max_inflight_body_bytes,
+        )),
         retry_after: config.buffer.retry_after,
         mappings_loaded: Arc::new(AtomicBool::new(true)),
         delivery,
@@ -283,24 +317,50 @@ pub fn start_delivery(
 }
 
 /// Builds the actix server (kept out of the async fn: the builder is not `Send`).
+///
+/// Assembled from actix's parts rather than `HttpServer`, so each connection can be wrapped in
+/// [`http::slow::HeadDeadline`]: actix's own header timeout answers with an empty body, the
+/// wrapper with casegate's JSON error (the body's timeout is the handler's).
 fn http_server(
     state: AppState,
     config: &Config,
     listener: std::net::TcpListener,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let mut server = actix_web::HttpServer::new(move || http::build_app(state.clone()))
-        .client_request_timeout(config.ingress.client_timeout)
-        .client_disconnect_timeout(std::time::Duration::from_secs(5))
-        .keep_alive(match config.ingress.keep_alive {
-            Some(idle) => actix_web::http::KeepAlive::Timeout(idle),
-            None => actix_web::http::KeepAlive::Disabled,
-        })
+    use actix_service::{ServiceFactoryExt, fn_service, map_config};
+    let address = listener.local_addr()?;
+    let header_timeout = config.ingress.client_timeout;
+    let keep_alive = match config.ingress.keep_alive {
+        Some(idle) => actix_web::http::KeepAlive::Timeout(idle),
+        None => actix_web::http::KeepAlive::Disabled,
+    };
+    let mut builder = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(30);
     if config.ingress.workers > 0 {
-        server = server.workers(config.ingress.workers);
+        builder = builder.workers(config.ingress.workers);
     }
-    Ok(server.listen(listener)?.run())
+    builder = builder.listen("casegate", listener, move || {
+        let app = actix_web::dev::AppConfig::default();
+        let app_service = map_config(http::build_app(state.clone()), move |_| app.clone());
+        let http = actix_http::HttpService::build()
+            .keep_alive(keep_alive)
+            // Off here: HeadDeadline enforces it with a JSON answer.
+            .client_request_timeout(std::time::Duration::ZERO)
+            .client_disconnect_timeout(std::time::Duration::from_secs(5))
+            .local_addr(address)
+            .finish(app_service);
+        fn_service(move |io: actix_web::rt::net::TcpStream| async move {
+            let peer = io.peer_addr().ok();
+            let _ = io.set_nodelay(true);
+            Ok::<_, actix_http::error::DispatchError>((
+                http::slow::HeadDeadline::new(io, header_timeout),
+                actix_http::Protocol::Http1,
+                peer,
+            ))
+        })
+        .and_then(http)
+    })?;
+    Ok(builder.run())
 }
 
 /// Resolves on SIGTERM or SIGINT.

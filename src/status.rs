@@ -122,7 +122,8 @@ pub async fn report(
             .collect(),
         None => Vec::new(),
     };
-    let dead_letters = buffer.list_dead_letters(None, 10_000).await?.len();
+    // Counted, not loaded: the store may hold thousands of letters of up to a body's size each.
+    let dead_letters = usize::try_from(buffer.count_dead_letters().await?).unwrap_or(usize::MAX);
     Ok(StatusReport {
         delivery_running: delivery.is_some(),
         sources,

@@ -36,7 +36,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 // Claims age on tokio's clock (the real one outside tests), so paused-time tests of delivery
@@ -66,6 +67,12 @@ const MAX_GROUP: usize = 1024;
 const QUEUE_CAPACITY: usize = 4096;
 /// How often the writer purges expired dedupe marks.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How long a caller waits for its write's commit when no timeout is configured.
+const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Buffer files whose writer is held before each commit, to test a stuck disk. Empty in
+/// production; the writer checks it once per commit.
+static STALLED: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
 
 /// Buffer in a local redb file. Clones share the database, the writer and the claims.
 #[derive(Clone)]
@@ -86,6 +93,8 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     /// Per queue: sequence → claim.
     claims: Mutex<HashMap<String, BTreeMap<u64, Claim>>>,
+    /// Longest wait for a write's commit (`buffer.op_timeout_ms`), like a Redis operation's.
+    op_timeout: Duration,
 }
 
 impl Drop for Inner {
@@ -156,6 +165,17 @@ impl EmbeddedBuffer {
     /// writer thread. Synchronous: it runs once at startup, and opening may take a moment while
     /// redb repairs a file left by a crash.
     pub fn open(path: &Path) -> Result<EmbeddedBuffer, BufferError> {
+        Self::open_with_timeout(path, DEFAULT_OP_TIMEOUT)
+    }
+
+    /// [`EmbeddedBuffer::open`] with the longest wait for a write's commit: past it the caller
+    /// gets [`BufferError::Unavailable`] (a webhook, 503), so a stuck disk never hangs ingress.
+    /// The write may still commit later; that is safe, as the sender's retry is then a
+    /// duplicate or a second delivery, never a loss.
+    pub fn open_with_timeout(
+        path: &Path,
+        op_timeout: Duration,
+    ) -> Result<EmbeddedBuffer, BufferError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 BufferError::Unavailable(format!("cannot create {}: {e}", parent.display()))
@@ -175,9 +195,10 @@ impl EmbeddedBuffer {
         let db = Arc::new(db);
         let (writes, requests) = mpsc::channel(QUEUE_CAPACITY);
         let writer_db = db.clone();
+        let writer_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("casegate-buffer-writer".into())
-            .spawn(move || run_writer(&writer_db, requests))
+            .spawn(move || run_writer(&writer_db, &writer_path, requests))
             .map_err(|e| {
                 BufferError::Unavailable(format!("cannot start the buffer writer: {e}"))
             })?;
@@ -187,8 +208,20 @@ impl EmbeddedBuffer {
                 writes: Some(writes),
                 writer: Some(writer),
                 claims: Mutex::new(HashMap::new()),
+                op_timeout,
             }),
         })
+    }
+
+    /// Test hook: while `stalled`, the writer of the buffer file at `path` holds every commit,
+    /// as a disk that stopped answering would.
+    #[doc(hidden)]
+    pub fn stall_writer_for_tests(path: &Path, stalled: bool) {
+        let mut paths = STALLED.lock().unwrap_or_else(PoisonError::into_inner);
+        paths.retain(|p| p != path);
+        if stalled {
+            paths.push(path.to_path_buf());
+        }
     }
 
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
@@ -247,43 +280,76 @@ impl EmbeddedBuffer {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let queue_name = queue.to_owned();
         let queue = queue.to_owned();
-        self.read(move |db, inner| {
-            // Holding the claims lock across the read makes "not claimed yet" and "now claimed"
-            // one step, so two consumers never get the same case.
-            let mut claims = inner.lock_claims();
-            let claimed = claims.entry(queue.clone()).or_default();
-            let txn = db.begin_read()?;
-            let cases = txn.open_table(CASES)?;
-            let mut out = Vec::new();
-            for entry in cases.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
-                let (key, value) = entry?;
-                let seq = key.value().1;
-                if claimed.contains_key(&seq) {
-                    continue;
+        let (out, bad) = self
+            .read(move |db, inner| {
+                // Holding the claims lock across the read makes "not claimed yet" and "now claimed"
+                // one step, so two consumers never get the same case.
+                let mut claims = inner.lock_claims();
+                let claimed = claims.entry(queue.clone()).or_default();
+                let txn = db.begin_read()?;
+                let cases = txn.open_table(CASES)?;
+                let mut out = Vec::new();
+                let mut bad = Vec::new();
+                for entry in cases.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
+                    let (key, value) = entry?;
+                    let seq = key.value().1;
+                    if claimed.contains_key(&seq) {
+                        continue;
+                    }
+                    match decode(seq, value.value()) {
+                        Ok(record) => out.push(BufferedCase {
+                            id: seq.to_string(),
+                            record,
+                            deliveries: 1,
+                        }),
+                        Err(e) => bad.push(undecodable_entry(&queue, seq, value.value(), e)),
+                    }
+                    if out.len() == max || bad.len() == max {
+                        break;
+                    }
                 }
-                out.push(BufferedCase {
-                    id: seq.to_string(),
-                    record: decode(seq, value.value())?,
-                    deliveries: 1,
-                });
-                if out.len() == max {
-                    break;
+                let now = Instant::now();
+                // Undecodable entries are claimed too, so nobody else takes them while they move.
+                for seq in out
+                    .iter()
+                    .map(|c| seq_of(&c.id))
+                    .chain(bad.iter().map(|b| seq_of(&b.0)))
+                {
+                    claimed.insert(
+                        seq,
+                        Claim {
+                            claimed_at: now,
+                            deliveries: 1,
+                        },
+                    );
                 }
+                Ok((out, bad))
+            })
+            .await?;
+        self.move_undecodable(&queue_name, bad).await;
+        Ok(out)
+    }
+
+    /// Moves entries that failed to decode to the dead-letter store (kind `undecodable`, raw
+    /// bytes kept), so one bad record never blocks its queue.
+    async fn move_undecodable(&self, queue: &str, bad: Vec<(CaseId, DeadLetterRecord)>) {
+        if bad.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = bad.iter().map(|b| b.0.clone()).collect();
+        // On failure the entries stay claimed and come back through reclaim: retried, not lost.
+        match self.dead_letter_cases(queue, bad).await {
+            Ok(_) => tracing::error!(
+                queue,
+                ?ids,
+                "undecodable buffer records moved to the dead-letter store"
+            ),
+            Err(e) => {
+                tracing::error!(queue, ?ids, error = %e, "undecodable buffer records could not be moved yet")
             }
-            let now = Instant::now();
-            for case in &out {
-                claimed.insert(
-                    seq_of(&case.id),
-                    Claim {
-                        claimed_at: now,
-                        deliveries: 1,
-                    },
-                );
-            }
-            Ok(out)
-        })
-        .await
+        }
     }
 
     pub async fn reclaim(
@@ -296,49 +362,63 @@ impl EmbeddedBuffer {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let queue_name = queue.to_owned();
         let queue = queue.to_owned();
-        self.read(move |db, inner| {
-            let mut claims = inner.lock_claims();
-            let Some(claimed) = claims.get_mut(&queue) else {
-                return Ok(Vec::new());
-            };
-            let now = Instant::now();
-            let idle: Vec<u64> = claimed
-                .iter()
-                .filter(|(_, claim)| now.duration_since(claim.claimed_at) >= min_idle)
-                .map(|(seq, _)| *seq)
-                .collect();
-            if idle.is_empty() {
-                return Ok(Vec::new());
-            }
-            let txn = db.begin_read()?;
-            let cases = txn.open_table(CASES)?;
-            let mut out = Vec::new();
-            for seq in idle {
-                let Some(value) = cases.get((queue.as_str(), seq))? else {
-                    // Acked or dead-lettered meanwhile: nothing left to hand out.
-                    claimed.remove(&seq);
-                    continue;
+        let (out, bad) = self
+            .read(move |db, inner| {
+                let mut claims = inner.lock_claims();
+                let Some(claimed) = claims.get_mut(&queue) else {
+                    return Ok((Vec::new(), Vec::new()));
                 };
-                let record = decode(seq, value.value())?;
-                let claim = claimed.entry(seq).or_insert(Claim {
-                    claimed_at: now,
-                    deliveries: 1,
-                });
-                claim.claimed_at = now;
-                claim.deliveries += 1;
-                out.push(BufferedCase {
-                    id: seq.to_string(),
-                    record,
-                    deliveries: claim.deliveries,
-                });
-                if out.len() == max {
-                    break;
+                let now = Instant::now();
+                let idle: Vec<u64> = claimed
+                    .iter()
+                    .filter(|(_, claim)| now.duration_since(claim.claimed_at) >= min_idle)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                if idle.is_empty() {
+                    return Ok((Vec::new(), Vec::new()));
                 }
-            }
-            Ok(out)
-        })
-        .await
+                let txn = db.begin_read()?;
+                let cases = txn.open_table(CASES)?;
+                let mut out = Vec::new();
+                let mut bad = Vec::new();
+                for seq in idle {
+                    let Some(value) = cases.get((queue.as_str(), seq))? else {
+                        // Acked or dead-lettered meanwhile: nothing left to hand out.
+                        claimed.remove(&seq);
+                        continue;
+                    };
+                    let record = match decode(seq, value.value()) {
+                        Ok(record) => record,
+                        Err(e) => {
+                            if let Some(claim) = claimed.get_mut(&seq) {
+                                claim.claimed_at = now;
+                            }
+                            bad.push(undecodable_entry(&queue, seq, value.value(), e));
+                            continue;
+                        }
+                    };
+                    let claim = claimed.entry(seq).or_insert(Claim {
+                        claimed_at: now,
+                        deliveries: 1,
+                    });
+                    claim.claimed_at = now;
+                    claim.deliveries += 1;
+                    out.push(BufferedCase {
+                        id: seq.to_string(),
+                        record,
+                        deliveries: claim.deliveries,
+                    });
+                    if out.len() == max {
+                        break;
+                    }
+                }
+                Ok((out, bad))
+            })
+            .await?;
+        self.move_undecodable(&queue_name, bad).await;
+        Ok(out)
     }
 
     /// Resets the claim time of `ids` that are still claimed and not idle past `max_idle`
@@ -518,6 +598,44 @@ impl EmbeddedBuffer {
         .await
     }
 
+    pub async fn count_dead_letters(&self) -> Result<u64, BufferError> {
+        self.read(|db, _| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEAD_LETTERS)?;
+            Ok(table.len()?)
+        })
+        .await
+    }
+
+    pub async fn list_dead_letter_ids(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterId>, BufferError> {
+        let start = match after {
+            None => 0,
+            Some(id) => match id.parse::<u64>() {
+                Ok(seq) => match seq.checked_add(1) {
+                    Some(start) => start,
+                    None => return Ok(Vec::new()),
+                },
+                Err(_) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+            },
+        };
+        self.read(move |db, _| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEAD_LETTERS)?;
+            let mut out = Vec::new();
+            // Keys only: the records (up to a body's size each) are never read.
+            for entry in table.range(start..)?.take(limit) {
+                let (key, _) = entry?;
+                out.push(key.value().to_string());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, BufferError> {
         let Ok(seq) = id.parse::<u64>() else {
             return Ok(None);
@@ -589,24 +707,36 @@ impl EmbeddedBuffer {
         }
     }
 
-    /// Hands a request to the writer and waits for its commit.
+    /// Hands a request to the writer and waits for its commit, at most `op_timeout` in all.
     async fn write(&self, write: Write) -> Result<Done, BufferError> {
         let (reply, answer) = oneshot::channel();
         let writes = self.inner.writes.as_ref().ok_or_else(writer_gone)?;
-        writes
-            .send(Job { write, reply })
-            .await
-            .map_err(|_| writer_gone())?;
-        // Unit tests run delivery on paused time, whose clock jumps ahead whenever every task
-        // waits; waiting for the writer thread from the blocking pool holds the clock still
-        // while a commit is on disk, as a real clock would barely move.
-        #[cfg(test)]
-        let answer = async {
-            tokio::task::spawn_blocking(move || answer.blocking_recv())
+        let committed = async {
+            writes
+                .send(Job { write, reply })
                 .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                .map_err(|_| writer_gone())?;
+            // Unit tests run delivery on paused time, whose clock jumps ahead whenever every
+            // task waits; waiting for the writer thread from the blocking pool holds the clock
+            // still while a commit is on disk, as a real clock would barely move (and the op
+            // timeout does not fire on a jump).
+            #[cfg(test)]
+            let answer = async {
+                tokio::task::spawn_blocking(move || answer.blocking_recv())
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            };
+            answer.await.map_err(|_| writer_gone())?
         };
-        answer.await.map_err(|_| writer_gone())?
+        let timeout = self.inner.op_timeout;
+        tokio::time::timeout(timeout, committed)
+            .await
+            .map_err(|_| {
+                BufferError::Unavailable(format!(
+                    "embedded buffer: the write was not committed within {} ms",
+                    timeout.as_millis()
+                ))
+            })?
     }
 
     /// Runs a read on the blocking pool.
@@ -681,9 +811,17 @@ impl From<BufferError> for ReadError {
     }
 }
 
-fn run_writer(db: &Database, mut requests: mpsc::Receiver<Job>) {
+fn run_writer(db: &Database, path: &Path, mut requests: mpsc::Receiver<Job>) {
     let mut last_purge: Option<std::time::Instant> = None;
     while let Some(first) = requests.blocking_recv() {
+        while STALLED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|p| p == path)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match requests.try_recv() {
@@ -877,17 +1015,33 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
 }
 
 fn encode(record: &impl serde::Serialize) -> Result<Vec<u8>, BufferError> {
-    serde_json::to_vec(record).map_err(|e| BufferError::Corrupt {
+    super::encode_record(record).map_err(|e| BufferError::Corrupt {
         id: "(new record)".into(),
         reason: e.to_string(),
     })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(seq: u64, json: &[u8]) -> Result<T, BufferError> {
-    serde_json::from_slice(json).map_err(|e| BufferError::Corrupt {
+    super::decode_record(json).map_err(|reason| BufferError::Corrupt {
         id: seq.to_string(),
-        reason: e.to_string(),
+        reason,
     })
+}
+
+/// The dead letter of an entry that failed to decode.
+fn undecodable_entry(
+    queue: &str,
+    seq: u64,
+    raw: &[u8],
+    error: BufferError,
+) -> (CaseId, DeadLetterRecord) {
+    let reason = match error {
+        BufferError::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    let id = seq.to_string();
+    let record = super::undecodable(queue, &id, raw, &reason);
+    (id, record)
 }
 
 /// The sequence of an id this module made.

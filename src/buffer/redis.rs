@@ -15,6 +15,9 @@
 //!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
 //!   names.
+//! - `{casegate}:consumer:<name>`: the lease on a consumer name, a random nonce with a `PX`
+//!   expiry, so two live processes never read through one consumer name
+//!   ([`RedisBuffer::lease_consumer`], `delivery::lease`).
 //! - `{casegate}:dlq`: the dead letters, a stream whose entry ids are the [`DeadLetterId`]s (so
 //!   they increase monotonically and list oldest-first), the record as JSON in the field `r`.
 //!
@@ -84,6 +87,13 @@ if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then
 end
 if ttl > 0 then
   if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    -- Rewrite the mark (same value, same expiry): a replicated write, so a WAIT after this
+    -- answer also covers the first write of the event, whichever connection made it.
+    for k = 3, 4 do
+      if redis.call('EXISTS', KEYS[k]) == 1 then
+        redis.call('SET', KEYS[k], '1', 'KEEPTTL')
+      end
+    end
     return {'duplicate'}
   end
   redis.call('SET', KEYS[3], '1', 'PX', ttl)
@@ -228,43 +238,35 @@ return out
     )
 });
 
-/// Resets the idle time of entries `consumer` still holds, so no other consumer takes them
-/// while their holder waits out a backoff or a pause. An entry that is no longer pending, belongs
-/// to another consumer, or already sat idle past the visibility timeout (anyone may have taken it
-/// since) is left alone: a late renewal never steals a claim back.
-/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 max idle ms, 4.. ids. Returns how many renewed.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
+/// Renews or releases entries `consumer` still holds; an entry that is no longer pending or
+/// belongs to another consumer is left alone.
+/// - `renew` resets their idle time, so no other consumer takes them while their holder waits
+///   out a backoff or a pause. An entry that already sat idle past the visibility timeout
+///   (anyone may have taken it since) is left alone too: a late renewal never steals a claim back.
+/// - `release` hands them back to the group at once: their idle time is set to the visibility
+///   timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of newer
+///   entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
+///
+/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms (renew: the most an entry may have
+/// sat; release: the idle time to set), 4 mode (`renew` or `release`), 5.. ids. Returns how many.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua flags=allow-oom
-local renewed = 0
-for i = 4, #ARGV do
-  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if type(p) == 'table' and not p.err and p[1] and tonumber(p[1][3]) < tonumber(ARGV[3]) then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    renewed = renewed + 1
-  end
-end
-return renewed
-",
-    )
-});
-
-/// Hands entries `consumer` holds back to the group at once: their idle time is set to the
-/// visibility timeout, so the next reclaim (by any consumer, oldest first) takes them ahead of
-/// newer entries. Used when a pause stops delivery, so the backlog waits unclaimed and in order.
-/// KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms to set, 4.. ids. Returns how many.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"#!lua flags=allow-oom
-local released = 0
-for i = 4, #ARGV do
+local release = ARGV[4] == 'release'
+local done = 0
+for i = 5, #ARGV do
   local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if type(p) == 'table' and not p.err and p[1] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-    released = released + 1
+    if release then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+      done = done + 1
+    elseif tonumber(p[1][3]) < tonumber(ARGV[3]) then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+      done = done + 1
+    end
   end
 end
-return released
+return done
 ",
     )
 });
@@ -296,6 +298,34 @@ for _, e in ipairs(r[1][2]) do
   end
 end
 return out
+",
+    )
+});
+
+/// Takes or renews the lease on a consumer name: free, or already ours, it is (re)set.
+/// KEYS: 1 lease. ARGV: 1 nonce, 2 ttl ms. Returns `{1}` when held, `{0, ms left}` when another
+/// process holds it.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// Gives up a lease if it is still ours. KEYS: 1 lease. ARGV: 1 nonce.
+static UNLEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 ",
     )
 });
@@ -356,6 +386,21 @@ if first[1] then
   oldest = first[1][2]
 end
 return {depth, claimed, oldest}
+",
+    )
+});
+
+/// Ids of dead letters without their records: the records stay in Redis.
+/// KEYS: 1 dead-letter stream. ARGV: 1 start, 2 count.
+static DEAD_LETTER_IDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=no-writes
+local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local ids = {}
+for i, e in ipairs(r) do
+  ids[i] = e[1]
+end
+return ids
 ",
     )
 });
@@ -429,10 +474,12 @@ impl RedisBuffer {
 
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let outcome = self.enqueue_unreplicated(batch).await?;
-        if matches!(outcome, EnqueueOutcome::Stored { .. }) {
-            self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
-                .await?;
-        }
+        // A duplicate waits too: the provider's retry of a webhook answered 503 (its first
+        // write reached the primary, no replica confirmed it in time) must not get a 2xx until a
+        // replica has that first write. The write script rewrote the mark, so this connection's
+        // replication offset is past the first write whichever connection made it.
+        self.wait_replicas(self.wait_replicas, self.op_timeout / 2)
+            .await?;
         Ok(outcome)
     }
 
@@ -597,17 +644,40 @@ impl RedisBuffer {
         let reply: Value = self
             .timed("claim", async { invocation.invoke_async(&mut conn).await })
             .await?;
-        into_array(reply)
-            .into_iter()
-            .map(|entry| {
-                let (id, record) = decode_entry(entry)?;
-                Ok(BufferedCase {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for entry in into_array(reply) {
+            match decode_entry_or_raw(queue, entry)? {
+                Ok((id, record)) => out.push(BufferedCase {
                     id,
                     record,
                     deliveries: 1,
-                })
-            })
-            .collect()
+                }),
+                Err(letter) => bad.push(letter),
+            }
+        }
+        self.move_undecodable(queue, bad).await;
+        Ok(out)
+    }
+
+    /// Moves entries that failed to decode to the dead-letter store (kind `undecodable`, raw
+    /// bytes kept), so one bad record never blocks its queue. On failure they stay pending and
+    /// come back through reclaim.
+    async fn move_undecodable(&self, queue: &str, bad: Vec<(CaseId, DeadLetterRecord)>) {
+        if bad.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = bad.iter().map(|b| b.0.clone()).collect();
+        match self.dead_letter_cases(queue, bad).await {
+            Ok(_) => tracing::error!(
+                queue,
+                ?ids,
+                "undecodable buffer records moved to the dead-letter store"
+            ),
+            Err(e) => {
+                tracing::error!(queue, ?ids, error = %e, "undecodable buffer records could not be moved yet")
+            }
+        }
     }
 
     pub async fn reclaim(
@@ -634,10 +704,10 @@ impl RedisBuffer {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        decode_triples(reply, "reclaim")
+        self.decode_triples(queue, reply, "reclaim").await
     }
 
-    /// See [`RENEW`]: keeps `consumer`'s claims on `ids` from expiring.
+    /// See [`HOLD`]: keeps `consumer`'s claims on `ids` from expiring.
     pub async fn renew(
         &self,
         queue: &str,
@@ -645,11 +715,11 @@ impl RedisBuffer {
         max_idle: Duration,
         ids: &[CaseId],
     ) -> Result<u64, BufferError> {
-        self.pending_op("renew", &RENEW, queue, consumer, max_idle, ids)
+        self.pending_op("renew", queue, consumer, max_idle, ids)
             .await
     }
 
-    /// See [`RELEASE`]: makes `consumer`'s claims on `ids` reclaimable at once.
+    /// See [`HOLD`]: makes `consumer`'s claims on `ids` reclaimable at once.
     pub async fn release(
         &self,
         queue: &str,
@@ -657,14 +727,12 @@ impl RedisBuffer {
         idle: Duration,
         ids: &[CaseId],
     ) -> Result<u64, BufferError> {
-        self.pending_op("release", &RELEASE, queue, consumer, idle, ids)
-            .await
+        self.pending_op("release", queue, consumer, idle, ids).await
     }
 
     async fn pending_op(
         &self,
         operation: &'static str,
-        script: &Script,
         queue: &str,
         consumer: &str,
         idle: Duration,
@@ -675,12 +743,13 @@ impl RedisBuffer {
             return Ok(0);
         }
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = HOLD.prepare_invoke();
         invocation
             .key(self.stream_key(queue))
             .arg(GROUP)
             .arg(consumer)
             .arg(idle_ms)
+            .arg(operation)
             .arg(ids);
         let mut conn = self.conn.clone();
         let reply: Value = self
@@ -713,7 +782,49 @@ impl RedisBuffer {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
-        decode_triples(reply, "own_pending")
+        self.decode_triples(queue, reply, "own_pending").await
+    }
+
+    /// Takes or renews the lease on consumer name `name` for `ttl` with `nonce` (this process's
+    /// secret token): `None` when this process holds it now, `Some(time left)` when another
+    /// one does.
+    pub async fn lease_consumer(
+        &self,
+        name: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> Result<Option<Duration>, BufferError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = LEASE.prepare_invoke();
+        invocation
+            .key(self.key(&format!("consumer:{name}")))
+            .arg(nonce)
+            .arg(ttl_ms);
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self
+            .timed("lease", async { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(match reply.as_slice() {
+            [1, ..] => None,
+            [_, left, ..] => Some(Duration::from_millis(u64::try_from(*left).unwrap_or(0))),
+            _ => return Err(unexpected("lease", "no answer")),
+        })
+    }
+
+    /// Gives up the lease on `name` if `nonce` still holds it (a clean stop), so a replacement
+    /// under the same name starts at once.
+    pub async fn release_consumer(&self, name: &str, nonce: &str) -> Result<(), BufferError> {
+        let mut invocation = UNLEASE.prepare_invoke();
+        invocation
+            .key(self.key(&format!("consumer:{name}")))
+            .arg(nonce);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .timed("release lease", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(())
     }
 
     /// Blocks until `replicas` replicas acknowledged every write made on this connection so
@@ -741,6 +852,40 @@ impl RedisBuffer {
             )));
         }
         Ok(())
+    }
+
+    /// Decodes the `{id, fields, deliveries}` triples the reclaim scripts return. Entries that
+    /// cannot be decoded are moved to the dead-letter store (acked and deleted from the stream
+    /// there), so their neighbours are handed out and the bad ones are never renewed.
+    async fn decode_triples(
+        &self,
+        queue: &str,
+        reply: Value,
+        operation: &str,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for triple in into_array(reply) {
+            let mut parts = into_array(triple).into_iter();
+            let (Some(id), Some(fields), Some(deliveries)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(unexpected(
+                    operation,
+                    "entry is not an (id, fields, count) triple",
+                ));
+            };
+            match decode_entry_or_raw(queue, Value::Array(vec![id, fields]))? {
+                Ok((id, record)) => out.push(BufferedCase {
+                    id,
+                    record,
+                    deliveries: as_u64(&deliveries).unwrap_or(2).max(2),
+                }),
+                Err(letter) => bad.push(letter),
+            }
+        }
+        self.move_undecodable(queue, bad).await;
+        Ok(out)
     }
 
     /// With replicas to wait for, an ack also waits for them (best effort): a failover right
@@ -866,6 +1011,39 @@ impl RedisBuffer {
             .into_iter()
             .map(decode_dead_letter)
             .collect()
+    }
+
+    pub async fn count_dead_letters(&self) -> Result<u64, BufferError> {
+        let mut conn = self.conn.clone();
+        let dlq = self.key("dlq");
+        self.timed("count_dead_letters", async {
+            redis::cmd("XLEN").arg(&dlq).query_async(&mut conn).await
+        })
+        .await
+    }
+
+    pub async fn list_dead_letter_ids(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterId>, BufferError> {
+        let start = match after {
+            None => "-".to_owned(),
+            Some(id) if is_stream_id(id) => format!("({id}"),
+            Some(id) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = DEAD_LETTER_IDS.prepare_invoke();
+        invocation.key(self.key("dlq")).arg(&start).arg(limit);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .timed("list_dead_letter_ids", async {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        strings(reply, "list_dead_letter_ids")
     }
 
     pub async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, BufferError> {
@@ -1057,7 +1235,7 @@ enum Written {
 }
 
 fn encode(record: &impl serde::Serialize) -> Result<Vec<u8>, BufferError> {
-    serde_json::to_vec(record).map_err(|e| BufferError::Corrupt {
+    super::encode_record(record).map_err(|e| BufferError::Corrupt {
         id: "(new record)".into(),
         reason: e.to_string(),
     })
@@ -1069,38 +1247,6 @@ fn is_stream_id(id: &str) -> bool {
         .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
 }
 
-/// Decodes the `{id, fields, deliveries}` triples the reclaim scripts return.
-fn decode_triples(reply: Value, operation: &str) -> Result<Vec<BufferedCase>, BufferError> {
-    into_array(reply)
-        .into_iter()
-        .map(|triple| {
-            let mut parts = into_array(triple).into_iter();
-            let (Some(id), Some(fields), Some(deliveries)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(unexpected(
-                    operation,
-                    "entry is not an (id, fields, count) triple",
-                ));
-            };
-            let (id, record) = decode_entry(Value::Array(vec![id, fields]))?;
-            let deliveries = as_u64(&deliveries).unwrap_or(2).max(2);
-            Ok(BufferedCase {
-                id,
-                record,
-                deliveries,
-            })
-        })
-        .collect()
-}
-
-/// Decodes a stream entry `[id, [field, value, ...]]` holding a [`CaseRecord`].
-fn decode_entry(entry: Value) -> Result<(String, CaseRecord), BufferError> {
-    let (id, json) = entry_parts(entry)?;
-    let record = decode(&id, &json)?;
-    Ok((id, record))
-}
-
 fn decode_dead_letter(entry: Value) -> Result<DeadLetter, BufferError> {
     let (id, json) = entry_parts(entry)?;
     let record = decode(&id, &json)?;
@@ -1108,9 +1254,39 @@ fn decode_dead_letter(entry: Value) -> Result<DeadLetter, BufferError> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(id: &str, json: &[u8]) -> Result<T, BufferError> {
-    serde_json::from_slice(json).map_err(|e| BufferError::Corrupt {
+    super::decode_record(json).map_err(|reason| BufferError::Corrupt {
         id: id.to_owned(),
-        reason: e.to_string(),
+        reason,
+    })
+}
+
+/// Decodes a claimed entry, or gives the dead letter for one that cannot be decoded. Only an
+/// entry without an id (not a stream entry at all) is an error.
+#[allow(clippy::type_complexity)]
+fn decode_entry_or_raw(
+    queue: &str,
+    entry: Value,
+) -> Result<Result<(String, CaseRecord), (CaseId, DeadLetterRecord)>, BufferError> {
+    let mut parts = into_array(entry).into_iter();
+    let id = parts
+        .next()
+        .as_ref()
+        .and_then(as_string)
+        .ok_or_else(|| unexpected("stream entry", "no id"))?;
+    let fields = parts.next().unwrap_or(Value::Nil);
+    let raw = match record_field(&id, fields) {
+        Ok(json) => json,
+        Err(e) => {
+            let letter = super::undecodable(queue, &id, &[], &e.to_string());
+            return Ok(Err((id, letter)));
+        }
+    };
+    Ok(match super::decode_record::<CaseRecord>(&raw) {
+        Ok(record) => Ok((id, record)),
+        Err(reason) => {
+            let letter = super::undecodable(queue, &id, &raw, &reason);
+            Err((id, letter))
+        }
     })
 }
 

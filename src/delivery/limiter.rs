@@ -112,6 +112,16 @@ impl RateLimiter {
         }
     }
 
+    /// Gives back the probe of `name` that [`Self::gate`] handed out and that sent nothing (the
+    /// queue had nothing to claim): the pause runs out again now, so the next worker with cases
+    /// waiting probes at once instead of an interval later.
+    pub async fn hand_back(&self, name: &str) {
+        match self {
+            RateLimiter::Local(l) => l.hand_back(name, Instant::now()),
+            RateLimiter::Redis(r) => r.hand_back(name).await,
+        }
+    }
+
     /// Ends the pause of `name` (its probe succeeded).
     pub async fn resume(&self, name: &str) {
         match self {
@@ -303,6 +313,15 @@ impl LocalLimiter {
         Gate::Probe
     }
 
+    pub fn hand_back(&self, name: &str, now: Instant) {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        if let Some(pause) = pauses.get_mut(name)
+            && pause.kind.probed()
+        {
+            pause.until = pause.until.min(now);
+        }
+    }
+
     pub fn pauses(&self, now: Instant) -> Vec<PauseInfo> {
         let mut pauses = self.pauses.lock().expect("limiter lock");
         pauses.retain(|_, p| p.kind.probed() || p.until > now);
@@ -404,6 +423,22 @@ return {2}
     )
 });
 
+/// HAND_BACK: KEYS 1 table. ARGV 1 name. A probed pause runs out now (its probe sent nothing).
+static HAND_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untl, kind, reason = string.match(v, '^(%d+)|(%a)|(.*)$')
+if kind == 'r' or tonumber(untl) <= now then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], now .. '|' .. kind .. '|' .. reason)
+return 1
+",
+    )
+});
+
 /// LIST: KEYS 1 table. Returns `{now ms, field, value, field, value, ...}`.
 static LIST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -498,6 +533,17 @@ impl RedisLimiter {
             },
             // Without the shared table nothing can be known: wait, as the grants do.
             _ => Gate::Wait(Duration::from_millis(500)),
+        }
+    }
+
+    async fn hand_back(&self, name: &str) {
+        let mut conn = self.conn.clone();
+        let mut invocation = HAND_BACK.key(self.table());
+        invocation.arg(name);
+        if let Ok(Err(error)) =
+            tokio::time::timeout(self.op_timeout, invocation.invoke_async::<i64>(&mut conn)).await
+        {
+            tracing::warn!(error = %error.kind_str(), "could not hand back a probe");
         }
     }
 
@@ -619,6 +665,24 @@ mod tests {
             Gate::Open
         );
         assert_eq!(limiter.pauses(t0 + Duration::from_secs(5)).len(), 1);
+    }
+
+    #[test]
+    fn a_probe_handed_back_goes_to_the_next_asker_at_once() {
+        let limiter = limiter(100, 1_000);
+        let t0 = Instant::now();
+        let probe = Duration::from_secs(30);
+        limiter.hold("key:k", PauseKind::KeyRefused, t0, "401");
+        assert_eq!(limiter.gate("key:k", t0, probe), Gate::Probe);
+        assert_eq!(limiter.gate("key:k", t0, probe), Gate::Wait(probe));
+        limiter.hand_back("key:k", t0);
+        assert_eq!(
+            limiter.gate("key:k", t0, probe),
+            Gate::Probe,
+            "the probe that sent nothing is another worker's now"
+        );
+        limiter.hand_back("key:other", t0);
+        assert_eq!(limiter.gate("key:other", t0, probe), Gate::Open);
     }
 
     #[test]

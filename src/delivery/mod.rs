@@ -14,7 +14,8 @@
 //! - A poison case cannot stall its queue: a batch failing with 5xx/timeouts is bisected, and a
 //!   single case that failed `max_attempts` times while the key's other requests succeeded is
 //!   dead-lettered with the last answer. A whole-API outage never dead-letters anything.
-//! - Each consumer has a stable name; on start it resumes the cases it held before at once.
+//! - Each consumer has a stable name, held by one live process ([`lease`], Redis); on start it
+//!   resumes the cases it held before at once.
 //!
 //! Shape: a supervisor ([`Delivery::run`]) runs one [`worker`] per queue and keeps the paused
 //! gauge in step with the pause table; the [`batcher`] assembles batches; [`policy`] decides
@@ -27,6 +28,7 @@ pub mod activity;
 pub mod batcher;
 pub mod client;
 pub mod health;
+pub mod lease;
 pub mod limiter;
 pub mod policy;
 mod worker;
@@ -117,6 +119,19 @@ impl ApiKeys {
             Some(name) => self.named.get(name)?.clone(),
         };
         Some((key_id(&key), key))
+    }
+
+    /// The configured name of the key with id `id`: `default` for the default key. What the
+    /// paused gauge is labelled with, so it names the key the way the configuration does (and
+    /// the way its zero series were registered), never by the key itself.
+    fn name_of(&self, id: &str) -> Option<String> {
+        if self.default.as_ref().is_some_and(|k| key_id(k) == id) {
+            return Some("default".to_string());
+        }
+        self.named
+            .iter()
+            .find(|(_, k)| key_id(k) == id)
+            .map(|(name, _)| name.clone())
     }
 }
 
@@ -264,7 +279,7 @@ impl Delivery {
             .pauses()
             .await
             .into_iter()
-            .filter_map(|p| gauge_labels(&p))
+            .filter_map(|p| gauge_labels(&p, &self.inner.keys))
             .collect();
         for (kind, name) in &now {
             metrics::gauge!(prometheus::PAUSED, "kind" => *kind, "name" => name.clone()).set(1.0);
@@ -321,11 +336,14 @@ impl Delivery {
     }
 }
 
-fn gauge_labels(pause: &PauseInfo) -> Option<(&'static str, String)> {
+/// The paused gauge's labels for a pause: a queue by its id, a key by its configured name (by
+/// its id when this process does not know it, e.g. another replica configured differently).
+fn gauge_labels(pause: &PauseInfo, keys: &ApiKeys) -> Option<(&'static str, String)> {
     match pause.kind {
         PauseKind::QueueUnknown => Some(("queue", pause.name.strip_prefix("queue:")?.to_string())),
         PauseKind::KeyRefused | PauseKind::RateLimited => {
-            Some(("key", pause.name.strip_prefix("key:")?.to_string()))
+            let id = pause.name.strip_prefix("key:")?;
+            Some(("key", keys.name_of(id).unwrap_or_else(|| id.to_string())))
         }
     }
 }

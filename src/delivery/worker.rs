@@ -306,6 +306,19 @@ impl Worker {
             let mut batch = std::mem::take(&mut self.carry);
             self.fill(&mut batch).await;
             if batch.is_empty() {
+                // A probe won with nothing to send goes back at once: kept, it would hold off a
+                // queue with cases waiting for a whole probe interval.
+                if probing.key
+                    && let Some(key) = &self.key_hint
+                {
+                    self.inner().limiter.hand_back(&key_pause(key)).await;
+                }
+                if probing.queue {
+                    self.inner()
+                        .limiter
+                        .hand_back(&queue_pause(&self.queue))
+                        .await;
+                }
                 if self.suspects.is_empty() {
                     match self.inner().buffer.settle(&self.queue).await {
                         // Drained: the queue left the ready set, and a later case puts it back

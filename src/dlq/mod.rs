@@ -78,6 +78,7 @@ impl DeadLetterView {
             kind: match letter.record.kind {
                 DeadLetterKind::MappingFailure { .. } => "mapping_failure",
                 DeadLetterKind::Refused { .. } => "refused",
+                DeadLetterKind::Undecodable { .. } => "undecodable",
             },
             reason: letter.record.reason.clone(),
             created_at_ms: letter.record.created_at_ms,
@@ -93,6 +94,10 @@ impl DeadLetterView {
     }
 }
 
+/// How many dead letters one page reads. Bounds what list, replay and purge hold in memory: a
+/// letter can be as large as a webhook body.
+pub const PAGE: usize = 100;
+
 /// Dead letters oldest first, optionally of one source, at most `limit`.
 pub async fn list(
     buffer: &Buffer,
@@ -102,7 +107,7 @@ pub async fn list(
     let mut found = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = buffer.list_dead_letters(after.as_deref(), 500).await?;
+        let page = buffer.list_dead_letters(after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
         found.extend(
@@ -133,6 +138,16 @@ pub fn plan(
 ) -> Result<Vec<CaseRecord>, String> {
     match &letter.record.kind {
         DeadLetterKind::Refused { case, .. } => Ok(vec![case.clone()]),
+        DeadLetterKind::Undecodable { raw_base64, .. } => {
+            // Replayable once this build reads the bytes (after an upgrade or a manual fix).
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(raw_base64)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| crate::buffer::decode_record(&raw))
+                .map(|case| vec![case])
+                .map_err(|reason| format!("still undecodable: {reason}"))
+        }
         DeadLetterKind::MappingFailure {
             payload,
             headers,
@@ -146,8 +161,16 @@ pub fn plan(
                     letter.record.source
                 ));
             };
-            let payload: Value = serde_json::from_str(payload)
-                .map_err(|e| format!("stored payload is not JSON: {e}"))?;
+            // The stored payload is the body as received: JSON, or a form with a `payload`
+            // field, as its content type said.
+            let content_type = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.as_str());
+            let format =
+                crate::ingest::body_format(content_type).unwrap_or(crate::ingest::BodyFormat::Json);
+            let payload: Value = crate::ingest::parse_payload(payload.as_bytes(), format)
+                .map_err(|e| format!("stored payload cannot be read: {e}"))?;
             let headers: Headers = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.clone()))
@@ -177,20 +200,44 @@ pub fn preview(letter: &DeadLetter, mapping: Option<&CompiledMapping>) -> Replay
     }
 }
 
-/// What replaying every dead letter (of one source, if given) would do, writing nothing.
-pub async fn preview_all(
+/// The most dead letters one dry-run page may cover: a preview holds the cases a letter would
+/// become, which can be as large as its body, so a dry run over the whole store is paged.
+pub const MAX_PREVIEW_PAGE: usize = 1_000;
+
+/// One page of a dry run over the dead-letter store, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PreviewPage {
+    /// What each dead letter of the page (of the requested source) would become.
+    pub dry_run: Vec<ReplayPreview>,
+    /// Where the next page starts (`after`), or `None` when this was the last one.
+    pub next: Option<String>,
+}
+
+/// What replaying the dead letters after `after` (of one source, if given) would do, writing
+/// nothing: at most `limit` letters (capped at [`MAX_PREVIEW_PAGE`]), one in memory at a time
+/// while the page's previews are built.
+pub async fn preview_page(
     buffer: &Buffer,
     mappings: &MappingSet,
     source: Option<&str>,
-) -> Result<Vec<ReplayPreview>, DlqError> {
-    let letters = list(buffer, source, usize::MAX).await?;
-    Ok(letters
-        .iter()
-        .map(|letter| {
-            let mapping = mappings.get(&letter.record.source);
-            preview(letter, mapping.map(|m| m.as_ref()))
-        })
-        .collect())
+    after: Option<&str>,
+    limit: usize,
+) -> Result<PreviewPage, DlqError> {
+    let limit = limit.clamp(1, MAX_PREVIEW_PAGE);
+    let ids = buffer.list_dead_letter_ids(after, limit).await?;
+    let next = (ids.len() == limit).then(|| ids.last().cloned()).flatten();
+    let mut dry_run = Vec::new();
+    for id in ids {
+        let Some(letter) = buffer.get_dead_letter(&id).await? else {
+            continue;
+        };
+        if source.is_some_and(|s| letter.record.source != s) {
+            continue;
+        }
+        let mapping = mappings.get(&letter.record.source);
+        dry_run.push(preview(&letter, mapping.map(|m| m.as_ref())));
+    }
+    Ok(PreviewPage { dry_run, next })
 }
 
 /// Replays one dead letter.
@@ -216,38 +263,72 @@ pub async fn replay(
     Ok(ReplayOutcome::Enqueued { id, case_ids })
 }
 
-/// Replays every dead letter (of one source, if given), reporting progress after each.
+/// Replays every dead letter (of one source, if given), reporting progress after each. Pages
+/// through the store by id, one letter in memory at a time. A replay never writes a new letter
+/// (one still failing keeps its id), so each letter is visited once.
 pub async fn replay_all(
     buffer: &Buffer,
     mappings: &MappingSet,
     source: Option<&str>,
     mut progress: impl FnMut(usize, usize, &ReplayOutcome),
 ) -> Result<Vec<ReplayOutcome>, DlqError> {
-    let letters = list(buffer, source, usize::MAX).await?;
-    let total = letters.len();
-    let mut outcomes = Vec::with_capacity(total);
-    for (done, letter) in letters.iter().enumerate() {
-        let outcome = replay(buffer, mappings, &letter.id).await?;
-        progress(done + 1, total, &outcome);
-        outcomes.push(outcome);
+    let total = usize::try_from(buffer.count_dead_letters().await?).unwrap_or(usize::MAX);
+    let mut outcomes = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let ids = buffer.list_dead_letter_ids(after.as_deref(), PAGE).await?;
+        let Some(last) = ids.last() else { break };
+        after = Some(last.clone());
+        for id in ids {
+            let letter = match buffer.get_dead_letter(&id).await? {
+                Some(letter) => letter,
+                None => continue,
+            };
+            if source.is_some_and(|s| letter.record.source != s) {
+                continue;
+            }
+            drop(letter);
+            let outcome = replay(buffer, mappings, &id).await?;
+            progress(outcomes.len() + 1, total, &outcome);
+            outcomes.push(outcome);
+        }
     }
     Ok(outcomes)
 }
 
-/// Deletes the given dead letters, or every one (of one source) when `ids` is empty.
+/// Deletes the given dead letters, or every one (of one source) when `ids` is empty, a page at
+/// a time: without a source only ids are read, never the records.
 pub async fn purge(buffer: &Buffer, ids: &[String], source: Option<&str>) -> Result<u64, DlqError> {
-    let ids: Vec<String> = if ids.is_empty() {
-        list(buffer, source, usize::MAX)
-            .await?
-            .into_iter()
-            .map(|d| d.id)
-            .collect()
-    } else {
-        ids.to_vec()
-    };
     let mut removed = 0;
-    for chunk in ids.chunks(500) {
-        removed += buffer.remove_dead_letters(chunk).await?;
+    if !ids.is_empty() {
+        for chunk in ids.chunks(PAGE) {
+            removed += buffer.remove_dead_letters(chunk).await?;
+        }
+        return Ok(removed);
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page: Vec<String> = match source {
+            None => buffer.list_dead_letter_ids(after.as_deref(), PAGE).await?,
+            Some(source) => {
+                let letters = buffer.list_dead_letters(after.as_deref(), PAGE).await?;
+                if let Some(last) = letters.last() {
+                    after = Some(last.id.clone());
+                } else {
+                    break;
+                }
+                let ids: Vec<String> = letters
+                    .into_iter()
+                    .filter(|d| d.record.source == source)
+                    .map(|d| d.id)
+                    .collect();
+                removed += buffer.remove_dead_letters(&ids).await?;
+                continue;
+            }
+        };
+        let Some(last) = page.last() else { break };
+        after = Some(last.clone());
+        removed += buffer.remove_dead_letters(&page).await?;
     }
     Ok(removed)
 }

@@ -75,6 +75,8 @@ fn dlq_error(error: DlqError, state: &AppState) -> ApiError {
 pub struct Filter {
     source: Option<String>,
     limit: Option<usize>,
+    /// Where a paged dry run continues (the previous page's `next`).
+    after: Option<String>,
     /// `?dry_run=true` on a replay: say what it would do, write nothing.
     #[serde(default)]
     dry_run: bool,
@@ -102,7 +104,7 @@ async fn list(
     let letters = dlq::list(
         state.ingestor.buffer(),
         filter.source.as_deref(),
-        filter.limit.unwrap_or(100),
+        filter.limit.unwrap_or(dlq::PAGE).min(dlq::MAX_PREVIEW_PAGE),
     )
     .await
     .map_err(|e| dlq_error(e, &state))?;
@@ -150,11 +152,16 @@ async fn replay_all(
 ) -> Result<HttpResponse, ApiError> {
     let mappings = state.ingestor.mappings();
     if filter.dry_run {
-        let previews =
-            dlq::preview_all(state.ingestor.buffer(), &mappings, filter.source.as_deref())
-                .await
-                .map_err(|e| dlq_error(e, &state))?;
-        return Ok(HttpResponse::Ok().json(json!({"dry_run": previews})));
+        let page = dlq::preview_page(
+            state.ingestor.buffer(),
+            &mappings,
+            filter.source.as_deref(),
+            filter.after.as_deref(),
+            filter.limit.unwrap_or(dlq::PAGE),
+        )
+        .await
+        .map_err(|e| dlq_error(e, &state))?;
+        return Ok(HttpResponse::Ok().json(page));
     }
     let outcomes = dlq::replay_all(
         state.ingestor.buffer(),

@@ -14,7 +14,9 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when mappings are loaded and the buffer answers; 503 with the reason otherwise.
+/// Ready when mappings are loaded and the buffer answers; 503 with a stable reason code
+/// otherwise. Unauthenticated, so it says nothing internal: mapping errors, file names,
+/// versions and buffer error text are on the admin API only.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.mappings_loaded.load(Ordering::Relaxed) {
         return Err(ApiError::new(
@@ -24,13 +26,13 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         ));
     }
     if let Err(error) = state.ingestor.buffer().ping().await {
+        tracing::warn!(error = %error, "readiness: the buffer does not answer");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "buffer_unavailable",
-            error.to_string(),
+            "the buffer does not answer",
         ));
     }
-    // A broken file keeps the previous set serving: still ready, and the error is reported.
-    let mappings = state.mapping_reloader.as_ref().map(|r| r.status());
-    Ok(HttpResponse::Ok().json(json!({"status": "ready", "mappings": mappings})))
+    // A broken file keeps the previous set serving: still ready; the error is on /admin/status.
+    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }

@@ -1,7 +1,9 @@
 //! `POST /hooks/{source}`: read the body within its limits, hand it to the ingest step, and turn
 //! the outcome into the answer providers expect.
 
-use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -51,7 +53,14 @@ pub async fn receive(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let read = read_body(body, state.max_body_bytes, declared_length);
+    // Held until the answer: the body's bytes stay in memory through verification and mapping.
+    let mut reservation = state.inflight_bodies.reservation();
+    let read = read_body(
+        body,
+        state.max_body_bytes,
+        declared_length,
+        &mut reservation,
+    );
     let body = tokio::time::timeout(state.client_timeout, read)
         .await
         .map_err(|_| IngestError::BodyTimeout(state.client_timeout))
@@ -69,7 +78,11 @@ pub async fn receive(
         .collect::<Headers>();
     let inbound = InboundRequest {
         method: request.method().as_str().to_string(),
-        url: public_url(&request, state.public_url.as_deref()),
+        url: public_url(
+            &request,
+            state.public_url.as_deref(),
+            &state.trusted_proxies,
+        ),
         headers,
         body,
     };
@@ -139,19 +152,86 @@ async fn read_body(
     mut body: web::Payload,
     limit: usize,
     declared: Option<usize>,
+    reservation: &mut Reservation<'_>,
 ) -> Result<Bytes, IngestError> {
     if declared.is_some_and(|len| len > limit) {
         return Err(IngestError::PayloadTooLarge { limit });
     }
-    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    let capacity = declared.unwrap_or(8 * 1024).min(limit);
+    reservation.grow(capacity)?;
+    let mut bytes = BytesMut::with_capacity(capacity);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| IngestError::BodyRead(e.to_string()))?;
         if bytes.len() + chunk.len() > limit {
             return Err(IngestError::PayloadTooLarge { limit });
         }
+        reservation.grow(bytes.len() + chunk.len())?;
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes.freeze())
+}
+
+/// The global cap on body bytes being received at once: each request reserves what it holds
+/// before it holds it, and gives it back when its answer is built. Past the cap a request is
+/// refused (503) rather than queued, so a flood of large bodies cannot exhaust memory.
+#[derive(Debug)]
+pub struct InflightBodies {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl InflightBodies {
+    pub fn new(limit: usize) -> Self {
+        InflightBodies {
+            limit,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes currently reserved by all requests.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// An empty reservation, released on drop.
+    pub fn reservation(&self) -> Reservation<'_> {
+        Reservation {
+            pool: self,
+            bytes: 0,
+        }
+    }
+}
+
+/// One request's share of [`InflightBodies`].
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    pool: &'a InflightBodies,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    /// Raises this request's share to `total` bytes, or refuses when the cap would be passed.
+    pub fn grow(&mut self, total: usize) -> Result<(), IngestError> {
+        let more = total.saturating_sub(self.bytes);
+        if more == 0 {
+            return Ok(());
+        }
+        let limit = self.pool.limit;
+        self.pool
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(more).filter(|&next| next <= limit)
+            })
+            .map_err(|_| IngestError::BodiesInFlight { limit })?;
+        self.bytes = total;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.pool.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// The incoming `X-Request-Id` when it is short printable ASCII, else a fresh random id.
@@ -171,18 +251,34 @@ fn request_id(request: &HttpRequest) -> String {
 }
 
 /// The URL the sender signed: the configured public base URL plus path and query, or what the
-/// request itself says.
-fn public_url(request: &HttpRequest, public_base: Option<&str>) -> String {
+/// request itself says. `Forwarded`/`X-Forwarded-*` count only when the peer is a trusted proxy:
+/// from anyone else they would let a client choose the URL its signature is checked against.
+fn public_url(
+    request: &HttpRequest,
+    public_base: Option<&str>,
+    trusted_proxies: &[crate::config::IpRange],
+) -> String {
     let path_and_query = request
         .uri()
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    match public_base {
-        Some(base) => format!("{base}{path_and_query}"),
-        None => {
-            let info = request.connection_info();
-            format!("{}://{}{}", info.scheme(), info.host(), path_and_query)
-        }
+    if let Some(base) = public_base {
+        return format!("{base}{path_and_query}");
     }
+    let trusted = request
+        .peer_addr()
+        .is_some_and(|peer| trusted_proxies.iter().any(|r| r.contains(peer.ip())));
+    if trusted {
+        let info = request.connection_info();
+        return format!("{}://{}{}", info.scheme(), info.host(), path_and_query);
+    }
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| request.app_config().host().to_string());
+    format!("http://{host}{path_and_query}")
 }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod health;
 pub mod ingress;
 pub mod metrics;
+pub mod slow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub client_timeout: Duration,
     pub public_url: Option<String>,
+    /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<crate::config::IpRange>,
+    /// Body bytes being received by all requests together, against their cap.
+    pub inflight_bodies: Arc<ingress::InflightBodies>,
     pub retry_after: Duration,
     pub mappings_loaded: Arc<std::sync::atomic::AtomicBool>,
     pub delivery: Option<crate::delivery::Delivery>,

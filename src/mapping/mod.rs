@@ -38,6 +38,12 @@ pub use set::{MappingSet, SourceVersion};
 /// The API's limit on case titles, in characters.
 pub const MAX_TITLE_CHARS: usize = 500;
 
+/// Cases one event may produce when its mapping sets no `max_cases`.
+pub const DEFAULT_MAX_CASES: usize = 1000;
+
+/// Default of `ingress.max_event_cases_bytes`: the total size of one event's cases.
+pub const DEFAULT_MAX_EVENT_CASES_BYTES: usize = 8 * 1024 * 1024;
+
 /// Why a mapping file could not be loaded. Each variant names the file; the message never holds
 /// a secret's value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +160,8 @@ pub struct CompiledMapping {
     pub delivery_id: Option<FieldGetter>,
     pub event_type: Option<FieldGetter>,
     pub dedupe_ttl: Option<Duration>,
+    /// Most cases one event may produce; checked while expanding, before the next case is built.
+    pub max_cases: usize,
     rules: Vec<CompiledRule>,
     pub examples: Vec<ExampleSpec>,
     /// Directory of the mapping file, for examples' `payload_file`.
@@ -253,6 +261,9 @@ impl CompiledMapping {
                 "a mapping needs at least one rule".into(),
             ));
         }
+        if raw.max_cases == Some(0) {
+            return Err(invalid(None, "max_cases", "must be at least 1".into()));
+        }
         let mut rules = Vec::with_capacity(raw.rules.len());
         for rule in &raw.rules {
             if rules.iter().any(|r: &CompiledRule| r.name == rule.name) {
@@ -296,6 +307,7 @@ impl CompiledMapping {
             delivery_id,
             event_type,
             dedupe_ttl: raw.dedupe_ttl_secs.map(Duration::from_secs),
+            max_cases: raw.max_cases.unwrap_or(DEFAULT_MAX_CASES),
             rules,
             examples: raw.examples,
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -359,7 +371,19 @@ impl CompiledMapping {
     /// failing rule fails the whole event, so a replay after a fix cannot duplicate cases that
     /// other rules already made.
     pub fn apply(&self, input: &EventInput<'_>) -> Result<Vec<CaseRecord>, MapFailure> {
+        self.apply_within(input, DEFAULT_MAX_EVENT_CASES_BYTES)
+    }
+
+    /// [`CompiledMapping::apply`] with at most `max_bytes` of cases in all. Both this bound and
+    /// `max_cases` are checked while expanding `for_each`, so an event far beyond them stops at
+    /// the first case past the bound instead of building everything first.
+    pub fn apply_within(
+        &self,
+        input: &EventInput<'_>,
+        max_bytes: usize,
+    ) -> Result<Vec<CaseRecord>, MapFailure> {
         let root = input.payload;
+        let mut total_bytes = 0usize;
         let event_level_types = match &self.event_type {
             Some(getter) if !getter.is_element_relative() => {
                 Some(getter.values(input.headers, Scope::of(root)))
@@ -389,11 +413,23 @@ impl CompiledMapping {
                 if !rule.matches(&types, scope) {
                     continue;
                 }
+                if cases.len() >= self.max_cases {
+                    return Err(fail(format!(
+                        "the event produces more than {} cases (the mapping's max_cases); nothing was enqueued",
+                        self.max_cases
+                    )));
+                }
                 let event_type = types.first().cloned();
-                cases.push(
-                    self.build_case(rule, scope, input, event_type)
-                        .map_err(fail)?,
-                );
+                let case = self
+                    .build_case(rule, scope, input, event_type)
+                    .map_err(fail)?;
+                total_bytes = total_bytes.saturating_add(stored_size(&case));
+                if total_bytes > max_bytes {
+                    return Err(fail(format!(
+                        "the event's cases exceed {max_bytes} bytes (ingress.max_event_cases_bytes); nothing was enqueued"
+                    )));
+                }
+                cases.push(case);
             }
         }
         Ok(cases)
@@ -481,6 +517,27 @@ impl CompiledMapping {
             },
         })
     }
+}
+
+/// About what one case takes in the buffer: its text fields plus a fixed allowance for the
+/// record's structure. Computed from lengths, so checking the bound costs no encoding.
+fn stored_size(case: &CaseRecord) -> usize {
+    let meta = &case.meta;
+    let labels: usize = case
+        .labels
+        .iter()
+        .map(|l| l.key.len() + l.value.len() + 32)
+        .sum();
+    case.title.len()
+        + case.data.len()
+        + case.queue.len()
+        + labels
+        + meta.source.len()
+        + meta.mapping_file.len()
+        + meta.request_id.len()
+        + meta.delivery_id.as_deref().map_or(0, str::len)
+        + meta.event_type.as_deref().map_or(0, str::len)
+        + 256
 }
 
 impl CompiledRule {

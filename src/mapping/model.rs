@@ -32,6 +32,10 @@ pub struct MappingFile {
     /// How long a delivery id is remembered; defaults to `ingress.dedupe_ttl_secs`.
     #[serde(default)]
     pub dedupe_ttl_secs: Option<u64>,
+    /// Most cases one event may produce (all rules together); an event beyond it is
+    /// dead-lettered whole. Defaults to 1000.
+    #[serde(default)]
+    pub max_cases: Option<usize>,
     /// Where the event type is (a header such as X-Shopify-Topic or a path such as `$.type`).
     #[serde(default)]
     pub event_type: Option<FieldRef>,

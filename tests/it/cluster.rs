@@ -15,7 +15,7 @@ use crate::support::redis_cluster::RedisCluster;
 use crate::support::sandbox::TestSandbox;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const TOKEN: &str = "admin-token-for-cluster-tests";
+const TOKEN: &str = "admin-token-for-cluster-tests-0123456789";
 
 /// Standard Webhooks: signed, with the signed `webhook-id` as delivery id (dedupe mark).
 fn mapping() -> String {

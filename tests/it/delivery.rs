@@ -3,12 +3,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use casegate::buffer::{
-    Buffer, CaseMeta, CaseRecord, DeadLetterKind, EmbeddedBuffer, Enqueue, RedisBuffer,
-};
+use casegate::buffer::{Buffer, DeadLetterKind, EmbeddedBuffer, Enqueue, RedisBuffer};
 use casegate::inbound::Headers;
 use casegate::sandbox::Faults;
 
+use crate::support::cases::case;
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};
 use crate::support::process::GatewayProcess;
 use crate::support::redis_server::RedisServer;
@@ -40,26 +39,6 @@ fn options(sandbox: &TestSandbox, backend: Backend, rate: u32) -> GatewayOptions
 
 fn json() -> Headers {
     [("content-type", "application/json")].into_iter().collect()
-}
-
-fn case(i: usize) -> CaseRecord {
-    CaseRecord {
-        queue: QUEUE.into(),
-        api_key_name: None,
-        title: format!("Event {i}"),
-        data: format!(r#"{{"id":{i}}}"#),
-        labels: vec![],
-        meta: CaseMeta {
-            source: "src".into(),
-            mapping_file: "src.yaml".into(),
-            mapping_version: "test".into(),
-            rule: "all".into(),
-            request_id: format!("r{i}"),
-            delivery_id: None,
-            event_type: None,
-            received_at_ms: 0,
-        },
-    }
 }
 
 /// Writes `n` cases straight into a buffer, as a backlog.

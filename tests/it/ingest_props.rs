@@ -105,6 +105,8 @@ fn state(dir: &Path) -> AppState {
         max_body_bytes: MAX_BODY_BYTES,
         client_timeout: Duration::from_secs(5),
         public_url: None,
+        trusted_proxies: Vec::new(),
+        inflight_bodies: Arc::new(casegate::http::ingress::InflightBodies::new(256 << 20)),
         retry_after: Duration::from_secs(5),
         mappings_loaded: Arc::new(AtomicBool::new(true)),
         delivery: None,

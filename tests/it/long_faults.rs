@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use casegate::buffer::{Buffer, CaseMeta, CaseRecord, DeadLetterKind, Enqueue, RedisBuffer};
+use casegate::buffer::{Buffer, DeadLetterKind, Enqueue, RedisBuffer};
 use casegate::sandbox::Faults;
 
+use crate::support::cases::case;
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};
 use crate::support::process::GatewayProcess;
 use crate::support::redis_server::RedisServer;
@@ -43,26 +44,6 @@ fn options(sandbox: &TestSandbox, backend: Backend) -> GatewayOptions {
         options.settings.push((key.into(), value));
     }
     options
-}
-
-fn case(i: usize) -> CaseRecord {
-    CaseRecord {
-        queue: QUEUE.into(),
-        api_key_name: None,
-        title: format!("Event {i}"),
-        data: format!(r#"{{"id":{i}}}"#),
-        labels: vec![],
-        meta: CaseMeta {
-            source: "src".into(),
-            mapping_file: "src.yaml".into(),
-            mapping_version: "test".into(),
-            rule: "all".into(),
-            request_id: format!("r{i}"),
-            delivery_id: None,
-            event_type: None,
-            received_at_ms: 0,
-        },
-    }
 }
 
 async fn backlog(buffer: &Buffer, range: std::ops::Range<usize>) {
@@ -559,6 +540,400 @@ async fn a_webhook_is_acknowledged_only_once_the_configured_replicas_have_it() {
     gateway.stop().await;
 }
 
+/// `buffer.wait_replicas = 1` with the replica down: the first attempt of a webhook reaches the
+/// primary and gets 503; the provider's retries hit the dedupe mark and still get 503 (not a
+/// `200 duplicate` no replica confirmed) until the replica is back and holds the first write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_webhook_is_not_acknowledged_as_a_duplicate_before_a_replica_has_it() {
+    let primary = RedisServer::start().await;
+    let mut replica = RedisServer::start().await;
+    let mapping = format!("delivery_id: {{header: X-Event-Id}}\n{}", mapping());
+    let mut options = GatewayOptions::embedded(&[("src.yaml", &mapping)])
+        .setting("CASEGATE_BUFFER__WAIT_REPLICAS", "1")
+        .setting("CASEGATE_DELIVERY__ENABLED", "false");
+    options.backend = Backend::Redis(primary.url());
+    let gateway = TestGateway::start(options).await;
+    let follow = |replica: &RedisServer| {
+        let url = replica.url();
+        let port = primary.port();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("REPLICAOF")
+                .arg("127.0.0.1")
+                .arg(port)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            conn
+        }
+    };
+    let headers = |id: &str| -> casegate::inbound::Headers {
+        [("content-type", "application/json"), ("x-event-id", id)]
+            .into_iter()
+            .collect()
+    };
+    // The replica follows: a webhook is confirmed.
+    follow(&replica).await;
+    let mut confirmed = false;
+    for attempt in 0..200 {
+        let id = format!("warm-{attempt}");
+        if gateway
+            .post("src", &headers(&id), r#"{"id": 0}"#)
+            .await
+            .status
+            == 202
+        {
+            confirmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(confirmed, "a following replica confirms writes");
+
+    replica.stop();
+    let first = gateway.post("src", &headers("evt-1"), r#"{"id": 1}"#).await;
+    assert_eq!(first.status, 503, "no replica confirmed: {}", first.body);
+    let retry = gateway.post("src", &headers("evt-1"), r#"{"id": 1}"#).await;
+    assert_eq!(
+        retry.status, 503,
+        "a retry is not acknowledged while no replica has the first write: {}",
+        retry.body
+    );
+
+    replica.restart().await;
+    let mut conn = follow(&replica).await;
+    let mut acknowledged = None;
+    for _ in 0..200 {
+        let answer = gateway.post("src", &headers("evt-1"), r#"{"id": 1}"#).await;
+        if answer.status == 200 {
+            acknowledged = Some(answer.body);
+            break;
+        }
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = acknowledged.expect("the retry is acknowledged once the replica is back");
+    assert_eq!(body["duplicate"], true, "{body}");
+    let titles: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{{casegate}}:q:{QUEUE}"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let holds_first = titles
+        .iter()
+        .any(|(_, fields)| fields.iter().any(|(_, v)| v.contains("Event 1\"")));
+    assert!(holds_first, "the replica holds the acknowledged case");
+    gateway.stop().await;
+}
+
+/// The value of the paused gauge for the default key in `/metrics`, if the series exists.
+async fn default_key_paused(client: &reqwest::Client, url: &str) -> Option<String> {
+    let metrics = client.get(url).send().await.ok()?.text().await.ok()?;
+    metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("casegate_delivery_paused{")
+                && line.contains("kind=\"key\"")
+                && line.contains("name=\"default\"")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+/// Serves a sandbox accepting only `api_key` on `listener`; stops when the sender is dropped.
+fn serve_sandbox(
+    api_key: &str,
+    listener: std::net::TcpListener,
+) -> (casegate::sandbox::Sandbox, tokio::sync::oneshot::Sender<()>) {
+    let sandbox = casegate::sandbox::Sandbox::new(casegate::sandbox::SandboxConfig {
+        api_key: api_key.into(),
+        rate: 1_000,
+        window: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(casegate::sandbox::serve(
+        sandbox.clone(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (sandbox, stop)
+}
+
+/// The paused gauge's zero series for the default key (registered at startup) is the series a
+/// 401 pause sets to 1, and it falls back to 0 when a probe succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paused_gauge_of_the_configured_key_flips_during_a_401_pause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    // The API knows another key: every request of the gateway's key is refused.
+    let (refusing, stop_refusing) = serve_sandbox("dv_other_key", listener);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(dir.path().join("mappings/src.yaml"), mapping()).unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "CASEGATE_DUVO__BASE_URL".into(),
+            format!("http://{address}/v1"),
+        ),
+        ("CASEGATE_DUVO__API_KEY".into(), "dv_gateway_key".into()),
+    ];
+    env.extend(scaled().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let process = GatewayProcess::spawn(dir.path(), &env).await;
+    let client = crate::support::http_client();
+    let metrics = process.url("/metrics");
+    assert_eq!(
+        default_key_paused(&client, &metrics).await.as_deref(),
+        Some("0"),
+        "the zero series exists from startup"
+    );
+    let response = client
+        .post(process.url("/hooks/src"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": 7}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let mut flipped = false;
+    for _ in 0..250 {
+        if default_key_paused(&client, &metrics).await.as_deref() == Some("1") {
+            flipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(flipped, "the 401 pause sets the default key's series to 1");
+    assert!(
+        refusing
+            .stats()
+            .status_counts
+            .get(&401)
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+
+    // The API accepts the key again (same address): the next probe resumes delivery.
+    drop(stop_refusing);
+    let mut accepting = None;
+    for _ in 0..250 {
+        if let Ok(listener) = std::net::TcpListener::bind(address) {
+            accepting = Some(serve_sandbox("dv_gateway_key", listener));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (accepting, _stop) = accepting.expect("the API address is free again");
+    let mut resumed = false;
+    for _ in 0..500 {
+        if accepting.cases(QUEUE).len() == 1
+            && default_key_paused(&client, &metrics).await.as_deref() == Some("0")
+        {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        resumed,
+        "the probe's success delivers the case and sets the series to 0"
+    );
+    process.kill9().await;
+}
+
+/// A worker with nothing to claim (its queue's one case is held by another consumer) gives back
+/// a probe it won: when a key's 401 pause runs out, the fleet's one probe reaches a queue with
+/// cases waiting, not held off for another interval by a worker that sent nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_nothing_to_send_hands_back_the_probe_of_its_paused_key() {
+    use casegate::delivery::limiter::{LimiterConfig, PauseKind, RateLimiter, key_id, key_pause};
+    const IDLE_QUEUE: &str = "0b1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+    let redis = RedisServer::start().await;
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(1)).await;
+    let buffer = redis_buffer(&redis).await;
+    let write = |i| {
+        let buffer = buffer.clone();
+        async move {
+            buffer
+                .enqueue(Enqueue {
+                    dedupe: None,
+                    cases: vec![crate::support::cases::case_in(IDLE_QUEUE, i)],
+                    dead_letters: vec![],
+                })
+                .await
+                .unwrap();
+        }
+    };
+    // Another consumer holds the idle queue's first case (and keeps it: 60 s visibility).
+    write(0).await;
+    assert_eq!(
+        buffer
+            .claim(IDLE_QUEUE, "other-holder", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let gateway = TestGateway::start(
+        options(&sandbox, Backend::Redis(redis.url()))
+            .setting("CASEGATE_DELIVERY__PROBE_INTERVAL_SECS", "10")
+            .setting("CASEGATE_DELIVERY__VISIBILITY_TIMEOUT_SECS", "60"),
+    )
+    .await;
+    // Its worker delivers the second case with the default key, then finds nothing to claim.
+    write(1).await;
+    assert_eq!(
+        sandbox
+            .wait_for(IDLE_QUEUE, 1, Duration::from_secs(10))
+            .await,
+        1
+    );
+
+    // The key is refused for a moment (as a 401 would pause it), then its pause runs out.
+    let Buffer::Redis(redis_buffer) = &buffer else {
+        unreachable!()
+    };
+    let (conn, prefix, timeout) = redis_buffer.connection_for("limiter");
+    let limits = LimiterConfig {
+        rate: 100,
+        window: Duration::from_secs(1),
+        margin: Duration::ZERO,
+    };
+    let limiter = RateLimiter::redis(limits, conn, prefix, timeout);
+    let pause = key_pause(&key_id(&casegate::secret::Secret::new(
+        crate::support::sandbox::API_KEY,
+    )));
+    let held_at = Instant::now();
+    limiter
+        .hold(
+            &pause,
+            PauseKind::KeyRefused,
+            Duration::from_millis(300),
+            "401 (test)",
+        )
+        .await;
+    // Wait until the pause has run out for longer than an idle worker's longest look-again
+    // (1 s), or until someone took its probe meanwhile.
+    loop {
+        let probed = limiter
+            .pauses()
+            .await
+            .iter()
+            .any(|p| p.name == pause && p.remaining_ms > 1_000);
+        if probed || held_at.elapsed() > Duration::from_millis(2_000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    backlog(&buffer, 0..1).await;
+    let delivered_in = Instant::now();
+    assert_eq!(
+        sandbox.wait_for(QUEUE, 1, Duration::from_secs(5)).await,
+        1,
+        "the waiting queue got the probe (probe interval 10 s), not the idle one"
+    );
+    println!(
+        "after a pause ran out, the waiting queue's probe went out in {:?}",
+        delivered_in.elapsed()
+    );
+    assert!(
+        limiter.pauses().await.iter().all(|p| p.name != pause),
+        "the probe's success resumed the key"
+    );
+    gateway.stop().await;
+}
+
+/// Runs `casegate serve` on `dir` and waits for it to exit; returns its stderr. Panics if it is
+/// still running after 20 s.
+async fn serve_until_exit(dir: &std::path::Path, env: &[(String, String)]) -> String {
+    let port = crate::support::free_port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mappings",
+        ])
+        .arg(dir.join("mappings"))
+        .env("CASEGATE_BUFFER__PATH", dir.join("buffer.redb"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("a second process under a taken consumer name refuses to start")
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Two processes configured with one consumer name on one Redis: the second refuses to start and
+/// names the setting. The first, SIGKILLed, restarts on its own data directory under the same
+/// name at once (its lease, live for another visibility timeout, is its own) and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_name_is_held_by_one_live_process_and_a_killed_one_takes_it_back() {
+    let redis = RedisServer::start().await;
+    let sandbox = TestSandbox::start(1_000, Duration::from_secs(1)).await;
+    let workspace = || {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+        std::fs::write(dir.path().join("mappings/src.yaml"), mapping()).unwrap();
+        dir
+    };
+    let (first_dir, second_dir) = (workspace(), workspace());
+    let mut env = sandbox.settings();
+    for (k, v) in [
+        ("CASEGATE_BUFFER__BACKEND", "redis".to_string()),
+        ("CASEGATE_BUFFER__REDIS_URL", redis.url()),
+        ("CASEGATE_DELIVERY__CONSUMER", "replica-shared".into()),
+        ("CASEGATE_DELIVERY__POLL_INTERVAL_MS", "20".into()),
+    ] {
+        env.push((k.into(), v));
+    }
+    let first = GatewayProcess::spawn(first_dir.path(), &env).await;
+    let refused = serve_until_exit(second_dir.path(), &env).await;
+    assert!(
+        refused.contains("replica-shared")
+            && refused.contains("delivery.consumer")
+            && refused.contains("CASEGATE_DELIVERY__CONSUMER"),
+        "the refusal names the consumer and the setting: {refused}"
+    );
+
+    first.kill9().await;
+    let restarted = Instant::now();
+    let first = GatewayProcess::spawn(first_dir.path(), &env).await;
+    let client = crate::support::http_client();
+    let response = client
+        .post(first.url("/hooks/src"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(
+        sandbox.wait_for(QUEUE, 1, Duration::from_secs(10)).await,
+        1,
+        "the restarted process delivers under its name (visibility timeout 300 s)"
+    );
+    println!(
+        "SIGKILLed and restarted under its consumer name: delivering {:?} after the restart",
+        restarted.elapsed()
+    );
+    let refused = serve_until_exit(second_dir.path(), &env).await;
+    assert!(refused.contains("delivery.consumer"), "{refused}");
+    first.kill9().await;
+}
+
 /// What a replica says about its pauses: `/admin/status` (as `casegate status` renders it) and
 /// the `casegate_delivery_paused` gauge lines set to 1.
 async fn pause_story(gateway: &TestGateway) -> (casegate::status::StatusReport, Vec<String>) {
@@ -596,7 +971,9 @@ async fn a_429_pause_shows_in_status_and_the_paused_gauge_and_clears_after() {
     // One request per 4 s at the API, spent by another client before the gateway starts: the
     // gateway's first request meets a 429 with a retry-after of up to 4 s.
     let api_key = "dv_sandbox_429_status";
-    let key_id = casegate::delivery::limiter::key_id(&casegate::secret::Secret::new(api_key));
+    // The gauge names the key as configured, never by the key itself (a name of its own, so
+    // other tests' pauses in this process do not show on its series).
+    let key_label = "name=\"status429\"";
     let sandbox = TestSandbox::start_with_key(1, Duration::from_secs(4), api_key).await;
     let spent = crate::support::http_client()
         .post(format!("{}/queues/{QUEUE}/cases", sandbox.base_url))
@@ -606,9 +983,26 @@ async fn a_429_pause_shows_in_status_and_the_paused_gauge_and_clears_after() {
         .await
         .unwrap();
     assert!(spent.status().is_success(), "{}", spent.status());
-    backlog(&redis_buffer(&redis).await, 0..200).await;
+    let cases = (0..200)
+        .map(|i| {
+            let mut case = case(i);
+            case.api_key_name = Some("status429".into());
+            case
+        })
+        .collect();
+    redis_buffer(&redis)
+        .await
+        .enqueue(Enqueue {
+            dedupe: None,
+            cases,
+            dead_letters: vec![],
+        })
+        .await
+        .unwrap();
     let gateway = TestGateway::start(
         options(&sandbox, Backend::Redis(redis.url()))
+            .setting("CASEGATE_DUVO__API_KEY", "dv_default_unused")
+            .setting("CASEGATE_DUVO__API_KEYS__STATUS429", api_key)
             .setting("CASEGATE_ADMIN__TOKEN", ADMIN_TOKEN),
     )
     .await;
@@ -623,7 +1017,7 @@ async fn a_429_pause_shows_in_status_and_the_paused_gauge_and_clears_after() {
         let rendered = casegate::status::render(&report);
         let gauged = paused
             .iter()
-            .any(|line| line.contains("kind=\"key\"") && line.contains(&key_id));
+            .any(|line| line.contains("kind=\"key\"") && line.contains(key_label));
         if listed && gauged && rendered.contains("is paused") {
             break;
         }
@@ -643,7 +1037,11 @@ async fn a_429_pause_shows_in_status_and_the_paused_gauge_and_clears_after() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let (report, paused) = pause_story(&gateway).await;
-        if report.paused_keys.is_empty() && !paused.iter().any(|line| line.contains(&key_id)) {
+        if report.paused_keys.is_empty()
+            && !paused
+                .iter()
+                .any(|line| line.contains("kind=\"key\"") && line.contains(key_label))
+        {
             break;
         }
         assert!(

@@ -1,9 +1,11 @@
 //! casegate's integration tests: one binary, real servers on loopback port 0, real Redis
 //! instances spawned per test, real signatures.
 
+mod bounds;
 mod buffer;
 mod cluster;
 mod delivery;
+mod exposure;
 mod faults;
 mod hostile;
 mod ingest_props;
@@ -12,6 +14,7 @@ mod long_faults;
 mod operate;
 mod operators;
 mod readme;
+mod records;
 mod reload;
 mod scale;
 mod security;

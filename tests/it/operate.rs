@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::support::gateway::{GatewayOptions, QUEUE, TestGateway};
 
-const TOKEN: &str = "admin-token-for-tests";
+const TOKEN: &str = "admin-token-for-tests-0123456789abcdef";
 
 fn json() -> Headers {
     [("content-type", "application/json")].into_iter().collect()

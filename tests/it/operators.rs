@@ -271,6 +271,31 @@ async fn a_dry_run_replay_shows_what_each_dead_letter_would_become_and_writes_no
             })
             .collect();
         assert_eq!(titles, ["Order a", "Order b"], "{backend}: {dry}");
+        // Paged: one letter per page, `next` leads to the second, and the last page says so.
+        let (_, first) = admin(
+            &gateway,
+            reqwest::Method::POST,
+            "/admin/dlq/replay?dry_run=true&limit=1",
+        )
+        .await;
+        assert_eq!(first["dry_run"].as_array().unwrap().len(), 1, "{first}");
+        assert_eq!(first["dry_run"][0]["id"], ids[0].as_str(), "{first}");
+        let next = first["next"].as_str().expect("a next page").to_string();
+        let (_, second) = admin(
+            &gateway,
+            reqwest::Method::POST,
+            &format!("/admin/dlq/replay?dry_run=true&limit=1&after={next}"),
+        )
+        .await;
+        assert_eq!(second["dry_run"][0]["id"], ids[1].as_str(), "{second}");
+        let (_, last) = admin(
+            &gateway,
+            reqwest::Method::POST,
+            &format!("/admin/dlq/replay?dry_run=true&limit=1&after={}", ids[1]),
+        )
+        .await;
+        assert!(last["dry_run"].as_array().unwrap().is_empty(), "{last}");
+        assert!(last["next"].is_null(), "{last}");
         let (_, one) = admin(
             &gateway,
             reqwest::Method::POST,

@@ -111,6 +111,7 @@ fn config() -> DeliveryConfig {
         probe_interval: Duration::from_secs(1),
         max_attempts: 5,
         consumer: "replica-1".into(),
+        queue_retention: Duration::from_secs(86_400),
         jitter: Jitter::fixed(0.5),
         now_ms: crate::clock::now_ms,
         queue_retention: Duration::from_secs(3600),

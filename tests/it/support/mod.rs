@@ -1,3 +1,4 @@
+pub mod cases;
 pub mod gateway;
 pub mod process;
 pub mod redis_cluster;

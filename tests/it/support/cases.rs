@@ -1,0 +1,31 @@
+//! Case records written straight into a buffer, as a backlog: `Event <i>` for the test queue.
+
+use casegate::buffer::{CaseMeta, CaseRecord};
+
+use super::gateway::QUEUE;
+
+/// Case `i` of the test queue, titled `Event <i>`, as mapping `src.yaml`'s rule `all` makes it.
+pub fn case(i: usize) -> CaseRecord {
+    case_in(QUEUE, i)
+}
+
+/// Case `i` of `queue`.
+pub fn case_in(queue: &str, i: usize) -> CaseRecord {
+    CaseRecord {
+        queue: queue.into(),
+        api_key_name: None,
+        title: format!("Event {i}"),
+        data: format!(r#"{{"id":{i}}}"#),
+        labels: vec![],
+        meta: CaseMeta {
+            source: "src".into(),
+            mapping_file: "src.yaml".into(),
+            mapping_version: "test".into(),
+            rule: "all".into(),
+            request_id: format!("r{i}"),
+            delivery_id: None,
+            event_type: None,
+            received_at_ms: 0,
+        },
+    }
+}
