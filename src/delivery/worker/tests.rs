@@ -114,7 +114,6 @@ fn config() -> DeliveryConfig {
         queue_retention: Duration::from_secs(86_400),
         jitter: Jitter::fixed(0.5),
         now_ms: crate::clock::now_ms,
-        queue_retention: Duration::from_secs(3600),
     }
 }
 
