@@ -541,10 +541,7 @@ impl RedisBuffer {
             .key(self.stream_key(queue))
             .key(self.key("ready"))
             .arg(queue);
-        let mut conn = self.conn.clone();
-        let settled: u64 = self
-            .timed("settle", async { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let settled: u64 = self.invoke("settle", &invocation).await?;
         Ok(settled == 1)
     }
 
@@ -640,10 +637,7 @@ impl RedisBuffer {
             .arg(GROUP)
             .arg(consumer)
             .arg(max);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed("claim", async { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.invoke("claim", &invocation).await?;
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for entry in into_array(reply) {
@@ -698,12 +692,7 @@ impl RedisBuffer {
             .arg(consumer)
             .arg(min_idle_ms)
             .arg(max);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed("reclaim", async {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Value = self.invoke("reclaim", &invocation).await?;
         self.decode_triples(queue, reply, "reclaim").await
     }
 
@@ -751,12 +740,7 @@ impl RedisBuffer {
             .arg(idle_ms)
             .arg(operation)
             .arg(ids);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed(operation, async {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Value = self.invoke(operation, &invocation).await?;
         Ok(as_u64(&reply).unwrap_or(0))
     }
 
@@ -776,12 +760,7 @@ impl RedisBuffer {
             .arg(GROUP)
             .arg(consumer)
             .arg(max);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed("own_pending", async {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Value = self.invoke("own_pending", &invocation).await?;
         self.decode_triples(queue, reply, "own_pending").await
     }
 
@@ -800,10 +779,7 @@ impl RedisBuffer {
             .key(self.key(&format!("consumer:{name}")))
             .arg(nonce)
             .arg(ttl_ms);
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self
-            .timed("lease", async { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Vec<i64> = self.invoke("lease", &invocation).await?;
         Ok(match reply.as_slice() {
             [1, ..] => None,
             [_, left, ..] => Some(Duration::from_millis(u64::try_from(*left).unwrap_or(0))),
@@ -818,12 +794,7 @@ impl RedisBuffer {
         invocation
             .key(self.key(&format!("consumer:{name}")))
             .arg(nonce);
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .timed("release lease", async {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let _: i64 = self.invoke("release lease", &invocation).await?;
         Ok(())
     }
 
@@ -912,10 +883,7 @@ impl RedisBuffer {
             .arg(GROUP)
             .arg(queue)
             .arg(ids);
-        let mut conn = self.conn.clone();
-        let _: Value = self
-            .timed("ack", async { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let _: Value = self.invoke("ack", &invocation).await?;
         self.replicate_removal().await;
         Ok(())
     }
@@ -939,12 +907,7 @@ impl RedisBuffer {
             let id = if is_stream_id(id) { id.as_str() } else { "" };
             invocation.arg(id).arg(encode(record)?);
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed("dead_letter_cases", async {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Value = self.invoke("dead_letter_cases", &invocation).await?;
         self.replicate_removal().await;
         strings(reply, "dead_letter_cases")
     }
@@ -952,10 +915,7 @@ impl RedisBuffer {
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, BufferError> {
         let mut invocation = STATS.prepare_invoke();
         invocation.key(self.stream_key(queue)).arg(GROUP);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed("stats", async { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.invoke("stats", &invocation).await?;
         let mut parts = into_array(reply).into_iter();
         let (Some(depth), Some(claimed), Some(oldest)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -1037,12 +997,7 @@ impl RedisBuffer {
         }
         let mut invocation = DEAD_LETTER_IDS.prepare_invoke();
         invocation.key(self.key("dlq")).arg(&start).arg(limit);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed("list_dead_letter_ids", async {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Value = self.invoke("list_dead_letter_ids", &invocation).await?;
         strings(reply, "list_dead_letter_ids")
     }
 
@@ -1154,12 +1109,7 @@ impl RedisBuffer {
         for record in records.iter().chain(dead_letters) {
             invocation.arg(record.as_slice());
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .timed("enqueue", async {
-                invocation.invoke_async(&mut conn).await
-            })
-            .await?;
+        let reply: Value = self.invoke("enqueue", &invocation).await?;
         let mut parts = into_array(reply).into_iter();
         match parts.next().as_ref().and_then(as_string).as_deref() {
             Some("stored") => {
@@ -1174,6 +1124,20 @@ impl RedisBuffer {
             Some("missing") => Ok(Written::Missing),
             _ => Err(unexpected("enqueue", "unknown status")),
         }
+    }
+
+    /// Runs one script invocation on a clone of the shared connection, within the operation
+    /// timeout.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BufferError> {
+        let mut conn = self.conn.clone();
+        self.timed(operation, async {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
     }
 
     /// Bounds an operation by the operation timeout and turns its failure into `Unavailable`.
