@@ -232,12 +232,14 @@ pub async fn run_with_clock(
         _ => None,
     };
     let address = listener.local_addr()?;
-    let server = http_server(state, &config, listener)?;
+    let (stop_connections, connections_stopping) = tokio::sync::watch::channel(false);
+    let server = http_server(state, &config, listener, connections_stopping)?;
     let handle = server.handle();
     let admin_handle = admin_server.as_ref().map(|s| s.handle());
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_connections.send(true);
         if let Some(admin) = admin_handle {
             admin.stop(true).await;
         }
@@ -246,10 +248,12 @@ pub async fn run_with_clock(
     let admin_task = admin_server.map(tokio::spawn);
     tracing::info!(%address, "casegate listening");
     server.await?;
+    tracing::debug!("HTTP server stopped; stopping delivery");
     let _ = stop_delivery.send(true);
     if let Some(task) = delivery_task {
         let _ = task.await;
     }
+    tracing::debug!("delivery stopped");
     if let Some(task) = admin_task {
         let _ = task.await;
     }
@@ -325,6 +329,7 @@ fn http_server(
     state: AppState,
     config: &Config,
     listener: std::net::TcpListener,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<actix_web::dev::Server> {
     use actix_service::{ServiceFactoryExt, fn_service, map_config};
     let address = listener.local_addr()?;
@@ -349,14 +354,18 @@ fn http_server(
             .client_disconnect_timeout(std::time::Duration::from_secs(5))
             .local_addr(address)
             .finish(app_service);
-        fn_service(move |io: actix_web::rt::net::TcpStream| async move {
-            let peer = io.peer_addr().ok();
-            let _ = io.set_nodelay(true);
-            Ok::<_, actix_http::error::DispatchError>((
-                http::slow::HeadDeadline::new(io, header_timeout),
-                actix_http::Protocol::Http1,
-                peer,
-            ))
+        let stopping = stopping.clone();
+        fn_service(move |io: actix_web::rt::net::TcpStream| {
+            let stopping = stopping.clone();
+            async move {
+                let peer = io.peer_addr().ok();
+                let _ = io.set_nodelay(true);
+                Ok::<_, actix_http::error::DispatchError>((
+                    http::slow::HeadDeadline::new(io, header_timeout, stopping),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            }
         })
         .and_then(http)
     })?;

@@ -7,13 +7,19 @@
 //! writes the JSON `408` straight to the socket and ends the stream, after which actix has
 //! nothing left to answer. Later requests on a kept-alive connection are not covered (as with
 //! actix's own timer): see `ingress.keep_alive_secs`.
+//!
+//! The wrapper also ends a connection that has not sent a byte yet when the gateway begins to
+//! shut down: it has nothing in flight to finish, and left open it would hold a graceful stop
+//! for the whole header timeout (HTTP clients open spare connections they may never use).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 /// The answer a sender too slow with its headers gets.
@@ -42,10 +48,13 @@ pub struct HeadDeadline<T> {
     timeout: Duration,
     /// Set after the 408: reads end, writes are swallowed, so nothing follows it.
     done: bool,
+    /// Resolves when the gateway begins to stop; `None` once a byte has arrived.
+    stopping: Option<BoxFuture<'static, ()>>,
 }
 
 impl<T> HeadDeadline<T> {
-    pub fn new(io: T, timeout: Duration) -> Self {
+    /// Wraps `io`; `stop` turns true when the gateway begins a graceful shutdown.
+    pub fn new(io: T, timeout: Duration, mut stop: watch::Receiver<bool>) -> Self {
         HeadDeadline {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
@@ -53,6 +62,10 @@ impl<T> HeadDeadline<T> {
             answer: None,
             timeout,
             done: false,
+            stopping: Some(Box::pin(async move {
+                // A dropped sender means the gateway is going away too.
+                let _ = stop.wait_for(|stop| *stop).await;
+            })),
         }
     }
 
@@ -119,11 +132,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadline<T> {
                 Poll::Pending => Poll::Pending,
             };
         }
+        if let Some(stopping) = this.stopping.as_mut()
+            && stopping.as_mut().poll(cx).is_ready()
+        {
+            // Shutting down before the first byte: end the stream, nothing is lost.
+            this.stopping = None;
+            this.deadline = None;
+            this.done = true;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.deadline.is_some() && matches!(read, Poll::Ready(Ok(()))) {
-            let fresh = buf.filled()[before..].to_vec();
-            this.scan(&fresh);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.stopping = None;
+            if this.deadline.is_some() {
+                let fresh = buf.filled()[before..].to_vec();
+                this.scan(&fresh);
+            }
         }
         read
     }
@@ -168,13 +193,38 @@ mod tests {
 
     #[tokio::test]
     async fn the_head_end_is_found_across_reads() {
-        let mut conn = HeadDeadline::new((), Duration::from_secs(1));
+        let (_stop, stopping) = watch::channel(false);
+        let mut conn = HeadDeadline::new((), Duration::from_secs(1), stopping);
         conn.scan(b"POST / HTTP/1.1\r\nHost: x\r");
         assert!(conn.deadline.is_some());
         conn.scan(b"\n\r");
         assert!(conn.deadline.is_some());
         conn.scan(b"\n{}");
         assert!(conn.deadline.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_ends_when_shutdown_begins_and_a_started_one_does_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (stop, stopping) = watch::channel(false);
+        let (silent_client, silent_server) = tokio::io::duplex(64);
+        let (mut busy_client, busy_server) = tokio::io::duplex(64);
+        let mut silent =
+            HeadDeadline::new(silent_server, Duration::from_secs(3600), stopping.clone());
+        let mut busy = HeadDeadline::new(busy_server, Duration::from_secs(3600), stopping);
+        busy_client.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
+        let mut chunk = [0u8; 64];
+        let n = busy.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..n], b"POST / HTTP/1.1\r\n");
+
+        stop.send(true).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut chunk)).await;
+        assert_eq!(ended.expect("the silent connection ends").unwrap(), 0);
+        // The started request keeps its connection: the rest of its head still arrives.
+        busy_client.write_all(b"Host: x\r\n\r\n").await.unwrap();
+        let n = busy.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..n], b"Host: x\r\n\r\n");
+        drop(silent_client);
     }
 
     #[test]

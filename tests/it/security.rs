@@ -232,10 +232,15 @@ impl Captured {
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("the process stops within 20 s of SIGTERM")
-            .unwrap();
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await
+        else {
+            panic!(
+                "the process stops within 20 s of SIGTERM; it printed:\n{}\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+        };
+        let status = status.unwrap();
         for pump in std::mem::take(&mut self.pumps) {
             pump.await.unwrap();
         }

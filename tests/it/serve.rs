@@ -159,3 +159,45 @@ async fn url_signing_schemes_use_the_configured_public_url_behind_a_proxy() {
     let dir = gateway.stop().await;
     assert_eq!(drain(&embedded_buffer(dir.path())).await.len(), 1);
 }
+
+/// HTTP clients open spare connections they may never send on. On SIGTERM such a connection has
+/// nothing in flight, so it must not hold the stop for the whole header timeout (here an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sent_a_byte_does_not_hold_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mappings = dir.path().join("mappings");
+    std::fs::create_dir_all(&mappings).unwrap();
+    std::fs::write(
+        mappings.join("orders.yaml"),
+        format!("verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Order {{{{ $.id }}}}'}}\n"),
+    )
+    .unwrap();
+    let gateway = crate::support::process::GatewayProcess::spawn(
+        dir.path(),
+        &[
+            (
+                "CASEGATE_INGRESS__CLIENT_TIMEOUT_SECS".into(),
+                "3600".into(),
+            ),
+            ("CASEGATE_INGRESS__KEEP_ALIVE_SECS".into(), "1".into()),
+        ],
+    )
+    .await;
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
+    // A request on another connection is answered: the silent one is accepted and open.
+    let answered = crate::support::http_client()
+        .get(gateway.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(answered.status().is_success());
+
+    let status = gateway
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("the gateway stops long before the header timeout");
+    assert!(status.success(), "exit {status:?}");
+    drop(silent);
+}

@@ -48,4 +48,18 @@ impl GatewayProcess {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
     }
+
+    /// Sends SIGTERM and waits up to `within` for the exit; `None` if it is still running.
+    pub async fn terminate(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
 }
