@@ -39,9 +39,10 @@
 //! consumer with the same name reads its own pending entries first ([`RedisBuffer::own_pending`]).
 //!
 //! What survives a crash: of casegate, everything (the pending list lives in Redis). Of Redis,
-//! whatever its persistence keeps: run it with `appendonly yes` (AOF). Redis writes the AOF before
-//! it replies, so a killed Redis process loses nothing that was answered; `appendfsync always`
-//! also covers a power loss, `everysec` (the default) may lose the last second of it.
+//! whatever its persistence keeps: run it with `appendonly yes` and `appendfsync always` (AOF),
+//! so Redis writes and fsyncs before it replies. With `everysec` (the default) a power loss may
+//! lose the last second, and so may a killed process while the disk is slow (Redis then answers
+//! before it writes the AOF, for up to two seconds).
 //!
 //! Needs Redis 7.0 or newer (script flags, `XAUTOCLAIM` listing deleted entries). The write
 //! script is refused as a whole when Redis is out of memory (ingress answers 503); the claim, ack

@@ -114,8 +114,12 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
+                // As the README asks for: with `everysec`, a busy disk lets Redis answer before
+                // it writes the AOF, and a SIGKILL then loses acknowledged writes.
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "always",
                 "--daemonize",
                 "no",
             ])
