@@ -133,7 +133,7 @@ fn ceil_secs(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::clock::ManualClock;
+    use crate::clock::ManualClock;
 
     fn limiter(rate: u32, window_secs: u64) -> (ManualClock, SlidingWindowLimiter<ManualClock>) {
         let clock = ManualClock::new(0);
