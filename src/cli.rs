@@ -364,7 +364,7 @@ async fn run_sandbox(
         "sandbox API (development stand-in for Duvo) listening; list what it received with GET on the cases URL"
     );
     let sandbox = casegate_sandbox::Sandbox::try_new(config).map_err(|e| e.to_string())?;
-    casegate_sandbox::serve(sandbox, listener, shutdown)
+    casegate_sandbox::serve_until(sandbox, listener, shutdown)
         .await
         .map_err(|e| format!("sandbox: {e}"))
 }

@@ -655,7 +655,7 @@ fn serve_sandbox(
         ..Default::default()
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(casegate_sandbox::serve(
+    tokio::spawn(casegate_sandbox::serve_until(
         sandbox.clone(),
         listener,
         async move {

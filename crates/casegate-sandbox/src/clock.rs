@@ -1,41 +1,44 @@
 //! Time as the sandbox sees it: a monotonic instant for the rate limiter and outage windows, and
-//! wall-clock milliseconds for `created_at` and the stats log. Injected so tests use fixed
-//! instants instead of sleeping.
+//! the UTC wall clock for `created_at` and the stats log. Injected so tests use fixed instants
+//! instead of sleeping.
 
+use std::num::NonZero;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// A source of time.
-pub trait Clock: Send + Sync + 'static {
+use time::OffsetDateTime;
+use time::format_description::well_known::Iso8601;
+use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimePrecision};
+
+/// A source of time for the sandbox.
+pub trait SandboxClock: Send + Sync + 'static {
     /// Monotonic time, for windows and deadlines.
     fn now(&self) -> Instant;
-    /// Milliseconds since the Unix epoch, for timestamps shown to clients.
-    fn unix_ms(&self) -> u64;
+    /// The wall clock, for timestamps shown to clients.
+    fn now_utc(&self) -> OffsetDateTime;
 }
 
-impl<C: Clock + ?Sized> Clock for Arc<C> {
+impl<C: SandboxClock + ?Sized> SandboxClock for Arc<C> {
     fn now(&self) -> Instant {
         (**self).now()
     }
 
-    fn unix_ms(&self) -> u64 {
-        (**self).unix_ms()
+    fn now_utc(&self) -> OffsetDateTime {
+        (**self).now_utc()
     }
 }
 
 /// The real clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub struct RealClock;
 
-impl Clock for SystemClock {
+impl SandboxClock for RealClock {
     fn now(&self) -> Instant {
         Instant::now()
     }
 
-    fn unix_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    fn now_utc(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
     }
 }
 
@@ -43,16 +46,22 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     start: Instant,
-    start_unix_ms: u64,
+    start_utc: OffsetDateTime,
     elapsed: Arc<Mutex<Duration>>,
 }
 
 impl ManualClock {
     /// A clock standing at `start_unix_ms` milliseconds since the Unix epoch.
+    ///
+    /// # Panics
+    /// If that is after the year 9999.
     pub fn new(start_unix_ms: u64) -> ManualClock {
+        let start_utc =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_unix_ms) * 1_000_000)
+                .expect("a manual clock starts before the year 10000");
         ManualClock {
             start: Instant::now(),
-            start_unix_ms,
+            start_utc,
             elapsed: Arc::new(Mutex::new(Duration::ZERO)),
         }
     }
@@ -67,41 +76,35 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
+impl SandboxClock for ManualClock {
     fn now(&self) -> Instant {
         self.start + self.elapsed()
     }
 
-    fn unix_ms(&self) -> u64 {
-        let elapsed_ms = u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.start_unix_ms.saturating_add(elapsed_ms)
+    fn now_utc(&self) -> OffsetDateTime {
+        let elapsed = time::Duration::try_from(self.elapsed()).unwrap_or(time::Duration::MAX);
+        self.start_utc.saturating_add(elapsed)
     }
 }
 
-/// Formats milliseconds since the Unix epoch as ISO-8601 UTC with millisecond precision,
+/// ISO 8601 in UTC with exactly three decimal digits of seconds: `2024-01-15T10:00:00.123Z`.
+const TIMESTAMP: EncodedConfig = Config::DEFAULT
+    .set_time_precision(TimePrecision::Second {
+        decimal_digits: NonZero::new(3),
+    })
+    .encode();
+
+/// Formats `at` the way the API shows `created_at`: ISO 8601 (RFC 3339) UTC with milliseconds,
 /// e.g. `2024-01-15T10:00:00.123Z`.
-pub fn iso8601_ms(unix_ms: u64) -> String {
-    let ms = unix_ms % 1000;
-    let secs = unix_ms / 1000;
-    let (hour, minute, second) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{ms:03}Z")
+pub fn format_timestamp(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&Iso8601::<TIMESTAMP>)
+        .expect("a time's year is within 0-9999")
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's
-/// `civil_from_days`, restricted to dates on or after the epoch.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn epoch_ms(at: OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -118,7 +121,9 @@ mod tests {
             (4_102_444_800_000, "2100-01-01T00:00:00.000Z"),
         ];
         for (ms, want) in table {
-            assert_eq!(iso8601_ms(ms), want, "{ms}");
+            let at = ManualClock::new(ms).now_utc();
+            assert_eq!(format_timestamp(at), want, "{ms}");
+            assert_eq!(epoch_ms(at), ms);
         }
     }
 
@@ -129,6 +134,6 @@ mod tests {
         let before = clock.now();
         clock.advance(Duration::from_millis(1_500));
         assert_eq!(other.now() - before, Duration::from_millis(1_500));
-        assert_eq!(other.unix_ms(), 2_500);
+        assert_eq!(epoch_ms(other.now_utc()), 2_500);
     }
 }

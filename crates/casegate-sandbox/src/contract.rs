@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 /// Most cases in one request.
 pub const MAX_CASES_PER_REQUEST: usize = 100;
 /// Most characters in a title.
-pub const MAX_TITLE_CHARS: usize = 500;
+pub const MAX_CASE_TITLE_CHARS: usize = 500;
 /// Largest label hue.
 pub const MAX_COLOR_HUE: u16 = 360;
 /// Default and bounds of the list `limit`.
@@ -209,10 +209,10 @@ fn validate_case(value: Value, form: BodyForm, index: usize) -> Result<NewCase, 
             "must not be empty".to_owned(),
         ));
     }
-    if chars > MAX_TITLE_CHARS {
+    if chars > MAX_CASE_TITLE_CHARS {
         return Err(fail(
             format!("{base}.title"),
-            format!("must be at most {MAX_TITLE_CHARS} characters (got {chars})"),
+            format!("must be at most {MAX_CASE_TITLE_CHARS} characters (got {chars})"),
         ));
     }
 

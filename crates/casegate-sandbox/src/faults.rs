@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::contract::NewCase;
+use crate::contract::NewCase;
 
 /// Faults to inject into the API routes (`/v1|v2/queues/{queue_id}/cases`). The control routes
 /// under `/_sandbox` are never faulted. Missing fields in JSON take their defaults (no fault);

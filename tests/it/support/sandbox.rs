@@ -34,7 +34,7 @@ impl TestSandbox {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(casegate_sandbox::serve(
+        tokio::spawn(casegate_sandbox::serve_until(
             sandbox.clone(),
             listener,
             async move {
