@@ -1,5 +1,5 @@
 //! The sandbox's actix handlers. They only adapt: extract, call the [`Sandbox`] step by step (the
-//! order is documented in the module root), and render the result with the rate-limit headers.
+//! order is documented in the crate root), and render the result with the rate-limit headers.
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -1,10 +1,12 @@
-//! casegate-sandbox: a local stand-in for the Duvo cases API, for development, tests, benchmarks and
-//! the README quick start. **It is not the real Duvo API and not a product surface**: it keeps
-//! everything in memory, has no real queues or users, and its control routes are unauthenticated,
-//! so never expose it beyond localhost. It says so in its startup log.
+//! casegate-sandbox: a local stand-in for the Duvo cases API, for development, tests, benchmarks
+//! and the README quick start. **It is not the real Duvo API and not a product surface**: it
+//! keeps everything in memory, has no real queues or users, and its control routes are
+//! unauthenticated, so never expose it beyond localhost. It says so in its startup log.
 //!
 //! It enforces the documented contract of `POST /queues/{queue_id}/cases` as strictly as the real
-//! API would, so a client that passes here should pass there.
+//! API would, so a client that passes here should pass there. It shares no code with casegate (the
+//! gateway depends on it, never the reverse): its request rules, clock and rate limiter are its
+//! own, so a mistake in the gateway's cannot hide behind the same mistake here.
 //!
 //! # Routes
 //! API routes, under both `/v1` and `/v2` (same behaviour):
