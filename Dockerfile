@@ -12,27 +12,30 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /build
 
-# 1. Dependencies only, cached until Cargo.toml, Cargo.lock or benches/ change. The real bench
+# 1. Dependencies only, cached until a Cargo.toml, Cargo.lock or benches/ change. The real bench
 #    files are copied because Cargo.toml names them in [[bench]] sections, and cargo refuses a
-#    manifest whose targets are missing (`cargo build` does not compile them). The crate itself
-#    is an empty lib and main, so this layer holds every dependency compiled in release mode.
+#    manifest whose targets are missing (`cargo build` does not compile them). The workspace's
+#    crates are empty here (casegate's lib and main, crates/casegate-sandbox's lib), so this
+#    layer holds every dependency compiled in release mode.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/casegate-sandbox/Cargo.toml ./crates/casegate-sandbox/
 COPY benches ./benches
-RUN mkdir src \
+RUN mkdir src crates/casegate-sandbox/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/casegate-sandbox/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src crates/casegate-sandbox/src
 
-# 2. The crate. config/casegate.toml is compiled in (include_str!) as the built-in defaults.
-#    COPY keeps the sources' older mtimes, which cargo would take as "already built" by the dummy
-#    above: touch the crate roots so the real crate is always recompiled.
+# 2. The crates. config/casegate.toml is compiled in (include_str!) as the built-in defaults.
+#    COPY keeps the sources' older mtimes, which cargo would take as "already built" by the dummies
+#    above: touch the crate roots so the real crates are always recompiled.
 #    `strip` drops the symbol table the default release profile keeps (about 19 MB -> 14 MB); it
 #    is a no-op once Cargo.toml's [profile.release] has `strip = true`. Panic messages keep their
 #    file:line locations; only backtraces lose function names.
 COPY src ./src
+COPY crates ./crates
 COPY config ./config
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/casegate-sandbox/src/lib.rs \
     && cargo build --release --locked \
     && mkdir -p /out/var/lib/casegate \
     && strip -o /out/casegate target/release/casegate

@@ -15,7 +15,7 @@ use crate::env::Env;
 use crate::inbound::{Headers, InboundRequest};
 use crate::mapping::examples::run_examples;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};
-use crate::sandbox::SandboxConfig;
+use casegate_sandbox::SandboxConfig;
 
 /// `println!` for command output that exits quietly when the reader has gone away
 /// (`casegate try ... | head`): a closed pipe is not an error worth a backtrace.
@@ -363,8 +363,8 @@ async fn run_sandbox(
         window_s = config.window.as_secs(),
         "sandbox API (development stand-in for Duvo) listening; list what it received with GET on the cases URL"
     );
-    let sandbox = crate::sandbox::Sandbox::try_new(config).map_err(|e| e.to_string())?;
-    crate::sandbox::serve(sandbox, listener, shutdown)
+    let sandbox = casegate_sandbox::Sandbox::try_new(config).map_err(|e| e.to_string())?;
+    casegate_sandbox::serve_until(sandbox, listener, shutdown)
         .await
         .map_err(|e| format!("sandbox: {e}"))
 }

@@ -17,7 +17,6 @@ pub mod inbound;
 pub mod ingest;
 pub mod mapping;
 pub mod prometheus;
-pub mod sandbox;
 pub mod secret;
 pub mod status;
 pub mod telemetry;

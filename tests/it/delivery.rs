@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use casegate::buffer::{Buffer, DeadLetterKind, EmbeddedBuffer, Enqueue, RedisBuffer};
 use casegate::inbound::Headers;
-use casegate::sandbox::Faults;
+use casegate_sandbox::Faults;
 
 use crate::support::cases::case;
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};

@@ -148,7 +148,7 @@ async fn three_replicas_one_killed_mid_run_lose_nothing_and_stay_within_the_limi
     // times over, so the shared limit is what paces the replicas.
     const RATE: usize = 6;
     let sandbox = TestSandbox::start(RATE as u32, Duration::from_secs(2)).await;
-    sandbox.sandbox.set_faults(casegate::sandbox::Faults {
+    sandbox.sandbox.set_faults(casegate_sandbox::Faults {
         latency_ms: 50,
         error_ratio: 0.05,
         ..Default::default()
@@ -198,7 +198,7 @@ async fn three_replicas_one_killed_mid_run_lose_nothing_and_stay_within_the_limi
 /// buffer each time.
 async fn repeated_sigkill_under_load(redis: Option<&RedisServer>) {
     let sandbox = TestSandbox::start(1_000, Duration::from_secs(2)).await;
-    sandbox.sandbox.set_faults(casegate::sandbox::Faults {
+    sandbox.sandbox.set_faults(casegate_sandbox::Faults {
         latency_ms: 30,
         ..Default::default()
     });

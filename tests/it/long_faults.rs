@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use casegate::buffer::{Buffer, DeadLetterKind, Enqueue, RedisBuffer};
-use casegate::sandbox::Faults;
+use casegate_sandbox::Faults;
 
 use crate::support::cases::case;
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};
@@ -647,15 +647,15 @@ async fn default_key_paused(client: &reqwest::Client, url: &str) -> Option<Strin
 fn serve_sandbox(
     api_key: &str,
     listener: std::net::TcpListener,
-) -> (casegate::sandbox::Sandbox, tokio::sync::oneshot::Sender<()>) {
-    let sandbox = casegate::sandbox::Sandbox::new(casegate::sandbox::SandboxConfig {
+) -> (casegate_sandbox::Sandbox, tokio::sync::oneshot::Sender<()>) {
+    let sandbox = casegate_sandbox::Sandbox::new(casegate_sandbox::SandboxConfig {
         api_key: api_key.into(),
         rate: 1_000,
         window: Duration::from_secs(1),
         ..Default::default()
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(casegate::sandbox::serve(
+    tokio::spawn(casegate_sandbox::serve_until(
         sandbox.clone(),
         listener,
         async move {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use casegate::sandbox::{Sandbox, SandboxConfig, SandboxStats};
+use casegate_sandbox::{Sandbox, SandboxConfig, SandboxStats};
 use tokio::sync::oneshot;
 
 pub const API_KEY: &str = "dv_sandbox_test";
@@ -34,7 +34,7 @@ impl TestSandbox {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(casegate::sandbox::serve(
+        tokio::spawn(casegate_sandbox::serve_until(
             sandbox.clone(),
             listener,
             async move {

@@ -1,8 +1,8 @@
 //! Every answer the sandbox refuses with, and the one table mapping each to a status and a stable
 //! code. The HTTP layer renders them as `{"error": "<code>", "message": "<text>"}`.
 
-use super::contract::ContractError;
-use super::faults::FaultsError;
+use crate::contract::ContractError;
+use crate::faults::FaultsError;
 
 /// Why an API request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

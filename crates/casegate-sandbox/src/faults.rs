@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::contract::NewCase;
+use crate::contract::NewCase;
 
 /// Faults to inject into the API routes (`/v1|v2/queues/{queue_id}/cases`). The control routes
 /// under `/_sandbox` are never faulted. Missing fields in JSON take their defaults (no fault);
@@ -81,18 +81,8 @@ impl Compiled {
         if !(0.0..=1.0).contains(&spec.error_ratio) {
             return Err(FaultsError::ErrorRatio(spec.error_ratio));
         }
-        let pattern = spec
-            .reject_title_pattern
-            .as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| FaultsError::Pattern(e.to_string()))?;
-        let fail_pattern = spec
-            .fail_title_pattern
-            .as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| FaultsError::Pattern(e.to_string()))?;
+        let pattern = compile(spec.reject_title_pattern.as_deref())?;
+        let fail_pattern = compile(spec.fail_title_pattern.as_deref())?;
         let outage = match (spec.outage, spec.outage_for_secs) {
             (_, Some(secs)) => OutageWindow::Until(now + Duration::from_secs(secs)),
             (true, None) => OutageWindow::Open,
@@ -163,6 +153,14 @@ impl Compiled {
     pub fn injected_status(&self, roll: f64, pick: u32) -> Option<u16> {
         (roll < self.spec.error_ratio).then(|| [500, 502, 503][pick as usize % 3])
     }
+}
+
+/// Compiles a title pattern, if one is set.
+fn compile(pattern: Option<&str>) -> Result<Option<Regex>, FaultsError> {
+    pattern
+        .map(Regex::new)
+        .transpose()
+        .map_err(|e| FaultsError::Pattern(e.to_string()))
 }
 
 #[cfg(test)]

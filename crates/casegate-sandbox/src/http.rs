@@ -1,5 +1,5 @@
 //! The sandbox's actix handlers. They only adapt: extract, call the [`Sandbox`] step by step (the
-//! order is documented in the module root), and render the result with the rate-limit headers.
+//! order is documented in the crate root), and render the result with the rate-limit headers.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -10,8 +10,8 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::contract::{self, ContractError};
-use super::{Faults, RateDecision, Sandbox, SandboxError};
+use crate::contract::{self, ContractError};
+use crate::{Faults, RateDecision, Sandbox, SandboxCase, SandboxError};
 
 /// Most bytes read and thrown away from a refused request's body, so the client gets to read the
 /// answer instead of a reset connection.
@@ -35,7 +35,7 @@ pub fn configure(sandbox: Sandbox) -> impl FnOnce(&mut web::ServiceConfig) {
                             .route(web::get().to(list_cases))
                             .default_service(web::to(method_not_allowed)),
                     )
-                    .default_service(web::to(not_found)),
+                    .default_service(web::to(no_route)),
             );
         }
         cfg.service(
@@ -45,14 +45,14 @@ pub fn configure(sandbox: Sandbox) -> impl FnOnce(&mut web::ServiceConfig) {
                 .route("/faults", web::get().to(get_faults))
                 .route("/faults", web::put().to(put_faults))
                 .route("/reset", web::post().to(reset))
-                .default_service(web::to(not_found)),
+                .default_service(web::to(no_route)),
         );
     }
 }
 
 /// Serves the sandbox alone on an already-bound listener until `shutdown` resolves, then stops
 /// gracefully (in-flight requests get up to 1 s). Tests bind port 0.
-pub async fn serve(
+pub async fn serve_until(
     sandbox: Sandbox,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -69,7 +69,7 @@ pub async fn serve(
     let mut server = HttpServer::new(move || {
         App::new()
             .configure(configure(sandbox.clone()))
-            .default_service(web::to(not_found))
+            .default_service(web::to(no_route))
     })
     .listen(listener)?
     .disable_signals()
@@ -94,7 +94,7 @@ async fn create_cases(
     queue_id: web::Path<String>,
     mut payload: web::Payload,
 ) -> HttpResponse {
-    let (outcome, rate) = match gate(&sandbox, &req).await {
+    let (outcome, rate) = match check_access(&sandbox, &req).await {
         Err((e, rate)) => (Err(e), rate),
         Ok(rate) => (
             create_after_gate(&sandbox, &req, &queue_id, &mut payload).await,
@@ -116,9 +116,9 @@ async fn create_after_gate(
     req: &HttpRequest,
     queue_id: &str,
     payload: &mut web::Payload,
-) -> Result<Vec<super::SandboxCase>, SandboxError> {
+) -> Result<Vec<SandboxCase>, SandboxError> {
     contract::check_queue_id(queue_id)?;
-    let body = read_body(req, payload, sandbox.config().max_body_bytes).await?;
+    let body = read_case_body(req, payload, sandbox.config().max_body_bytes).await?;
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -137,7 +137,7 @@ async fn list_cases(
     req: HttpRequest,
     queue_id: web::Path<String>,
 ) -> HttpResponse {
-    let (outcome, rate) = match gate(&sandbox, &req).await {
+    let (outcome, rate) = match check_access(&sandbox, &req).await {
         Err((e, rate)) => (Err(e), rate),
         Ok(rate) => {
             let outcome = contract::check_queue_id(&queue_id)
@@ -159,7 +159,7 @@ async fn list_cases(
 
 /// Steps 1-4 of every API request: latency, outage, auth, rate limit. Returns the rate-limit
 /// state to report, with the error when the request stops here.
-async fn gate(
+async fn check_access(
     sandbox: &Sandbox,
     req: &HttpRequest,
 ) -> Result<RateDecision, (SandboxError, RateDecision)> {
@@ -189,7 +189,7 @@ async fn gate(
 }
 
 /// Reads the whole body, refusing it with 413 as soon as it is known to exceed `limit`.
-async fn read_body(
+async fn read_case_body(
     req: &HttpRequest,
     payload: &mut web::Payload,
     limit: usize,
@@ -234,7 +234,7 @@ fn api_answer(
 ) -> HttpResponse {
     let mut response = match outcome {
         Ok((status, body)) => HttpResponse::build(status).json(body),
-        Err(e) => error_response(&e),
+        Err(e) => error_answer(&e),
     };
     let headers = response.headers_mut();
     for (name, value) in [
@@ -252,26 +252,26 @@ fn api_answer(
 }
 
 /// `{"error": "<code>", "message": "<text>"}` with the error's status and `retry-after`.
-fn error_response(e: &SandboxError) -> HttpResponse {
+fn error_answer(e: &SandboxError) -> HttpResponse {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
     if let Some(secs) = e.retry_after_secs() {
         builder.insert_header((RETRY_AFTER, secs));
     }
-    builder.json(ErrorBody {
+    builder.json(ErrorJson {
         error: e.code(),
         message: e.to_string(),
     })
 }
 
 #[derive(Serialize)]
-struct ErrorBody {
+struct ErrorJson {
     error: &'static str,
     message: String,
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    error_response(&SandboxError::NotFound(format!(
+async fn no_route(req: HttpRequest) -> HttpResponse {
+    error_answer(&SandboxError::NotFound(format!(
         "{} {}",
         req.method(),
         req.path()
@@ -279,7 +279,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 }
 
 async fn method_not_allowed() -> HttpResponse {
-    error_response(&SandboxError::MethodNotAllowed)
+    error_answer(&SandboxError::MethodNotAllowed)
 }
 
 /// `GET /_sandbox/stats`
@@ -299,7 +299,7 @@ async fn put_faults(sandbox: web::Data<Sandbox>, body: web::Bytes) -> HttpRespon
         .and_then(|faults| sandbox.try_set_faults(faults).map_err(SandboxError::from));
     match result {
         Ok(()) => HttpResponse::Ok().json(sandbox.faults()),
-        Err(e) => error_response(&e),
+        Err(e) => error_answer(&e),
     }
 }
 

@@ -1,7 +1,4 @@
-//! The request contract of `POST /queues/{queue_id}/cases` and `GET /queues/{queue_id}/cases`,
-//! as pure functions over bytes and query pairs. Nothing here knows about HTTP.
-//!
-//! Rules (cases-reference.txt, public-api-guide.txt), each table-tested below:
+//! The body of a create request (cases-reference.txt, public-api-guide.txt):
 //! - the body is a JSON object with exactly one of `case` (an object) or `cases` (an array of
 //!   1-100 objects); any other top-level field is refused;
 //! - a case has `title` (a string of 1-500 characters, counted as Unicode scalar values, not
@@ -16,44 +13,14 @@
 
 use serde_json::{Map, Value};
 
+use super::ContractError;
+
 /// Most cases in one request.
 pub const MAX_CASES_PER_REQUEST: usize = 100;
 /// Most characters in a title.
-pub const MAX_TITLE_CHARS: usize = 500;
+pub const MAX_CASE_TITLE_CHARS: usize = 500;
 /// Largest label hue.
 pub const MAX_COLOR_HUE: u16 = 360;
-/// Default and bounds of the list `limit`.
-pub const DEFAULT_LIST_LIMIT: usize = 20;
-pub const MAX_LIST_LIMIT: usize = 100;
-/// Largest list `offset` the API accepts (2^53 - 1).
-pub const MAX_LIST_OFFSET: u64 = 9_007_199_254_740_991;
-/// Case statuses the list `status` filter accepts.
-pub const CASE_STATUSES: [&str; 6] = [
-    "pending",
-    "claimed",
-    "completed",
-    "failed",
-    "needs_input",
-    "postponed",
-];
-
-/// A request broke the contract. Every variant is a 400.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ContractError {
-    #[error("queue_id must be a UUID (8-4-4-4-12 hexadecimal digits)")]
-    QueueId,
-    #[error("{0}")]
-    Body(String),
-    /// One case is invalid; `path` starts with `cases[index]` or `case`.
-    #[error("{path} {reason}")]
-    Case {
-        index: usize,
-        path: String,
-        reason: String,
-    },
-    #[error("{0}")]
-    Query(String),
-}
 
 /// Which form the body used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,34 +63,6 @@ pub struct NewLabel {
     pub key: String,
     pub value: String,
     pub color_hue: Option<u16>,
-}
-
-/// Whether `s` matches the documented queue id pattern
-/// `^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`.
-pub fn is_queue_id(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
-/// Checks the queue id path parameter.
-pub fn check_queue_id(s: &str) -> Result<(), ContractError> {
-    if is_queue_id(s) {
-        Ok(())
-    } else {
-        Err(ContractError::QueueId)
-    }
-}
-
-/// Whether a `Content-Type` header value names JSON (`application/json`, any parameters).
-pub fn is_json_content_type(value: Option<&str>) -> bool {
-    value.is_some_and(|v| {
-        v.split(';')
-            .next()
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
-    })
 }
 
 /// Parses and validates a create-cases body.
@@ -177,77 +116,48 @@ pub fn validate_create(body: &[u8]) -> Result<CreateRequest, ContractError> {
 }
 
 fn validate_case(value: Value, form: BodyForm, index: usize) -> Result<NewCase, ContractError> {
-    let base = form.case_path(index);
-    let fail = |path: String, reason: String| ContractError::Case {
+    case_fields(value).map_err(|(field, reason)| ContractError::Case {
         index,
-        path,
+        path: format!("{}{field}", form.case_path(index)),
         reason,
-    };
-    let Value::Object(mut fields) = value else {
-        return Err(fail(
-            base,
-            format!("must be an object, got {}", kind(&value)),
-        ));
-    };
-    only_fields(&fields, &["title", "data", "labels"])
-        .map_err(|f| fail(base.clone(), format!("has unknown field `{f}`")))?;
+    })
+}
 
-    let title = match fields.remove("title") {
-        None => return Err(fail(format!("{base}.title"), "is required".to_owned())),
-        Some(Value::String(t)) => t,
-        Some(other) => {
-            return Err(fail(
-                format!("{base}.title"),
-                format!("must be a string, got {}", kind(&other)),
-            ));
-        }
-    };
+/// Why a case is invalid: the path of the offending field below the case (`.title`,
+/// `.labels[2].value`, or "" for the case itself) and the reason.
+type FieldError = (String, String);
+
+fn case_fields(value: Value) -> Result<NewCase, FieldError> {
+    let mut fields = object(value, &["title", "data", "labels"])?;
+    let title = required_string(&mut fields, "title")?;
     let chars = title.chars().count();
-    if chars == 0 {
-        return Err(fail(
-            format!("{base}.title"),
-            "must not be empty".to_owned(),
+    if chars > MAX_CASE_TITLE_CHARS {
+        return Err((
+            ".title".to_owned(),
+            format!("must be at most {MAX_CASE_TITLE_CHARS} characters (got {chars})"),
         ));
     }
-    if chars > MAX_TITLE_CHARS {
-        return Err(fail(
-            format!("{base}.title"),
-            format!("must be at most {MAX_TITLE_CHARS} characters (got {chars})"),
-        ));
-    }
-
-    let data = match fields.remove("data") {
-        None => None,
-        Some(Value::String(d)) => Some(d),
-        Some(other) => {
-            return Err(fail(
-                format!("{base}.data"),
-                format!(
-                    "must be a string, got {}; send structured data as an encoded JSON string",
-                    kind(&other)
-                ),
-            ));
-        }
-    };
-
+    let data = take_string(&mut fields, "data").map_err(|(field, reason)| {
+        let hint = "send structured data as an encoded JSON string";
+        (field, format!("{reason}; {hint}"))
+    })?;
     let labels = match fields.remove("labels") {
         None => Vec::new(),
         Some(Value::Array(items)) => items
             .into_iter()
             .enumerate()
             .map(|(j, item)| {
-                validate_label(item)
-                    .map_err(|(field, reason)| fail(format!("{base}.labels[{j}]{field}"), reason))
+                label_fields(item)
+                    .map_err(|(field, reason)| (format!(".labels[{j}]{field}"), reason))
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {
-            return Err(fail(
-                format!("{base}.labels"),
+            return Err((
+                ".labels".to_owned(),
                 format!("must be an array, got {}", kind(&other)),
             ));
         }
     };
-
     Ok(NewCase {
         title,
         data,
@@ -255,40 +165,10 @@ fn validate_case(value: Value, form: BodyForm, index: usize) -> Result<NewCase, 
     })
 }
 
-/// Validates one label; on failure returns the field suffix (`.value`, or "" for the label
-/// itself) and the reason.
-fn validate_label(value: Value) -> Result<NewLabel, (String, String)> {
-    let Value::Object(mut fields) = value else {
-        return Err((
-            String::new(),
-            format!("must be an object, got {}", kind(&value)),
-        ));
-    };
-    only_fields(&fields, &["key", "value", "color_hue"])
-        .map_err(|f| (String::new(), format!("has unknown field `{f}`")))?;
-    let key = match fields.remove("key") {
-        None => String::new(),
-        Some(Value::String(k)) => k,
-        Some(other) => {
-            return Err((
-                ".key".to_owned(),
-                format!("must be a string, got {}", kind(&other)),
-            ));
-        }
-    };
-    let value = match fields.remove("value") {
-        None => return Err((".value".to_owned(), "is required".to_owned())),
-        Some(Value::String(v)) if v.is_empty() => {
-            return Err((".value".to_owned(), "must not be empty".to_owned()));
-        }
-        Some(Value::String(v)) => v,
-        Some(other) => {
-            return Err((
-                ".value".to_owned(),
-                format!("must be a string, got {}", kind(&other)),
-            ));
-        }
-    };
+fn label_fields(value: Value) -> Result<NewLabel, FieldError> {
+    let mut fields = object(value, &["key", "value", "color_hue"])?;
+    let key = take_string(&mut fields, "key")?.unwrap_or_default();
+    let value = required_string(&mut fields, "value")?;
     let color_hue = match fields.remove("color_hue") {
         None => None,
         Some(hue) => match hue.as_u64().and_then(|h| u16::try_from(h).ok()) {
@@ -308,10 +188,38 @@ fn validate_label(value: Value) -> Result<NewLabel, (String, String)> {
     })
 }
 
-fn only_fields<'a>(fields: &'a Map<String, Value>, allowed: &[&str]) -> Result<(), &'a str> {
+/// The fields of `value`, if it is an object with no field outside `allowed`.
+fn object(value: Value, allowed: &[&str]) -> Result<Map<String, Value>, FieldError> {
+    let Value::Object(fields) = value else {
+        return Err((
+            String::new(),
+            format!("must be an object, got {}", kind(&value)),
+        ));
+    };
     match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(unknown) => Err(unknown),
-        None => Ok(()),
+        Some(unknown) => Err((String::new(), format!("has unknown field `{unknown}`"))),
+        None => Ok(fields),
+    }
+}
+
+/// Removes the field `name`: `None` when absent, its text when it is a string.
+fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<Option<String>, FieldError> {
+    match fields.remove(name) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err((
+            format!(".{name}"),
+            format!("must be a string, got {}", kind(&other)),
+        )),
+    }
+}
+
+/// Removes the field `name`, which must be a non-empty string.
+fn required_string(fields: &mut Map<String, Value>, name: &str) -> Result<String, FieldError> {
+    match take_string(fields, name)? {
+        None => Err((format!(".{name}"), "is required".to_owned())),
+        Some(text) if text.is_empty() => Err((format!(".{name}"), "must not be empty".to_owned())),
+        Some(text) => Ok(text),
     }
 }
 
@@ -324,105 +232,6 @@ fn kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-/// Sort direction of the list endpoint, by creation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortOrder {
-    Asc,
-    Desc,
-}
-
-/// A valid list query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListQuery {
-    pub limit: usize,
-    pub offset: u64,
-    pub order: SortOrder,
-    /// `None` means every status.
-    pub statuses: Option<Vec<String>>,
-    /// Case-insensitive substring of the title or data.
-    pub search: Option<String>,
-}
-
-/// Parses the list endpoint's query pairs. Unknown parameters are ignored, as the API does;
-/// `created_at_from` and `updated_at_from` are refused because the sandbox does not filter by
-/// date, and silently ignoring a filter would return wrong answers.
-pub fn parse_list_query(pairs: &[(String, String)]) -> Result<ListQuery, ContractError> {
-    let mut query = ListQuery {
-        limit: DEFAULT_LIST_LIMIT,
-        offset: 0,
-        order: SortOrder::Desc,
-        statuses: None,
-        search: None,
-    };
-    let bad = |msg: String| ContractError::Query(msg);
-    for (name, value) in pairs {
-        match name.as_str() {
-            "limit" => {
-                query.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIST_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "limit must be an integer from 1 to {MAX_LIST_LIMIT}, got {value:?}"
-                        ))
-                    })?;
-            }
-            "offset" => {
-                query.offset = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|o| *o <= MAX_LIST_OFFSET)
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "offset must be an integer from 0 to {MAX_LIST_OFFSET}, got {value:?}"
-                        ))
-                    })?;
-            }
-            "sort_order" => {
-                query.order = match value.as_str() {
-                    "asc" => SortOrder::Asc,
-                    "desc" => SortOrder::Desc,
-                    _ => {
-                        return Err(bad(format!(
-                            "sort_order must be asc or desc, got {value:?}"
-                        )));
-                    }
-                };
-            }
-            "sort_by" => match value.as_str() {
-                // Sandbox cases never change and are never postponed, so all three orders are
-                // creation order.
-                "created_at" | "updated_at" | "postponed_to" => {}
-                _ => {
-                    return Err(bad(format!(
-                        "sort_by must be created_at, updated_at or postponed_to, got {value:?}"
-                    )));
-                }
-            },
-            "status" => {
-                let statuses: Vec<String> = value.split(',').map(|s| s.trim().to_owned()).collect();
-                if let Some(unknown) = statuses
-                    .iter()
-                    .find(|s| !CASE_STATUSES.contains(&s.as_str()))
-                {
-                    return Err(bad(format!(
-                        "status must be a comma-separated list of {}, got {unknown:?}",
-                        CASE_STATUSES.join(", ")
-                    )));
-                }
-                query.statuses = Some(statuses);
-            }
-            "search" => query.search = Some(value.clone()).filter(|s| !s.is_empty()),
-            "created_at_from" | "updated_at_from" => {
-                return Err(bad(format!("{name} is not supported by the sandbox")));
-            }
-            _ => {}
-        }
-    }
-    Ok(query)
 }
 
 #[cfg(test)]
@@ -654,85 +463,5 @@ mod tests {
                 ],
             }]
         );
-    }
-
-    #[test]
-    fn queue_ids_must_match_the_documented_uuid_pattern() {
-        let table = [
-            ("3c90c3cc-0d44-4b50-8888-8dd25736052a", true),
-            ("3C90C3CC-0D44-4B50-8888-8DD25736052A", true),
-            ("00000000-0000-0000-0000-000000000000", true),
-            ("3c90c3cc0d444b5088888dd25736052a", false),
-            ("3c90c3cc-0d44-4b50-8888-8dd25736052", false),
-            ("3c90c3cc-0d44-4b50-8888-8dd25736052aa", false),
-            ("3c90c3cc-0d44-4b50-8888_8dd25736052a", false),
-            ("gc90c3cc-0d44-4b50-8888-8dd25736052a", false),
-            ("orders", false),
-            ("", false),
-        ];
-        for (id, ok) in table {
-            assert_eq!(is_queue_id(id), ok, "{id}");
-        }
-        assert_eq!(check_queue_id("x"), Err(ContractError::QueueId));
-    }
-
-    #[test]
-    fn only_json_content_types_are_accepted() {
-        let table = [
-            (Some("application/json"), true),
-            (Some("application/json; charset=utf-8"), true),
-            (Some("Application/JSON"), true),
-            (Some("text/plain"), false),
-            (Some("application/jsonx"), false),
-            (None, false),
-        ];
-        for (value, ok) in table {
-            assert_eq!(is_json_content_type(value), ok, "{value:?}");
-        }
-    }
-
-    #[test]
-    fn list_queries_have_documented_defaults_and_bounds() {
-        let q = |pairs: &[(&str, &str)]| {
-            let pairs: Vec<_> = pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-            parse_list_query(&pairs)
-        };
-        let defaults = q(&[]).unwrap();
-        assert_eq!(
-            (defaults.limit, defaults.offset, defaults.order),
-            (20, 0, SortOrder::Desc)
-        );
-        let set = q(&[
-            ("limit", "100"),
-            ("offset", "5"),
-            ("sort_order", "asc"),
-            ("sort_by", "updated_at"),
-            ("status", "pending,failed"),
-            ("search", "inv"),
-            ("unknown", "ignored"),
-        ])
-        .unwrap();
-        assert_eq!((set.limit, set.offset, set.order), (100, 5, SortOrder::Asc));
-        assert_eq!(set.statuses.unwrap(), ["pending", "failed"]);
-        assert_eq!(set.search.as_deref(), Some("inv"));
-        for bad in [
-            ("limit", "0"),
-            ("limit", "101"),
-            ("limit", "x"),
-            ("offset", "-1"),
-            ("offset", "9007199254740992"),
-            ("sort_order", "up"),
-            ("sort_by", "title"),
-            ("status", "pending,done"),
-            ("created_at_from", "2024-01-01T00:00:00Z"),
-        ] {
-            assert!(
-                matches!(q(&[bad]), Err(ContractError::Query(_))),
-                "{bad:?} should be refused"
-            );
-        }
     }
 }

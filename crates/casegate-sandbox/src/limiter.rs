@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::clock::Clock;
+use crate::clock::SandboxClock;
 
 /// What the limiter decided for one request, with the values for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct SlidingWindowLimiter<C> {
     peak: u32,
 }
 
-impl<C: Clock> SlidingWindowLimiter<C> {
+impl<C: SandboxClock> SlidingWindowLimiter<C> {
     /// At most `rate` requests per key in any `window`. A `rate` of 0 refuses everything.
     pub fn new(clock: C, rate: u32, window: Duration) -> Self {
         SlidingWindowLimiter {
@@ -133,7 +133,7 @@ fn ceil_secs(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::clock::ManualClock;
+    use crate::clock::ManualClock;
 
     fn limiter(rate: u32, window_secs: u64) -> (ManualClock, SlidingWindowLimiter<ManualClock>) {
         let clock = ManualClock::new(0);
