@@ -41,8 +41,8 @@ pub struct Faults {
 pub enum FaultsError {
     #[error("error_ratio must be between 0.0 and 1.0, got {0}")]
     ErrorRatio(f64),
-    #[error("reject_title_pattern is not a valid regex: {0}")]
-    Pattern(String),
+    #[error("{field} is not a valid regex: {reason}")]
+    Pattern { field: &'static str, reason: String },
 }
 
 impl Faults {
@@ -81,8 +81,8 @@ impl Compiled {
         if !(0.0..=1.0).contains(&spec.error_ratio) {
             return Err(FaultsError::ErrorRatio(spec.error_ratio));
         }
-        let pattern = compile(spec.reject_title_pattern.as_deref())?;
-        let fail_pattern = compile(spec.fail_title_pattern.as_deref())?;
+        let pattern = compile("reject_title_pattern", spec.reject_title_pattern.as_deref())?;
+        let fail_pattern = compile("fail_title_pattern", spec.fail_title_pattern.as_deref())?;
         let outage = match (spec.outage, spec.outage_for_secs) {
             (_, Some(secs)) => OutageWindow::Until(now + Duration::from_secs(secs)),
             (true, None) => OutageWindow::Open,
@@ -156,11 +156,14 @@ impl Compiled {
 }
 
 /// Compiles a title pattern, if one is set.
-fn compile(pattern: Option<&str>) -> Result<Option<Regex>, FaultsError> {
+fn compile(field: &'static str, pattern: Option<&str>) -> Result<Option<Regex>, FaultsError> {
     pattern
         .map(Regex::new)
         .transpose()
-        .map_err(|e| FaultsError::Pattern(e.to_string()))
+        .map_err(|e| FaultsError::Pattern {
+            field,
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -279,8 +282,20 @@ mod tests {
         };
         assert!(matches!(
             bad_pattern.validate(),
-            Err(FaultsError::Pattern(_))
+            Err(FaultsError::Pattern {
+                field: "reject_title_pattern",
+                ..
+            })
         ));
+        let bad_fail_pattern = Faults {
+            fail_title_pattern: Some("[".to_owned()),
+            ..Faults::default()
+        };
+        let error = bad_fail_pattern.validate().unwrap_err();
+        assert!(
+            error.to_string().starts_with("fail_title_pattern is not"),
+            "{error}"
+        );
     }
 
     #[test]
