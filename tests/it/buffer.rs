@@ -12,8 +12,10 @@ use casegate::buffer::{
     DeadLetterRecord, DedupeMark, EmbeddedBuffer, Enqueue, EnqueueOutcome, QueueStats, RedisBuffer,
 };
 
+use crate::support::post_json;
 use crate::support::redis_cluster::RedisCluster;
 use crate::support::redis_server::RedisServer;
+use crate::support::wait::eventually;
 
 const QUEUE_A: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a01";
 const QUEUE_B: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a02";
@@ -264,7 +266,7 @@ async fn reclaim_hands_over_the_cases_of_a_dead_consumer_only_after_the_idle_tim
         "reclaimed before the idle time"
     );
     let claimed_at = std::time::Instant::now();
-    let taken = until_some(|| async {
+    let taken = eventually("c2 takes the idle claim over", DEADLINE, || async {
         let taken = f.buffer.reclaim(QUEUE_A, "c2", IDLE, 10).await.unwrap();
         (!taken.is_empty()).then_some(taken)
     })
@@ -359,7 +361,7 @@ async fn a_dedupe_mark_expires_after_its_ttl(f: Fixture) {
         EnqueueOutcome::Duplicate
     );
     let stored_at = std::time::Instant::now();
-    until_some(|| async {
+    eventually("the batch is stored again", DEADLINE, || async {
         match f.buffer.enqueue(batch()).await.unwrap() {
             EnqueueOutcome::Stored { .. } => Some(()),
             EnqueueOutcome::Duplicate => None,
@@ -690,10 +692,14 @@ async fn a_renewed_claim_stays_exclusive_and_a_late_renewal_steals_nothing(f: Fi
         tokio::time::sleep(idle / 3).await;
     }
     // The holder stops renewing (it died): the claims go to another consumer.
-    let taken = until_some(|| async {
-        let taken = f.buffer.reclaim(QUEUE_A, "other", idle, 10).await.unwrap();
-        (!taken.is_empty()).then_some(taken)
-    })
+    let taken = eventually(
+        "another consumer takes the idle claim over",
+        DEADLINE,
+        || async {
+            let taken = f.buffer.reclaim(QUEUE_A, "other", idle, 10).await.unwrap();
+            (!taken.is_empty()).then_some(taken)
+        },
+    )
     .await;
     assert_eq!(ids(&taken), all[..2]);
     // A late renewal by the old holder does not take them back.
@@ -774,18 +780,17 @@ async fn the_embedded_buffer_keeps_what_a_killed_process_acknowledged() {
     )
     .unwrap();
     // No API key: nothing is delivered, so everything acknowledged must still be buffered.
-    let process = crate::support::process::GatewayProcess::spawn(dir.path(), &[]).await;
+    let process = crate::support::process::CasegateProcess::serve(dir.path(), &[]).await;
     let client = crate::support::http_client();
     let mut acknowledged = 0;
     for id in 0..40 {
-        let response = client
-            .post(process.url("/hooks/src"))
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"id": {id}}}"#))
-            .send()
-            .await
-            .unwrap();
-        if response.status().is_success() {
+        let status = post_json(
+            &client,
+            &process.url("/hooks/src"),
+            format!(r#"{{"id": {id}}}"#),
+        )
+        .await;
+        if (200..300).contains(&status) {
             acknowledged += 1;
         }
     }
@@ -793,24 +798,6 @@ async fn the_embedded_buffer_keeps_what_a_killed_process_acknowledged() {
     assert_eq!(acknowledged, 40);
     let buffer = Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
     assert_eq!(buffer.stats(QUEUE_A).await.unwrap().depth, 40);
-}
-
-/// Polls `op` until it returns `Some`, failing after [`DEADLINE`].
-async fn until_some<T, Fut>(mut op: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = op().await {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn concurrent_enqueues_get_distinct_ids_and_each_case_is_claimed_exactly_once(f: Fixture) {
@@ -878,31 +865,19 @@ async fn redis_down_makes_enqueue_fail_fast_and_the_same_buffer_recovers_when_it
 
     server.stop();
     for _ in 0..3 {
-        let started = Instant::now();
-        let outcome = buffer.enqueue(single(case(QUEUE_A, "while down", 2))).await;
-        assert!(
-            matches!(outcome, Err(BufferError::Unavailable(_))),
-            "{outcome:?}"
-        );
-        assert!(
-            started.elapsed() < op_timeout + Duration::from_millis(500),
-            "took {:?}",
-            started.elapsed()
-        );
-        let started = Instant::now();
-        assert!(matches!(
-            buffer.ping().await,
-            Err(BufferError::Unavailable(_))
-        ));
-        assert!(
-            started.elapsed() < op_timeout + Duration::from_millis(500),
-            "took {:?}",
-            started.elapsed()
-        );
+        unavailable_within(
+            op_timeout,
+            buffer.enqueue(single(case(QUEUE_A, "while down", 2))),
+        )
+        .await;
+        unavailable_within(op_timeout, buffer.ping()).await;
     }
 
     server.restart().await;
-    let after = eventually(|| buffer.enqueue(single(case(QUEUE_A, "after", 3)))).await;
+    let after = eventually("redis stores again", DEADLINE, || {
+        buffer.enqueue(single(case(QUEUE_A, "after", 3)))
+    })
+    .await;
     let EnqueueOutcome::Stored { case_ids, .. } = after else {
         panic!("not stored: {after:?}")
     };
@@ -924,19 +899,11 @@ async fn a_frozen_redis_makes_operations_time_out_instead_of_hanging() {
     store_cases_redis(&buffer, case(QUEUE_A, "before", 1)).await;
 
     server.freeze();
-    let started = Instant::now();
-    let outcome = buffer
-        .enqueue(single(case(QUEUE_A, "while frozen", 2)))
-        .await;
-    assert!(
-        matches!(outcome, Err(BufferError::Unavailable(_))),
-        "{outcome:?}"
-    );
-    assert!(
-        started.elapsed() < op_timeout + Duration::from_millis(500),
-        "took {:?}",
-        started.elapsed()
-    );
+    unavailable_within(
+        op_timeout,
+        buffer.enqueue(single(case(QUEUE_A, "while frozen", 2))),
+    )
+    .await;
     let claimed = buffer.claim(QUEUE_A, "c", 10).await;
     assert!(
         matches!(claimed, Err(BufferError::Unavailable(_))),
@@ -944,9 +911,12 @@ async fn a_frozen_redis_makes_operations_time_out_instead_of_hanging() {
     );
 
     server.thaw();
-    eventually(|| buffer.ping()).await;
+    eventually("redis answers again", DEADLINE, || buffer.ping()).await;
     // The enqueue that timed out may still have run once Redis woke up: at-least-once.
-    let claimed = eventually(|| buffer.claim(QUEUE_A, "c", 10)).await;
+    let claimed = eventually("redis hands out claims again", DEADLINE, || {
+        buffer.claim(QUEUE_A, "c", 10)
+    })
+    .await;
     assert!(!claimed.is_empty());
     assert_eq!(claimed[0].record.title, "before");
 }
@@ -959,15 +929,10 @@ async fn redis_buffer_connects_while_redis_is_down_and_works_once_it_is_up() {
     let buffer = RedisBuffer::connect(&server.url(), "casegate", op_timeout)
         .await
         .expect("connect never waits");
-    let started = Instant::now();
-    assert!(matches!(
-        buffer.ping().await,
-        Err(BufferError::Unavailable(_))
-    ));
-    assert!(started.elapsed() < op_timeout + Duration::from_millis(500));
+    unavailable_within(op_timeout, buffer.ping()).await;
 
     server.restart().await;
-    eventually(|| buffer.ping()).await;
+    eventually("redis answers again", DEADLINE, || buffer.ping()).await;
     store_cases_redis(&buffer, case(QUEUE_A, "c", 1)).await;
 }
 
@@ -1046,20 +1011,22 @@ fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Retries an operation until it succeeds (the first call after a restart may still see the old,
-/// dead connection), for at most 10 s.
-async fn eventually<T, Fut>(mut op: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Result<T, BufferError>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(e) if Instant::now() > deadline => panic!("still failing after 10 s: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+/// Awaits `operation`, which must fail as unavailable within `op_timeout` (and some slack).
+async fn unavailable_within<T: std::fmt::Debug>(
+    op_timeout: Duration,
+    operation: impl std::future::Future<Output = Result<T, BufferError>>,
+) {
+    let started = Instant::now();
+    let outcome = operation.await;
+    assert!(
+        matches!(outcome, Err(BufferError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < op_timeout + Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 async fn store_cases_redis(buffer: &RedisBuffer, case: CaseRecord) -> CaseId {
@@ -1246,18 +1213,19 @@ async fn a_restarted_redis_consumer_moves_an_undecodable_pending_entry_aside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclaiming_from_a_dead_redis_consumer_moves_an_undecodable_entry_aside() {
     let (f, good, bad) = redis_with_a_pending_undecodable_entry("replica-dead").await;
-    let deadline = Instant::now() + DEADLINE;
-    let back = loop {
-        let back = f
-            .buffer
-            .reclaim(QUEUE_A, "replica-b", IDLE, 10)
-            .await
-            .unwrap();
-        if !back.is_empty() || Instant::now() > deadline {
-            break back;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let back = eventually(
+        "replica-b takes the dead consumer's claims over",
+        DEADLINE,
+        || async {
+            let back = f
+                .buffer
+                .reclaim(QUEUE_A, "replica-b", IDLE, 10)
+                .await
+                .unwrap();
+            (!back.is_empty()).then_some(back)
+        },
+    )
+    .await;
     assert_eq!(ids(&back), good, "its readable neighbours are handed over");
     assert_moved_aside(&f, &bad).await;
 }

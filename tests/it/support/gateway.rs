@@ -15,6 +15,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::wait::eventually;
+
 /// A queue id every test mapping can use.
 pub const QUEUE: &str = "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d";
 
@@ -183,6 +185,28 @@ impl TestGateway {
         self.post(source, &headers, body.to_string()).await
     }
 
+    /// Posts `body()` to `source` until the gateway answers `status` (a store or a replica coming
+    /// back), for at most `within`; returns that answer.
+    pub async fn post_until(
+        &self,
+        status: u16,
+        within: Duration,
+        source: &str,
+        headers: &Headers,
+        body: impl Fn() -> String,
+    ) -> Answer {
+        let what = format!("{source} answers {status}");
+        eventually(&what, within, || async {
+            let answer = self.post(source, headers, body()).await;
+            if answer.status == status {
+                Ok(answer)
+            } else {
+                Err(format!("{} {}", answer.status, answer.body))
+            }
+        })
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         answer(self.client.get(self.url(path)).send().await.unwrap()).await
     }
@@ -233,11 +257,22 @@ pub fn sign(
     mapping_yaml: &str,
     url: &str,
     body: &str,
+    headers: Headers,
+    now: SystemTime,
+) -> Headers {
+    sign_in(&Env::default(), mapping_yaml, url, body, headers, now)
+}
+
+/// [`sign`], with `${VAR}`s in `mapping_yaml` resolved from `env`.
+pub fn sign_in(
+    env: &Env,
+    mapping_yaml: &str,
+    url: &str,
+    body: &str,
     mut headers: Headers,
     now: SystemTime,
 ) -> Headers {
-    let mapping =
-        CompiledMapping::compile(Path::new("signer.yaml"), mapping_yaml, &Env::default()).unwrap();
+    let mapping = CompiledMapping::compile(Path::new("signer.yaml"), mapping_yaml, env).unwrap();
     if headers.get("content-type").is_none() {
         headers.insert("content-type", "application/json");
     }
