@@ -23,3 +23,4 @@ mod security;
 mod serve;
 mod slow_clients;
 mod support;
+mod vectors;
