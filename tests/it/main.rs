@@ -3,6 +3,7 @@
 
 mod bounds;
 mod buffer;
+mod buffer_redis;
 mod cluster;
 mod delivery;
 mod exposure;

@@ -41,15 +41,10 @@ async fn a_replica_killed_mid_batch_resumes_at_once_under_the_same_identity() {
     }
     let process = CasegateProcess::serve(dir.path(), &env).await;
     let buffer = redis_buffer(&redis).await;
-    let mut claimed = false;
-    for _ in 0..250 {
-        if buffer.stats(QUEUE).await.unwrap().claimed == 50 {
-            claimed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(claimed, "the batch was claimed");
+    eventually("the batch is claimed", Duration::from_secs(5), || async {
+        buffer.stats(QUEUE).await.unwrap().claimed == 50
+    })
+    .await;
     process.kill9().await;
     sandbox.sandbox.set_faults(Faults::default());
     let restarted = Instant::now();

@@ -133,22 +133,24 @@ impl TestGateway {
     }
 
     async fn wait_until_serving(&mut self) {
-        for _ in 0..200 {
+        let serving = eventually("the gateway serves", Duration::from_secs(10), || async {
             if self.task.as_ref().is_some_and(|t| t.is_finished()) {
-                let result = self.task.take().unwrap().await.unwrap();
-                panic!("gateway stopped while starting: {result:?}");
+                return Some(false);
             }
             let health = self
                 .client
                 .get(format!("{}/healthz", self.base_url))
                 .send()
                 .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            health
+                .is_ok_and(|r| r.status().is_success())
+                .then_some(true)
+        })
+        .await;
+        if !serving {
+            let result = self.task.take().unwrap().await.unwrap();
+            panic!("gateway stopped while starting: {result:?}");
         }
-        panic!("gateway did not start serving");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -219,13 +221,12 @@ impl TestGateway {
         // server future ends; wait until the embedded file is free again.
         if self.config.buffer.backend == casegate::config::BufferBackendKind::Embedded {
             let path = self.config.buffer.path.clone();
-            for attempt in 0.. {
-                match casegate::buffer::EmbeddedBuffer::open(&path) {
-                    Ok(_) => break,
-                    Err(e) if attempt > 200 => panic!("buffer still open after stop: {e}"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
+            eventually(
+                "the buffer is closed after stop",
+                Duration::from_secs(5),
+                || async { casegate::buffer::EmbeddedBuffer::open(&path).map(drop) },
+            )
+            .await;
         }
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
