@@ -109,16 +109,6 @@ mod tests {
     }
 
     #[test]
-    fn each_missing_header_is_reported_by_name() {
-        for name in ["x-slack-signature", "x-slack-request-timestamp"] {
-            let err = verifier(SPEC)
-                .verify(without_header(signed(), name), at(TS))
-                .unwrap_err();
-            assert_eq!(err, VerifyError::MissingHeader(name.into()));
-        }
-    }
-
-    #[test]
     fn a_garbled_signature_or_timestamp_is_malformed() {
         for (name, value) in [
             (

@@ -134,19 +134,6 @@ mod tests {
     }
 
     #[test]
-    fn each_missing_header_is_reported_by_name() {
-        for name in [
-            "x-zendesk-webhook-signature",
-            "x-zendesk-webhook-signature-timestamp",
-        ] {
-            let err = verifier(SPEC)
-                .verify(without_header(signed(), name), at(TS_SECS))
-                .unwrap_err();
-            assert_eq!(err, VerifyError::MissingHeader(name.into()));
-        }
-    }
-
-    #[test]
     fn a_garbled_signature_or_a_unix_timestamp_is_malformed() {
         for (name, value) in [
             ("X-Zendesk-Webhook-Signature", "%%%"),
