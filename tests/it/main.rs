@@ -14,6 +14,7 @@ mod ingress;
 mod long_faults;
 mod operate;
 mod operators;
+mod pause_reporting;
 mod readme;
 mod records;
 mod reload;
