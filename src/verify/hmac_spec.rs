@@ -388,11 +388,6 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_following_the_configured_recipe_is_accepted() {
-        assert!(verifier(SPEC).verify(signed(), at(TS)).is_ok());
-    }
-
-    #[test]
     fn the_prefix_is_matched_case_insensitively() {
         let upper = SIGNATURE.replacen("sha256=", "SHA256=", 1);
         assert!(
@@ -437,31 +432,6 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_made_with_another_secret_is_rejected() {
-        let other = verifier(&SPEC.replace("generic-secret", "other-secret"));
-        assert_eq!(
-            other.verify(signed(), at(TS)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn the_second_secret_is_accepted_during_rotation() {
-        let rotating = verifier(&SPEC.replace("[generic-secret]", "[new-secret, generic-secret]"));
-        assert!(rotating.verify(signed(), at(TS)).is_ok());
-    }
-
-    #[test]
-    fn each_missing_header_is_reported_by_name() {
-        for name in ["x-signature", "x-timestamp", "x-event"] {
-            let err = verifier(SPEC)
-                .verify(without_header(signed(), name), at(TS))
-                .unwrap_err();
-            assert_eq!(err, VerifyError::MissingHeader(name.into()));
-        }
-    }
-
-    #[test]
     fn a_garbled_signature_or_timestamp_is_malformed() {
         for (name, value) in [
             ("X-Signature", "md5=abc"),
@@ -473,18 +443,6 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.code(), "malformed_signature_header", "{name}: {value}");
         }
-    }
-
-    #[test]
-    fn stale_and_future_timestamps_are_rejected() {
-        assert_eq!(
-            verifier(SPEC).verify(signed(), at(TS + 301)).unwrap_err(),
-            VerifyError::StaleTimestamp
-        );
-        assert_eq!(
-            verifier(SPEC).verify(signed(), at(TS - 301)).unwrap_err(),
-            VerifyError::FutureTimestamp
-        );
     }
 
     #[test]

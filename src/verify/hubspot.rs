@@ -152,11 +152,7 @@ impl Hubspot {
             &request.body,
             ts.as_bytes(),
         ];
-        if super::any_hmac_sha256_matches(&self.keys, &parts, &[&tag]) {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch)
-        }
+        super::check_hmac_sha256(&self.keys, &parts, &[&tag])
     }
 
     fn verify_legacy(
@@ -408,28 +404,6 @@ mod tests {
                 .unwrap_err(),
             VerifyError::Mismatch
         );
-    }
-
-    #[test]
-    fn a_signature_made_with_another_secret_is_rejected() {
-        let other = verifier("{ scheme: hubspot, secrets: [zzzz], versions: [v3, v1] }");
-        assert_eq!(
-            other.verify(v3_signed(), at(NOW_SECS)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-        assert_eq!(
-            other.verify(v1_published(), at(NOW_SECS)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn the_second_secret_is_accepted_during_rotation() {
-        let rotating = verifier(&format!(
-            "{{ scheme: hubspot, secrets: [new-secret, {SECRET}], versions: [v3, v1] }}"
-        ));
-        assert!(rotating.verify(v3_signed(), at(NOW_SECS)).is_ok());
-        assert!(rotating.verify(v1_published(), at(NOW_SECS)).is_ok());
     }
 
     #[test]

@@ -546,6 +546,19 @@ fn hmac_sha256_bytes(key: &Key, parts: &[&[u8]]) -> Vec<u8> {
     hmac_sha256(key, parts).finalize().into_bytes().to_vec()
 }
 
+/// Accepts when any key's HMAC-SHA256 of `parts` equals any of `tags`; else a mismatch.
+fn check_hmac_sha256<T: AsRef<[u8]>>(
+    keys: &[Key],
+    parts: &[&[u8]],
+    tags: &[T],
+) -> Result<(), VerifyError> {
+    if any_hmac_sha256_matches(keys, parts, tags) {
+        Ok(())
+    } else {
+        Err(VerifyError::Mismatch)
+    }
+}
+
 /// True when any key's HMAC-SHA256 of `parts` equals any of `tags`.
 fn any_hmac_sha256_matches<T: AsRef<[u8]>>(keys: &[Key], parts: &[&[u8]], tags: &[T]) -> bool {
     any_tag_matches(keys, tags, SHA256_TAG_LEN, |key| {
@@ -605,60 +618,9 @@ fn required_header<'a>(request: &'a InboundRequest, name: &'a str) -> Result<&'a
 }
 
 #[cfg(test)]
-pub(crate) mod test_support {
-    //! Shared fixtures for the per-scheme tests.
-
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use bytes::Bytes;
-
-    use super::{Verifier, VerifySpec};
-    use crate::env::Env;
-    use crate::inbound::{Headers, InboundRequest};
-
-    /// A POST with the given headers and body to a fixed public URL.
-    pub fn request(headers: &[(&str, &str)], body: &[u8]) -> InboundRequest {
-        InboundRequest {
-            method: "POST".to_string(),
-            url: "https://hooks.example.com/webhooks/test".to_string(),
-            headers: headers.iter().copied().collect::<Headers>(),
-            body: Bytes::copy_from_slice(body),
-        }
-    }
-
-    pub fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    /// Parses a `verify:` block from YAML (as a mapping file would) and builds it with an empty
-    /// environment.
-    pub fn verifier(yaml: &str) -> Verifier {
-        let spec: VerifySpec = serde_yaml_ng::from_str(yaml).expect("test spec parses");
-        spec.build(&Env::default()).expect("test spec builds")
-    }
-
-    /// The same request with one header replaced.
-    pub fn with_header(mut request: InboundRequest, name: &str, value: &str) -> InboundRequest {
-        super::set_headers(&mut request, vec![(name, value.to_string())]);
-        request
-    }
-
-    /// The same request without the named header.
-    pub fn without_header(mut request: InboundRequest, name: &str) -> InboundRequest {
-        request.headers = request
-            .headers
-            .iter()
-            .filter(|(n, _)| !n.eq_ignore_ascii_case(name))
-            .collect();
-        request
-    }
-
-    /// The same request with a different body (headers untouched).
-    pub fn with_body(mut request: InboundRequest, body: &[u8]) -> InboundRequest {
-        request.body = Bytes::copy_from_slice(body);
-        request
-    }
-}
+pub(crate) mod test_support;
+#[cfg(test)]
+pub(crate) mod vectors;
 
 #[cfg(test)]
 mod tests;

@@ -79,11 +79,7 @@ impl Stripe {
         let signed_at = timestamp::parse_unix_secs(SIGNATURE_HEADER, t)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
         let parts: [&[u8]; 3] = [t.as_bytes(), b".", &request.body];
-        if super::any_hmac_sha256_matches(&self.keys, &parts, &tags) {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch)
-        }
+        super::check_hmac_sha256(&self.keys, &parts, &tags)
     }
 
     pub(super) fn sign(&self, request: &mut InboundRequest, now: SystemTime) {
@@ -114,11 +110,6 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_keyed_with_the_whole_whsec_string_is_accepted() {
-        assert!(verifier(SPEC).verify(signed(), at(T)).is_ok());
-    }
-
-    #[test]
     fn a_signature_keyed_with_the_base64_decoded_secret_is_not_stripes_recipe() {
         // Standard Webhooks strips `whsec_` and decodes the rest; Stripe does not. A verifier
         // that did so would accept this signature, made with the decoded bytes.
@@ -146,18 +137,6 @@ mod tests {
     }
 
     #[test]
-    fn a_tampered_body_is_rejected() {
-        let tampered = with_body(
-            signed(),
-            br#"{"id":"evt_2","object":"event","type":"payment_intent.succeeded"}"#,
-        );
-        assert_eq!(
-            verifier(SPEC).verify(tampered, at(T)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
     fn a_changed_timestamp_breaks_the_signature() {
         let req = with_header(
             signed(),
@@ -168,31 +147,6 @@ mod tests {
             verifier(SPEC).verify(req, at(T)).unwrap_err(),
             VerifyError::Mismatch
         );
-    }
-
-    #[test]
-    fn a_signature_made_with_another_secret_is_rejected() {
-        let other = verifier("{ scheme: stripe, secrets: [whsec_other] }");
-        assert_eq!(
-            other.verify(signed(), at(T)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn the_second_secret_is_accepted_during_rotation() {
-        let rotating = verifier(
-            "{ scheme: stripe, secrets: [whsec_new, whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw] }",
-        );
-        assert!(rotating.verify(signed(), at(T)).is_ok());
-    }
-
-    #[test]
-    fn a_missing_signature_header_is_reported_by_name() {
-        let err = verifier(SPEC)
-            .verify(request(&[], BODY), at(T))
-            .unwrap_err();
-        assert_eq!(err, VerifyError::MissingHeader("stripe-signature".into()));
     }
 
     #[test]
@@ -208,23 +162,6 @@ mod tests {
             let err = verifier(SPEC).verify(req, at(T)).unwrap_err();
             assert_eq!(err.code(), "malformed_signature_header", "{garbled:?}");
         }
-    }
-
-    #[test]
-    fn a_timestamp_older_than_the_tolerance_is_stale() {
-        assert_eq!(
-            verifier(SPEC).verify(signed(), at(T + 301)).unwrap_err(),
-            VerifyError::StaleTimestamp
-        );
-        assert!(verifier(SPEC).verify(signed(), at(T + 300)).is_ok());
-    }
-
-    #[test]
-    fn a_timestamp_beyond_the_tolerance_in_the_future_is_rejected() {
-        assert_eq!(
-            verifier(SPEC).verify(signed(), at(T - 301)).unwrap_err(),
-            VerifyError::FutureTimestamp
-        );
     }
 
     #[test]

@@ -58,11 +58,7 @@ impl Woocommerce {
         let tag = STANDARD
             .decode(header.trim())
             .map_err(|_| VerifyError::bad_format(SIGNATURE_HEADER, "not base64"))?;
-        if super::any_hmac_sha256_matches(&self.keys, &[&request.body], &[&tag]) {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch)
-        }
+        super::check_hmac_sha256(&self.keys, &[&request.body], &[&tag])
     }
 
     pub(super) fn sign(&self, request: &mut InboundRequest) {
@@ -93,17 +89,6 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_keyed_with_the_entity_decoded_secret_is_accepted() {
-        assert!(verifier(SPEC).verify(signed(), at(0)).is_ok());
-        // The same secret written without the entity is the same key.
-        assert!(
-            verifier(r#"{ scheme: woocommerce, secrets: ["s3cr3t&key"] }"#)
-                .verify(signed(), at(0))
-                .is_ok()
-        );
-    }
-
-    #[test]
     fn a_signature_keyed_with_the_raw_entity_text_is_not_woocommerces_recipe() {
         use base64::Engine as _;
         use hmac::{KeyInit, Mac};
@@ -114,42 +99,6 @@ mod tests {
         assert_eq!(
             verifier(SPEC).verify(req, at(0)).unwrap_err(),
             VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn a_tampered_body_is_rejected() {
-        let tampered = with_body(signed(), br#"{"id":727,"status":"refunded"}"#);
-        assert_eq!(
-            verifier(SPEC).verify(tampered, at(0)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn a_signature_made_with_another_secret_is_rejected() {
-        let other = verifier("{ scheme: woocommerce, secrets: [other] }");
-        assert_eq!(
-            other.verify(signed(), at(0)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn the_second_secret_is_accepted_during_rotation() {
-        let rotating =
-            verifier(r#"{ scheme: woocommerce, secrets: [new-secret, "s3cr3t&amp;key"] }"#);
-        assert!(rotating.verify(signed(), at(0)).is_ok());
-    }
-
-    #[test]
-    fn a_missing_signature_header_is_reported_by_name() {
-        let err = verifier(SPEC)
-            .verify(request(&[], BODY), at(0))
-            .unwrap_err();
-        assert_eq!(
-            err,
-            VerifyError::MissingHeader("x-wc-webhook-signature".into())
         );
     }
 

@@ -61,11 +61,7 @@ impl Zendesk {
         let signed_at = timestamp::parse_rfc3339(TIMESTAMP_HEADER, ts)?;
         timestamp::check_window(signed_at, now, self.tolerance_secs)?;
         // The timestamp is signed as the exact header string, not a re-formatted date.
-        if super::any_hmac_sha256_matches(&self.keys, &[ts.as_bytes(), &request.body], &[&tag]) {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch)
-        }
+        super::check_hmac_sha256(&self.keys, &[ts.as_bytes(), &request.body], &[&tag])
     }
 
     pub(super) fn sign(&self, request: &mut InboundRequest, now: SystemTime) {
@@ -110,11 +106,6 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_over_timestamp_then_body_with_the_raw_secret_is_accepted() {
-        assert!(verifier(SPEC).verify(signed(), at(TS_SECS)).is_ok());
-    }
-
-    #[test]
     fn the_old_docs_body_then_timestamp_order_is_not_accepted() {
         let req = with_header(signed(), "X-Zendesk-Webhook-Signature", OLD_DOCS_SIGNATURE);
         assert_eq!(
@@ -143,47 +134,6 @@ mod tests {
     }
 
     #[test]
-    fn a_tampered_body_is_rejected() {
-        let tampered = with_body(signed(), br#"{"say": "goodbye"}"#);
-        assert_eq!(
-            verifier(SPEC).verify(tampered, at(TS_SECS)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn a_signature_made_with_another_secret_is_rejected() {
-        let other = verifier(
-            "{ scheme: zendesk, secrets: [dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rpbmdfb25seQ==] }",
-        );
-        assert_eq!(
-            other.verify(signed(), at(TS_SECS)).unwrap_err(),
-            VerifyError::Mismatch
-        );
-    }
-
-    #[test]
-    fn the_second_secret_is_accepted_during_rotation() {
-        let rotating = verifier(
-            "{ scheme: zendesk, secrets: [new-secret, HRkRd4BeOAoUkfZr-mhauJT64rvBASlJRoIyPsd3zeA=] }",
-        );
-        assert!(rotating.verify(signed(), at(TS_SECS)).is_ok());
-    }
-
-    #[test]
-    fn each_missing_header_is_reported_by_name() {
-        for name in [
-            "x-zendesk-webhook-signature",
-            "x-zendesk-webhook-signature-timestamp",
-        ] {
-            let err = verifier(SPEC)
-                .verify(without_header(signed(), name), at(TS_SECS))
-                .unwrap_err();
-            assert_eq!(err, VerifyError::MissingHeader(name.into()));
-        }
-    }
-
-    #[test]
     fn a_garbled_signature_or_a_unix_timestamp_is_malformed() {
         for (name, value) in [
             ("X-Zendesk-Webhook-Signature", "%%%"),
@@ -194,26 +144,6 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.code(), "malformed_signature_header", "{name}: {value}");
         }
-    }
-
-    #[test]
-    fn a_timestamp_older_than_the_tolerance_is_stale() {
-        assert_eq!(
-            verifier(SPEC)
-                .verify(signed(), at(TS_SECS + 301))
-                .unwrap_err(),
-            VerifyError::StaleTimestamp
-        );
-    }
-
-    #[test]
-    fn a_timestamp_beyond_the_tolerance_in_the_future_is_rejected() {
-        assert_eq!(
-            verifier(SPEC)
-                .verify(signed(), at(TS_SECS - 301))
-                .unwrap_err(),
-            VerifyError::FutureTimestamp
-        );
     }
 
     #[test]

@@ -47,15 +47,11 @@ async fn a_stuck_embedded_writer_answers_503_within_the_op_timeout_not_a_hang() 
         "answered after {waited:?}, not within the 300 ms op timeout"
     );
     // The disk answers again: so does the gateway.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = gateway.post("src", &json_headers(), r#"{"id": 2}"#).await;
-        if answer.status == 202 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", answer.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gateway
+        .post_until(202, Duration::from_secs(10), "src", &json_headers(), || {
+            r#"{"id": 2}"#.into()
+        })
+        .await;
 }
 
 fn fan_out_mapping(max_cases: Option<usize>) -> String {

@@ -4,7 +4,7 @@
 //! `buffer::embedded::<name>`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use casegate::buffer::redis::Topology;
 use casegate::buffer::{
@@ -12,23 +12,25 @@ use casegate::buffer::{
     DeadLetterRecord, DedupeMark, EmbeddedBuffer, Enqueue, EnqueueOutcome, QueueStats, RedisBuffer,
 };
 
+use crate::support::post_json;
 use crate::support::redis_cluster::RedisCluster;
 use crate::support::redis_server::RedisServer;
+use crate::support::wait::eventually;
 
-const QUEUE_A: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a01";
-const QUEUE_B: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a02";
+pub(crate) const QUEUE_A: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a01";
+pub(crate) const QUEUE_B: &str = "0b5f0c3e-7f35-4d3c-9a51-6f2f1c1d0a02";
 
 /// Short, so a down Redis fails tests fast; long enough for a loaded CI machine.
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The visibility timeout the reclaim tests use: long enough that the steps of a test on a
 /// loaded machine fit well inside it.
-const IDLE: Duration = Duration::from_secs(1);
+pub(crate) const IDLE: Duration = Duration::from_secs(1);
 
 /// How long a test waits for something that should happen.
-const DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
-enum Backend {
+pub(crate) enum Backend {
     Redis(RedisServer),
     Embedded(tempfile::TempDir),
     /// A Redis Cluster shared by several tests, each under its own key prefix (hash tag).
@@ -39,13 +41,13 @@ enum Backend {
 }
 
 /// A buffer under test plus what it takes to crash it and bring it back on the same data.
-struct Fixture {
-    backend: Backend,
-    buffer: Buffer,
+pub(crate) struct Fixture {
+    pub(crate) backend: Backend,
+    pub(crate) buffer: Buffer,
 }
 
 impl Fixture {
-    async fn redis() -> Fixture {
+    pub(crate) async fn redis() -> Fixture {
         let backend = Backend::Redis(RedisServer::start().await);
         let buffer = open(&backend).await;
         Fixture { backend, buffer }
@@ -75,7 +77,7 @@ impl Fixture {
     }
 }
 
-async fn open(backend: &Backend) -> Buffer {
+pub(crate) async fn open(backend: &Backend) -> Buffer {
     match backend {
         Backend::Redis(server) => Buffer::Redis(
             RedisBuffer::connect(&server.url(), "casegate", OP_TIMEOUT)
@@ -264,7 +266,7 @@ async fn reclaim_hands_over_the_cases_of_a_dead_consumer_only_after_the_idle_tim
         "reclaimed before the idle time"
     );
     let claimed_at = std::time::Instant::now();
-    let taken = until_some(|| async {
+    let taken = eventually("c2 takes the idle claim over", DEADLINE, || async {
         let taken = f.buffer.reclaim(QUEUE_A, "c2", IDLE, 10).await.unwrap();
         (!taken.is_empty()).then_some(taken)
     })
@@ -359,7 +361,7 @@ async fn a_dedupe_mark_expires_after_its_ttl(f: Fixture) {
         EnqueueOutcome::Duplicate
     );
     let stored_at = std::time::Instant::now();
-    until_some(|| async {
+    eventually("the batch is stored again", DEADLINE, || async {
         match f.buffer.enqueue(batch()).await.unwrap() {
             EnqueueOutcome::Stored { .. } => Some(()),
             EnqueueOutcome::Duplicate => None,
@@ -690,10 +692,14 @@ async fn a_renewed_claim_stays_exclusive_and_a_late_renewal_steals_nothing(f: Fi
         tokio::time::sleep(idle / 3).await;
     }
     // The holder stops renewing (it died): the claims go to another consumer.
-    let taken = until_some(|| async {
-        let taken = f.buffer.reclaim(QUEUE_A, "other", idle, 10).await.unwrap();
-        (!taken.is_empty()).then_some(taken)
-    })
+    let taken = eventually(
+        "another consumer takes the idle claim over",
+        DEADLINE,
+        || async {
+            let taken = f.buffer.reclaim(QUEUE_A, "other", idle, 10).await.unwrap();
+            (!taken.is_empty()).then_some(taken)
+        },
+    )
     .await;
     assert_eq!(ids(&taken), all[..2]);
     // A late renewal by the old holder does not take them back.
@@ -774,18 +780,17 @@ async fn the_embedded_buffer_keeps_what_a_killed_process_acknowledged() {
     )
     .unwrap();
     // No API key: nothing is delivered, so everything acknowledged must still be buffered.
-    let process = crate::support::process::GatewayProcess::spawn(dir.path(), &[]).await;
+    let process = crate::support::process::CasegateProcess::serve(dir.path(), &[]).await;
     let client = crate::support::http_client();
     let mut acknowledged = 0;
     for id in 0..40 {
-        let response = client
-            .post(process.url("/hooks/src"))
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"id": {id}}}"#))
-            .send()
-            .await
-            .unwrap();
-        if response.status().is_success() {
+        let status = post_json(
+            &client,
+            &process.url("/hooks/src"),
+            format!(r#"{{"id": {id}}}"#),
+        )
+        .await;
+        if (200..300).contains(&status) {
             acknowledged += 1;
         }
     }
@@ -793,24 +798,6 @@ async fn the_embedded_buffer_keeps_what_a_killed_process_acknowledged() {
     assert_eq!(acknowledged, 40);
     let buffer = Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
     assert_eq!(buffer.stats(QUEUE_A).await.unwrap().depth, 40);
-}
-
-/// Polls `op` until it returns `Some`, failing after [`DEADLINE`].
-async fn until_some<T, Fut>(mut op: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = op().await {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 async fn concurrent_enqueues_get_distinct_ids_and_each_case_is_claimed_exactly_once(f: Fixture) {
@@ -865,157 +852,6 @@ async fn concurrent_enqueues_get_distinct_ids_and_each_case_is_claimed_exactly_o
     assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), enqueued);
 }
 
-// Redis only: what happens while the server is away.
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_makes_enqueue_fail_fast_and_the_same_buffer_recovers_when_it_is_back() {
-    let mut server = RedisServer::start().await;
-    let op_timeout = Duration::from_millis(500);
-    let buffer = RedisBuffer::connect(&server.url(), "casegate", op_timeout)
-        .await
-        .unwrap();
-    let before = store_cases_redis(&buffer, case(QUEUE_A, "before", 1)).await;
-
-    server.stop();
-    for _ in 0..3 {
-        let started = Instant::now();
-        let outcome = buffer.enqueue(single(case(QUEUE_A, "while down", 2))).await;
-        assert!(
-            matches!(outcome, Err(BufferError::Unavailable(_))),
-            "{outcome:?}"
-        );
-        assert!(
-            started.elapsed() < op_timeout + Duration::from_millis(500),
-            "took {:?}",
-            started.elapsed()
-        );
-        let started = Instant::now();
-        assert!(matches!(
-            buffer.ping().await,
-            Err(BufferError::Unavailable(_))
-        ));
-        assert!(
-            started.elapsed() < op_timeout + Duration::from_millis(500),
-            "took {:?}",
-            started.elapsed()
-        );
-    }
-
-    server.restart().await;
-    let after = eventually(|| buffer.enqueue(single(case(QUEUE_A, "after", 3)))).await;
-    let EnqueueOutcome::Stored { case_ids, .. } = after else {
-        panic!("not stored: {after:?}")
-    };
-    let claimed = buffer.claim(QUEUE_A, "c", 10).await.unwrap();
-    assert_eq!(
-        ids(&claimed),
-        [before, case_ids[0].clone()],
-        "nothing written while down, nothing lost"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_redis_makes_operations_time_out_instead_of_hanging() {
-    let server = RedisServer::start().await;
-    let op_timeout = Duration::from_millis(500);
-    let buffer = RedisBuffer::connect(&server.url(), "casegate", op_timeout)
-        .await
-        .unwrap();
-    store_cases_redis(&buffer, case(QUEUE_A, "before", 1)).await;
-
-    server.freeze();
-    let started = Instant::now();
-    let outcome = buffer
-        .enqueue(single(case(QUEUE_A, "while frozen", 2)))
-        .await;
-    assert!(
-        matches!(outcome, Err(BufferError::Unavailable(_))),
-        "{outcome:?}"
-    );
-    assert!(
-        started.elapsed() < op_timeout + Duration::from_millis(500),
-        "took {:?}",
-        started.elapsed()
-    );
-    let claimed = buffer.claim(QUEUE_A, "c", 10).await;
-    assert!(
-        matches!(claimed, Err(BufferError::Unavailable(_))),
-        "{claimed:?}"
-    );
-
-    server.thaw();
-    eventually(|| buffer.ping()).await;
-    // The enqueue that timed out may still have run once Redis woke up: at-least-once.
-    let claimed = eventually(|| buffer.claim(QUEUE_A, "c", 10)).await;
-    assert!(!claimed.is_empty());
-    assert_eq!(claimed[0].record.title, "before");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_buffer_connects_while_redis_is_down_and_works_once_it_is_up() {
-    let mut server = RedisServer::start().await;
-    server.stop();
-    let op_timeout = Duration::from_millis(500);
-    let buffer = RedisBuffer::connect(&server.url(), "casegate", op_timeout)
-        .await
-        .expect("connect never waits");
-    let started = Instant::now();
-    assert!(matches!(
-        buffer.ping().await,
-        Err(BufferError::Unavailable(_))
-    ));
-    assert!(started.elapsed() < op_timeout + Duration::from_millis(500));
-
-    server.restart().await;
-    eventually(|| buffer.ping()).await;
-    store_cases_redis(&buffer, case(QUEUE_A, "c", 1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_errors_never_show_the_url_password() {
-    let server = RedisServer::start().await;
-    let port = server.port();
-    drop(server);
-    let url = format!("redis://:s3cret-pass@127.0.0.1:{port}/");
-    let buffer = RedisBuffer::connect(&url, "casegate", Duration::from_millis(300))
-        .await
-        .unwrap();
-    let error = buffer.ping().await.unwrap_err().to_string();
-    assert!(!error.contains("s3cret"), "{error}");
-    assert!(!format!("{buffer:?}").contains("s3cret"));
-    let error = RedisBuffer::connect("redis://:s3cret-pass@[bad", "casegate", OP_TIMEOUT)
-        .await
-        .unwrap_err();
-    assert!(!error.to_string().contains("s3cret"), "{error}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_keys_share_one_hash_tag() {
-    let server = RedisServer::start().await;
-    let buffer = RedisBuffer::connect(&server.url(), "tenant-7", OP_TIMEOUT)
-        .await
-        .unwrap();
-    let batch = Enqueue {
-        dedupe: Some(mark("github", "d-1", Duration::from_secs(60))),
-        cases: vec![case(QUEUE_A, "c", 1)],
-        dead_letters: vec![dead_letter("x")],
-    };
-    buffer.enqueue(batch).await.unwrap();
-    let keys = redis_cli(&server, &["--scan"]);
-    let mut keys: Vec<&str> = keys.lines().collect();
-    keys.sort_unstable();
-    assert_eq!(
-        keys,
-        [
-            "{tenant-7}:dlq".to_owned(),
-            "{tenant-7}:q:".to_owned() + QUEUE_A,
-            "{tenant-7}:ready".to_owned(),
-            "{tenant-7}:registry".to_owned(),
-            "{tenant-7}:seen:github:d-1".to_owned(),
-        ]
-    );
-}
-
 // Embedded only.
 
 #[tokio::test]
@@ -1037,39 +873,7 @@ async fn the_embedded_buffer_is_unavailable_where_it_cannot_write() {
     EmbeddedBuffer::open(&path).expect("reopens once the first is dropped");
 }
 
-fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &server.port().to_string()])
-        .args(args)
-        .output()
-        .expect("run redis-cli");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Retries an operation until it succeeds (the first call after a restart may still see the old,
-/// dead connection), for at most 10 s.
-async fn eventually<T, Fut>(mut op: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Result<T, BufferError>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(e) if Instant::now() > deadline => panic!("still failing after 10 s: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-async fn store_cases_redis(buffer: &RedisBuffer, case: CaseRecord) -> CaseId {
-    match buffer.enqueue(single(case)).await.unwrap() {
-        EnqueueOutcome::Stored { mut case_ids, .. } => case_ids.remove(0),
-        EnqueueOutcome::Duplicate => panic!("no dedupe mark, yet a duplicate"),
-    }
-}
-
-fn single(case: CaseRecord) -> Enqueue {
+pub(crate) fn single(case: CaseRecord) -> Enqueue {
     Enqueue {
         dedupe: None,
         cases: vec![case],
@@ -1077,7 +881,7 @@ fn single(case: CaseRecord) -> Enqueue {
     }
 }
 
-async fn store(buffer: &Buffer, batch: Enqueue) -> (Vec<CaseId>, Vec<DeadLetterId>) {
+pub(crate) async fn store(buffer: &Buffer, batch: Enqueue) -> (Vec<CaseId>, Vec<DeadLetterId>) {
     match buffer.enqueue(batch).await.unwrap() {
         EnqueueOutcome::Stored {
             case_ids,
@@ -1088,7 +892,7 @@ async fn store(buffer: &Buffer, batch: Enqueue) -> (Vec<CaseId>, Vec<DeadLetterI
 }
 
 /// Enqueues each case as its own webhook, in order.
-async fn store_cases(buffer: &Buffer, cases: Vec<CaseRecord>) -> Vec<CaseId> {
+pub(crate) async fn store_cases(buffer: &Buffer, cases: Vec<CaseRecord>) -> Vec<CaseId> {
     let mut ids = Vec::new();
     for case in cases {
         ids.extend(store(buffer, single(case)).await.0);
@@ -1096,15 +900,15 @@ async fn store_cases(buffer: &Buffer, cases: Vec<CaseRecord>) -> Vec<CaseId> {
     ids
 }
 
-fn ids(cases: &[casegate::buffer::BufferedCase]) -> Vec<CaseId> {
+pub(crate) fn ids(cases: &[casegate::buffer::BufferedCase]) -> Vec<CaseId> {
     cases.iter().map(|c| c.id.clone()).collect()
 }
 
-fn titles(cases: &[casegate::buffer::BufferedCase]) -> Vec<&str> {
+pub(crate) fn titles(cases: &[casegate::buffer::BufferedCase]) -> Vec<&str> {
     cases.iter().map(|c| c.record.title.as_str()).collect()
 }
 
-fn mark(source: &str, delivery_id: &str, ttl: Duration) -> DedupeMark {
+pub(crate) fn mark(source: &str, delivery_id: &str, ttl: Duration) -> DedupeMark {
     DedupeMark {
         source: source.into(),
         delivery_id: delivery_id.into(),
@@ -1113,7 +917,7 @@ fn mark(source: &str, delivery_id: &str, ttl: Duration) -> DedupeMark {
     }
 }
 
-fn case(queue: &str, title: &str, received_at_ms: u64) -> CaseRecord {
+pub(crate) fn case(queue: &str, title: &str, received_at_ms: u64) -> CaseRecord {
     CaseRecord {
         queue: queue.into(),
         api_key_name: None,
@@ -1133,7 +937,7 @@ fn case(queue: &str, title: &str, received_at_ms: u64) -> CaseRecord {
     }
 }
 
-fn dead_letter(reason: &str) -> DeadLetterRecord {
+pub(crate) fn dead_letter(reason: &str) -> DeadLetterRecord {
     DeadLetterRecord {
         source: "github".into(),
         reason: reason.into(),
@@ -1144,120 +948,4 @@ fn dead_letter(reason: &str) -> DeadLetterRecord {
             attempts: 1,
         },
     }
-}
-
-/// Puts an entry no build can read into `QUEUE_A`'s stream between two good cases and has
-/// `holder` claim all three with a plain `XREADGROUP` (as an older build that could read it
-/// would have), so the bad entry is pending: the paths that hand pending cases out again must
-/// move it aside too.
-async fn redis_with_a_pending_undecodable_entry(holder: &str) -> (Fixture, Vec<CaseId>, String) {
-    let f = Fixture::redis().await;
-    let Backend::Redis(server) = &f.backend else {
-        unreachable!()
-    };
-    let good1 = store_cases(&f.buffer, vec![case(QUEUE_A, "c", 1)]).await;
-    let client = ::redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{{casegate}}:q:{QUEUE_A}");
-    let bad: String = ::redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("r")
-        .arg(&b"\xff\xfe not a record"[..])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let good2 = store_cases(&f.buffer, vec![case(QUEUE_A, "c", 2)]).await;
-    // Creates the group if nothing claimed yet, then reads all three as `holder`.
-    assert!(
-        f.buffer
-            .claim(QUEUE_A, "nobody", 0)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let _: ::redis::Value = ::redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("casegate")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap_or(::redis::Value::Nil);
-    let _: ::redis::Value = ::redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("casegate")
-        .arg(holder)
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().claimed, 3);
-    (f, [good1, good2].concat(), bad)
-}
-
-async fn assert_moved_aside(f: &Fixture, bad: &str) {
-    let letters = f.buffer.list_dead_letters(None, 10).await.unwrap();
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert!(matches!(
-        &letters[0].record.kind,
-        DeadLetterKind::Undecodable { .. }
-    ));
-    let stats = f.buffer.stats(QUEUE_A).await.unwrap();
-    assert_eq!(
-        stats.depth, 2,
-        "the bad entry is deleted from the stream ({bad})"
-    );
-    assert_eq!(
-        stats.claimed, 2,
-        "and no longer pending, so nothing renews it"
-    );
-    assert_eq!(
-        f.buffer
-            .renew(
-                QUEUE_A,
-                "anyone",
-                Duration::from_secs(3600),
-                &[bad.to_string()]
-            )
-            .await
-            .unwrap(),
-        0
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_redis_consumer_moves_an_undecodable_pending_entry_aside() {
-    let (f, good, bad) = redis_with_a_pending_undecodable_entry("replica-a").await;
-    let back = f
-        .buffer
-        .own_pending(QUEUE_A, "replica-a", 10)
-        .await
-        .unwrap();
-    assert_eq!(ids(&back), good, "its readable neighbours come back");
-    assert_moved_aside(&f, &bad).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reclaiming_from_a_dead_redis_consumer_moves_an_undecodable_entry_aside() {
-    let (f, good, bad) = redis_with_a_pending_undecodable_entry("replica-dead").await;
-    let deadline = Instant::now() + DEADLINE;
-    let back = loop {
-        let back = f
-            .buffer
-            .reclaim(QUEUE_A, "replica-b", IDLE, 10)
-            .await
-            .unwrap();
-        if !back.is_empty() || Instant::now() > deadline {
-            break back;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(ids(&back), good, "its readable neighbours are handed over");
-    assert_moved_aside(&f, &bad).await;
 }

@@ -13,6 +13,7 @@ use casegate::inbound::Headers;
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, sign};
 use crate::support::redis_cluster::RedisCluster;
 use crate::support::sandbox::TestSandbox;
+use crate::support::wait::eventually;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TOKEN: &str = "admin-token-for-cluster-tests-0123456789";
@@ -236,10 +237,10 @@ async fn killing_the_slot_masters_process_loses_no_acknowledged_case() {
         }));
     }
     let acknowledged = || ledger.lock().unwrap().acknowledged.len();
-    wait_until(
+    eventually(
         "webhooks flow before the failover",
         Duration::from_secs(20),
-        || acknowledged() >= 100,
+        || async { acknowledged() >= 100 },
     )
     .await;
 
@@ -249,19 +250,21 @@ async fn killing_the_slot_masters_process_loses_no_acknowledged_case() {
         .expect("the slot master's replica");
     cluster.kill(master);
     let killed_at = Instant::now();
-    wait_until("the replica is promoted", Duration::from_secs(30), || {
-        cluster.is_master(replica)
-    })
+    eventually(
+        "the replica is promoted",
+        Duration::from_secs(30),
+        || async { cluster.is_master(replica) },
+    )
     .await;
     let promoted_after = killed_at.elapsed();
     // The old master comes back as the new master's replica, so WAIT can be satisfied again.
     cluster.revive(master).await;
     cluster.wait_healthy(Duration::from_secs(30)).await;
     let before = acknowledged();
-    wait_until(
+    eventually(
         "webhooks are acknowledged again",
         Duration::from_secs(30),
-        || acknowledged() >= before + 100,
+        || async { acknowledged() >= before + 100 },
     )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -290,10 +293,10 @@ async fn killing_the_slot_masters_process_loses_no_acknowledged_case() {
 
     // Delivery resumes by itself, and every acknowledged webhook arrives.
     let wanted = ledger.acknowledged.len();
-    wait_until(
+    eventually(
         "every acknowledged case is delivered",
         Duration::from_secs(60),
-        || {
+        || async {
             ledger
                 .acknowledged
                 .iter()
@@ -329,13 +332,4 @@ async fn killing_the_slot_masters_process_loses_no_acknowledged_case() {
         );
     }
     gateway.stop().await;
-}
-
-/// Polls `condition` every 20 ms until it holds or `limit` passes (then fails with `what`).
-async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -3,15 +3,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use casegate::buffer::{Buffer, DeadLetterKind, EmbeddedBuffer, Enqueue, RedisBuffer};
+use casegate::buffer::{Buffer, DeadLetterKind, EmbeddedBuffer, RedisBuffer};
 use casegate::inbound::Headers;
 use casegate_sandbox::Faults;
 
-use crate::support::cases::case;
+use crate::support::cases::{backlog, case};
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};
-use crate::support::process::GatewayProcess;
+use crate::support::post_json;
+use crate::support::process::CasegateProcess;
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
+use crate::support::wait::eventually;
 
 fn mapping() -> String {
     format!(
@@ -41,26 +43,11 @@ fn json() -> Headers {
     [("content-type", "application/json")].into_iter().collect()
 }
 
-/// Writes `n` cases straight into a buffer, as a backlog.
-async fn backlog(buffer: &Buffer, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let cases = chunk.iter().map(|i| case(*i)).collect();
-        buffer
-            .enqueue(Enqueue {
-                dedupe: None,
-                cases,
-                dead_letters: vec![],
-            })
-            .await
-            .unwrap();
-    }
-}
-
 /// A directory whose embedded buffer already holds `n` cases, for a gateway to start on.
 async fn embedded_backlog(n: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let buffer = Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
-    backlog(&buffer, n).await;
+    backlog(&buffer, (0..n).map(case)).await;
     dir
 }
 
@@ -244,14 +231,12 @@ async fn an_api_outage_is_ridden_out_and_nothing_is_lost() {
             202
         );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sandbox.stats().total_requests < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "delivery kept trying during the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "delivery kept trying during the outage",
+        Duration::from_secs(10),
+        || async { sandbox.stats().total_requests >= 3 },
+    )
+    .await;
     assert!(sandbox.titles(QUEUE).is_empty());
     sandbox.sandbox.set_faults(Faults {
         error_ratio: 0.3,
@@ -328,22 +313,22 @@ async fn a_refused_key_pauses_delivery_and_keeps_the_cases() {
             .copied()
             .unwrap_or(0)
     };
-    assert!(
-        sandbox
-            .wait_until(Duration::from_secs(20), || refused() >= 1)
-            .await
-    );
+    eventually(
+        "the API refuses a request",
+        Duration::from_secs(20),
+        || async { refused() >= 1 },
+    )
+    .await;
     // Three more requests to a paused key are probes one 1 s interval apart: they take at
     // least two intervals, however loaded the machine (load only slows them).
     let before = sandbox.stats().total_requests;
     let started = std::time::Instant::now();
-    assert!(
-        sandbox
-            .wait_until(Duration::from_secs(30), || sandbox.stats().total_requests
-                >= before + 3)
-            .await,
-        "the key is probed again"
-    );
+    eventually(
+        "the key is probed again",
+        Duration::from_secs(30),
+        || async { sandbox.stats().total_requests >= before + 3 },
+    )
+    .await;
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(1_800),
@@ -377,7 +362,7 @@ async fn three_replicas_on_one_redis_deliver_each_case_once_within_the_shared_li
                 .await
                 .unwrap(),
         );
-        backlog(&buffer, 2_000).await;
+        backlog(&buffer, (0..2_000).map(case)).await;
     }
     let mut replicas = Vec::new();
     for _ in 0..3 {
@@ -439,16 +424,15 @@ async fn sigkill_during_delivery_loses_nothing(backend: Backend) {
     let mut acknowledged = 0usize;
     let kills = 3;
     for round in 0..=kills {
-        let process = GatewayProcess::spawn(dir.path(), &env).await;
+        let process = CasegateProcess::serve(dir.path(), &env).await;
         for _ in 0..60 {
-            let response = client
-                .post(process.url("/hooks/src"))
-                .header("content-type", "application/json")
-                .body(format!(r#"{{"id": {acknowledged}}}"#))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status().as_u16(), 202);
+            let status = post_json(
+                &client,
+                &process.url("/hooks/src"),
+                format!(r#"{{"id": {acknowledged}}}"#),
+            )
+            .await;
+            assert_eq!(status, 202);
             acknowledged += 1;
         }
         if round < kills {
@@ -456,12 +440,12 @@ async fn sigkill_during_delivery_loses_nothing(backend: Backend) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             process.kill9().await;
         } else {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while distinct(&sandbox.titles(QUEUE)) < acknowledged
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually(
+                "every acknowledged case is delivered",
+                Duration::from_secs(30),
+                || async { distinct(&sandbox.titles(QUEUE)) >= acknowledged },
+            )
+            .await;
             process.kill9().await;
         }
     }

@@ -9,6 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::gateway::{GatewayOptions, QUEUE, TestGateway, sign};
+use crate::support::get_text;
+use crate::support::wait::eventually;
 
 fn pinned_now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_764_000_000)
@@ -38,27 +40,20 @@ async fn readyz_answers_ready_or_a_reason_code_and_nothing_internal() {
     // API only.
     let mappings = gateway.dir.path().join("mappings");
     std::fs::write(mappings.join("broken.yaml"), "verify: [not a map\n").unwrap();
-    let client = crate::support::http_client();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = client
-            .get(gateway.url("/admin/status"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if status.contains("broken.yaml") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reload error never shown: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status_url = gateway.url("/admin/status");
+    eventually(
+        "the reload error is shown",
+        Duration::from_secs(15),
+        || async {
+            let status = get_text(&status_url, Some(token)).await;
+            if status.contains("broken.yaml") {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    )
+    .await;
     let ready = gateway.get("/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(ready.body, json!({"status": "ready"}));
@@ -213,19 +208,10 @@ async fn bodies_beyond_the_in_flight_cap_get_503_and_the_cap_frees_again() {
     let (status, _, body) = read_response(&mut first).await;
     assert_eq!(status, 202, "{body}");
     // Once the others are gone too, a normal webhook goes through.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = gateway
-            .post(
-                "src",
-                &[("content-type", "application/json")].into_iter().collect(),
-                r#"{"id": 1}"#,
-            )
-            .await;
-        if answer.status == 202 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", answer.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let json: Headers = [("content-type", "application/json")].into_iter().collect();
+    gateway
+        .post_until(202, Duration::from_secs(10), "src", &json, || {
+            r#"{"id": 1}"#.into()
+        })
+        .await;
 }

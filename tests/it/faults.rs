@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::gateway::QUEUE;
-use crate::support::process::GatewayProcess;
+use crate::support::process::CasegateProcess;
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
+use crate::support::wait::eventually;
 
 const BATCH: usize = 20;
 
@@ -80,28 +81,31 @@ fn load(
 
 /// Waits until every acknowledged id reached the sandbox; returns the number of duplicates.
 async fn settle(sandbox: &TestSandbox, acknowledged: &[usize]) -> usize {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let titles = sandbox.titles(QUEUE);
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for title in &titles {
-            *counts.entry(title.clone()).or_default() += 1;
-        }
-        let missing: Vec<_> = acknowledged
-            .iter()
-            .filter(|id| !counts.contains_key(&format!("Event {id}")))
-            .collect();
-        if missing.is_empty() {
-            return titles.len() - counts.len();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} acknowledged webhooks never reached the API, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "every acknowledged webhook reaches the API",
+        Duration::from_secs(40),
+        || async {
+            let titles = sandbox.titles(QUEUE);
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for title in &titles {
+                *counts.entry(title.clone()).or_default() += 1;
+            }
+            let missing: Vec<_> = acknowledged
+                .iter()
+                .filter(|id| !counts.contains_key(&format!("Event {id}")))
+                .collect();
+            if missing.is_empty() {
+                Ok(titles.len() - counts.len())
+            } else {
+                Err(format!(
+                    "{} acknowledged webhooks never reached the API, e.g. {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                ))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +114,7 @@ async fn a_redis_restart_under_load_loses_nothing_acknowledged() {
     let sandbox = TestSandbox::start(1_000, Duration::from_secs(2)).await;
     let dir = tempfile::tempdir().unwrap();
     workspace(dir.path());
-    let gateway = GatewayProcess::spawn(dir.path(), &redis_env(&sandbox, &redis.url())).await;
+    let gateway = CasegateProcess::serve(dir.path(), &redis_env(&sandbox, &redis.url())).await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(
         vec![gateway.port],
@@ -159,7 +163,7 @@ async fn three_replicas_one_killed_mid_run_lose_nothing_and_stay_within_the_limi
     env.push(("CASEGATE_DELIVERY__RATE".into(), RATE.to_string()));
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(GatewayProcess::spawn(dir.path(), &env).await);
+        replicas.push(CasegateProcess::serve(dir.path(), &env).await);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicUsize::new(0));
@@ -221,7 +225,7 @@ async fn repeated_sigkill_under_load(redis: Option<&RedisServer>) {
     let mut acknowledged = Vec::new();
     let kills = 3;
     for round in 0..=kills {
-        let gateway = GatewayProcess::spawn(dir.path(), &env).await;
+        let gateway = CasegateProcess::serve(dir.path(), &env).await;
         let stop = Arc::new(AtomicBool::new(false));
         let traffic = load(vec![gateway.port], next.clone(), stop.clone());
         tokio::time::sleep(Duration::from_millis(600)).await;

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::gateway::{GatewayOptions, QUEUE, TestGateway, drain, embedded_buffer, sign};
 use crate::support::redis_server::RedisServer;
+use crate::support::wait::eventually;
 
 /// Pinned "now" for timestamped schemes: published examples and stale-timestamp tests need it.
 fn pinned_now() -> SystemTime {
@@ -609,8 +610,8 @@ async fn with_redis_down_webhooks_get_503_and_nothing_acknowledged_is_lost() {
     let mut options = GatewayOptions::embedded(&[("src.yaml", &mapping)]);
     options.backend = crate::support::gateway::Backend::Redis(redis.url());
     let gateway = TestGateway::start(options).await;
-    let mut acknowledged = Vec::new();
-    let mut send = async |i: usize| {
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    let send = async |i: usize| {
         let answer = gateway
             .post(
                 "src",
@@ -619,7 +620,8 @@ async fn with_redis_down_webhooks_get_503_and_nothing_acknowledged_is_lost() {
             )
             .await;
         if answer.status == 202 {
-            acknowledged.push(answer.body["case_ids"][0].as_str().unwrap().to_string());
+            let id = answer.body["case_ids"][0].as_str().unwrap().to_string();
+            acknowledged.lock().unwrap().push(id);
         }
         answer
     };
@@ -640,20 +642,19 @@ async fn with_redis_down_webhooks_get_503_and_nothing_acknowledged_is_lost() {
 
     redis.restart().await;
     // The provider retries the refused delivery; the first attempts may meet the dead connection.
-    let mut retried = None;
-    for _ in 0..50 {
-        let answer = send(5).await;
-        if answer.status == 202 {
-            retried = Some(answer);
-            break;
-        }
-        assert_eq!(answer.status, 503);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        retried.is_some(),
-        "the retry after Redis came back was accepted"
-    );
+    eventually(
+        "the retry after Redis came back is accepted",
+        Duration::from_secs(5),
+        || async {
+            let answer = send(5).await;
+            if answer.status == 202 {
+                return Ok(());
+            }
+            assert_eq!(answer.status, 503, "{}", answer.body);
+            Err(answer.body)
+        },
+    )
+    .await;
     for i in 6..10 {
         assert_eq!(send(i).await.status, 202);
     }
@@ -667,6 +668,7 @@ async fn with_redis_down_webhooks_get_503_and_nothing_acknowledged_is_lost() {
     );
     let mut stored: Vec<String> = drain(&buffer).await.into_iter().map(|c| c.id).collect();
     stored.sort();
+    let mut acknowledged = acknowledged.into_inner().unwrap();
     acknowledged.sort();
     assert_eq!(
         stored, acknowledged,

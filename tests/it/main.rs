@@ -3,6 +3,7 @@
 
 mod bounds;
 mod buffer;
+mod buffer_redis;
 mod cluster;
 mod delivery;
 mod exposure;
@@ -13,10 +14,15 @@ mod ingress;
 mod long_faults;
 mod operate;
 mod operators;
+mod pause_reporting;
 mod readme;
 mod records;
 mod reload;
+mod replay;
+mod replicas;
 mod scale;
 mod security;
 mod serve;
+mod slow_clients;
 mod support;
+mod vectors;

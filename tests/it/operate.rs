@@ -32,14 +32,7 @@ async fn admin(
     path: &str,
     token: Option<&str>,
 ) -> (u16, Value) {
-    let client = crate::support::http_client();
-    let mut request = client.request(method, gateway.url(path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    crate::support::call(method, &gateway.url(path), token).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

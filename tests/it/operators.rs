@@ -8,8 +8,10 @@ use casegate::inbound::Headers;
 use serde_json::Value;
 
 use crate::support::gateway::{Backend, GatewayOptions, TestGateway};
+use crate::support::get_text;
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
+use crate::support::wait::eventually;
 
 const TOKEN: &str = "operator-token-for-tests-0123456789abcdef";
 
@@ -48,14 +50,7 @@ async fn admin(gateway: &TestGateway, method: reqwest::Method, path: &str) -> (u
 }
 
 async fn scrape(gateway: &TestGateway) -> String {
-    crate::support::http_client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&gateway.url("/metrics"), None).await
 }
 
 /// The value of one exact series (`name{labels}`) in a scrape.
@@ -162,18 +157,19 @@ async fn buffer_gauges_fall_to_zero_when_the_queue_drains() {
     options.settings.extend(sandbox.settings());
     let gateway = TestGateway::start_in(options, dir).await;
     assert_eq!(sandbox.wait_for(&q, 2, Duration::from_secs(20)).await, 2);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = scrape(&gateway).await;
-        if value(&metrics, &depth) == Some(0.0) && value(&metrics, &age) == Some(0.0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gauges stayed up after the queue drained:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the gauges fall once the queue drained",
+        Duration::from_secs(20),
+        || async {
+            let metrics = scrape(&gateway).await;
+            if value(&metrics, &depth) == Some(0.0) && value(&metrics, &age) == Some(0.0) {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await;
 }
 
 /// The `casegate` binary run as a CLI against `gateway`'s configuration.
@@ -392,13 +388,19 @@ async fn the_alert_rules_and_dashboard_use_only_metrics_casegate_exports() {
     let answer = gateway.post("exported", &json(), r#"{"id": "1"}"#).await;
     assert_eq!(answer.status, 202);
     assert_eq!(sandbox.wait_for(&q, 1, Duration::from_secs(20)).await, 1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut metrics = scrape(&gateway).await;
-    while !metrics.contains("casegate_end_to_end_latency_seconds_bucket") {
-        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        metrics = scrape(&gateway).await;
-    }
+    let metrics = eventually(
+        "the end-to-end latency histogram appears",
+        Duration::from_secs(10),
+        || async {
+            let metrics = scrape(&gateway).await;
+            if metrics.contains("casegate_end_to_end_latency_seconds_bucket") {
+                Ok(metrics)
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await;
     let exported = |text: &str| -> std::collections::BTreeSet<String> {
         text.lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -554,13 +556,19 @@ async fn text_logs_written_to_a_file_carry_no_colour_codes() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut text = String::new();
-    while !text.contains("casegate listening") {
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-    }
+    let text = eventually(
+        "casegate logs that it listens",
+        Duration::from_secs(20),
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("casegate listening") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
     assert!(text.contains("WARN") || text.contains("INFO"), "{text}");

@@ -4,6 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::get_json;
+use crate::support::process::{self, CasegateProcess};
+use crate::support::wait::eventually;
+
 fn repo_file(name: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
 }
@@ -125,7 +129,6 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
     let free = crate::support::free_port;
     let (port, sandbox_port) = (free(), free());
     let data = tempfile::tempdir().unwrap();
-    let binary = env!("CARGO_BIN_EXE_casegate");
     let args = |command: &str| -> Vec<String> {
         command
             .trim_start_matches("cargo run --release -- ")
@@ -133,7 +136,8 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
             .map(str::to_string)
             .collect()
     };
-    let mut serve = tokio::process::Command::new(binary)
+    let mut command = process::command();
+    command
         .args(args(&commands[0]))
         .args([
             "--listen",
@@ -142,28 +146,11 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
             &format!("127.0.0.1:{sandbox_port}"),
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CASEGATE_BUFFER__PATH", data.path().join("casegate.redb"))
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = crate::support::http_client();
-    let mut up = false;
-    for _ in 0..200 {
-        if client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "serve --sandbox came up");
+        .env("CASEGATE_BUFFER__PATH", data.path().join("casegate.redb"));
+    let mut serve = CasegateProcess::spawn(command);
+    serve.wait_until_up(port, "/healthz").await;
 
-    let sent = tokio::process::Command::new(binary)
+    let sent = process::command()
         .args(args(&commands[1]))
         .args(["--url", &format!("http://127.0.0.1:{port}")])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -182,23 +169,19 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
     );
 
     let list_url = list_url.replace("8081", &sandbox_port.to_string());
-    let mut cases = serde_json::Value::Null;
-    for _ in 0..100 {
-        cases = client
-            .get(&list_url)
-            .bearer_auth("dv_sandbox")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if cases["total"].as_u64() == Some(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(cases["total"], 1, "{cases}");
+    let cases = eventually(
+        "the sandbox holds the case",
+        Duration::from_secs(5),
+        || async {
+            let cases = get_json(&list_url, Some("dv_sandbox")).await;
+            if cases["total"].as_u64() == Some(1) {
+                Ok(cases)
+            } else {
+                Err(cases)
+            }
+        },
+    )
+    .await;
     assert!(
         cases["cases"][0]["title"]
             .as_str()
@@ -209,7 +192,7 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
 
     // The operator commands, as written: the admin token is the one serve --sandbox generated.
     let operate = |command: String| {
-        let mut process = tokio::process::Command::new(binary);
+        let mut process = process::command();
         process
             .args(args(&command))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -237,6 +220,5 @@ async fn the_readme_quick_start_delivers_a_sample_case_to_the_sandbox() {
         "{printed}{}",
         String::from_utf8_lossy(&dlq.stderr)
     );
-    serve.start_kill().unwrap();
-    let _ = serve.wait().await;
+    serve.kill9().await;
 }

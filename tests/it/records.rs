@@ -9,6 +9,9 @@ use casegate::inbound::Headers;
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway};
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
+use crate::support::wait::eventually;
+use crate::support::{call, get_json};
+use reqwest::Method;
 
 fn json_headers() -> Headers {
     [("content-type", "application/json")].into_iter().collect()
@@ -22,14 +25,16 @@ fn mapping() -> String {
 
 /// Waits until `buffer` holds `n` dead letters; returns them.
 async fn wait_for_dead_letters(buffer: &Buffer, n: usize) -> Vec<casegate::buffer::DeadLetter> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("{n} dead letters");
+    eventually(&what, Duration::from_secs(20), || async {
         let letters = buffer.list_dead_letters(None, 100).await.unwrap();
-        if letters.len() >= n || tokio::time::Instant::now() > deadline {
-            return letters;
+        if letters.len() >= n {
+            Ok(letters)
+        } else {
+            Err(letters.len())
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 fn assert_undecodable(letters: &[casegate::buffer::DeadLetter], raw: &[u8]) {
@@ -163,23 +168,9 @@ async fn a_form_encoded_dead_letter_replays_once_the_mapping_is_fixed() {
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.body["accepted"], 0);
     std::fs::write(gateway.dir.path().join("mappings/src.yaml"), fixed).unwrap();
-    let client = crate::support::http_client();
-    let reload = client
-        .post(gateway.url("/admin/reload"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reload.status(), 200);
-    let replayed: serde_json::Value = client
-        .post(gateway.url("/admin/dlq/replay"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (reload, _) = call(Method::POST, &gateway.url("/admin/reload"), Some(TOKEN)).await;
+    assert_eq!(reload, 200);
+    let (_, replayed) = call(Method::POST, &gateway.url("/admin/dlq/replay"), Some(TOKEN)).await;
     let outcomes = replayed["replayed"].as_array().unwrap();
     assert_eq!(outcomes.len(), 1, "{replayed}");
     assert_eq!(outcomes[0]["result"], "enqueued", "{replayed}");
@@ -207,31 +198,9 @@ async fn status_counts_and_purge_pages_through_more_dead_letters_than_one_page()
             .await;
         assert_eq!(answer.body["accepted"], 0, "{}", answer.body);
     }
-    let client = crate::support::http_client();
-    let status = |client: reqwest::Client| {
-        let url = gateway.url("/admin/status");
-        async move {
-            client
-                .get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(status(client.clone()).await["dead_letters"], total);
-    let purged: serde_json::Value = client
-        .delete(gateway.url("/admin/dlq"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = async || get_json(&gateway.url("/admin/status"), Some(TOKEN)).await;
+    assert_eq!(status().await["dead_letters"], total);
+    let (_, purged) = call(Method::DELETE, &gateway.url("/admin/dlq"), Some(TOKEN)).await;
     assert_eq!(purged["purged"], total);
-    assert_eq!(status(client.clone()).await["dead_letters"], 0);
+    assert_eq!(status().await["dead_letters"], 0);
 }

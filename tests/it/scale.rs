@@ -5,10 +5,12 @@
 use std::time::{Duration, Instant};
 
 use casegate::inbound::Headers;
+use redis::aio::MultiplexedConnection;
 
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway};
 use crate::support::redis_server::RedisServer;
 use crate::support::sandbox::TestSandbox;
+use crate::support::wait::eventually;
 
 fn mapping() -> String {
     format!(
@@ -56,16 +58,13 @@ async fn zcard(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
         .unwrap()
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut condition: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until the sorted set `key` is empty.
+async fn until_empty(conn: &MultiplexedConnection, key: &str, what: &str, within: Duration) {
+    eventually(what, within, || {
+        let mut conn = conn.clone();
+        async move { zcard(&mut conn, key).await == 0 }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,13 +94,11 @@ async fn an_idle_gateway_costs_few_commands_whatever_the_queues_and_forgets_empt
         options(&redis, &sandbox).setting("CASEGATE_BUFFER__QUEUE_RETENTION_SECS", "1"),
     )
     .await;
-    wait_until(
+    until_empty(
+        &conn,
+        "{casegate}:registry",
         "queues empty past the retention leave the registry",
         Duration::from_secs(30),
-        || {
-            let mut conn = conn.clone();
-            async move { zcard(&mut conn, "{casegate}:registry").await == 0 }
-        },
     )
     .await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -136,13 +133,11 @@ async fn an_idle_gateway_costs_few_commands_whatever_the_queues_and_forgets_empt
         "idle latency {:?}",
         sent.elapsed()
     );
-    wait_until(
+    until_empty(
+        &conn,
+        "{casegate}:ready",
         "the drained queue leaves the ready set",
         Duration::from_secs(5),
-        || {
-            let mut conn = conn.clone();
-            async move { zcard(&mut conn, "{casegate}:ready").await == 0 }
-        },
     )
     .await;
     assert_eq!(zcard(&mut conn, "{casegate}:registry").await, 1);

@@ -1,24 +1,20 @@
-//! Security properties against real servers: secrets never reach a log line or an answer, slow
-//! clients cannot hold a connection (or the gateway) hostage, and a captured signature cannot be
-//! replayed.
+//! Secrets never reach a log line or an answer, against real processes: the gateway (at debug
+//! level), the sandbox and a password-protected Redis. (Slow clients and replayed signatures have
+//! their own modules.)
 
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
 use casegate::env::Env;
-use casegate::inbound::{Headers, InboundRequest};
-use casegate::mapping::CompiledMapping;
+use casegate::inbound::Headers;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::support::gateway::{GatewayOptions, QUEUE, TestGateway, drain, embedded_buffer, sign};
+use crate::support::gateway::{QUEUE, sign_in};
+use crate::support::process::{self, CasegateProcess};
+use crate::support::redis_server::RedisServer;
+use crate::support::wait::eventually;
+use crate::support::{free_port, get_json};
 
 // ---------------------------------------------------------------------------------------------
 // Secrets never reach logs or answers
@@ -169,145 +165,7 @@ const SIGNING_SOURCES: [&str; 8] = [
 
 /// The headers a sender configured like `yaml` (resolved with `env`) sends with `body`.
 fn signed(yaml: &str, env: &Env, url: &str, body: &str, now: SystemTime) -> Headers {
-    let mapping = CompiledMapping::compile(Path::new("signer.yaml"), yaml, env).unwrap();
-    let mut request = InboundRequest {
-        method: "POST".into(),
-        url: url.into(),
-        headers: [("content-type", "application/json")].into_iter().collect(),
-        body: Bytes::from(body.to_string()),
-    };
-    mapping.verifier.sign(&mut request, now);
-    request.headers
-}
-
-use crate::support::free_port;
-
-/// A child process whose stdout and stderr are read continuously (a full pipe would block a
-/// process logging at debug level).
-struct Captured {
-    child: tokio::process::Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    pumps: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Captured {
-    fn spawn(mut command: tokio::process::Command) -> Captured {
-        command
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().unwrap();
-        let (stdout, stderr) = (Arc::default(), Arc::default());
-        let pumps = vec![
-            tokio::spawn(pump(child.stdout.take().unwrap(), Arc::clone(&stdout))),
-            tokio::spawn(pump(child.stderr.take().unwrap(), Arc::clone(&stderr))),
-        ];
-        Captured {
-            child,
-            stdout,
-            stderr,
-            pumps,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-
-    /// SIGTERM, then waits for the exit and the end of both pipes: (stdout, stderr).
-    async fn terminate(mut self) -> (String, String) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let Ok(status) = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await
-        else {
-            panic!(
-                "the process stops within 20 s of SIGTERM; it printed:\n{}\n{}",
-                self.stdout(),
-                self.stderr()
-            );
-        };
-        let status = status.unwrap();
-        for pump in std::mem::take(&mut self.pumps) {
-            pump.await.unwrap();
-        }
-        assert!(status.success(), "exit {status:?}: {}", self.stderr());
-        (self.stdout(), self.stderr())
-    }
-}
-
-async fn pump(mut from: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
-    let mut chunk = [0u8; 8192];
-    while let Ok(n) = from.read(&mut chunk).await {
-        if n == 0 {
-            break;
-        }
-        into.lock().unwrap().extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// A `redis-server` that requires a password, on its own port and directory.
-struct PasswordRedis {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl PasswordRedis {
-    async fn start(password: &str) -> PasswordRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = std::process::Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--requirepass",
-                password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        // Owned (and so killed and reaped on drop) before anything can panic.
-        let redis = PasswordRedis {
-            child,
-            port,
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not come up on port {port}");
-    }
-}
-
-impl Drop for PasswordRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    sign_in(env, yaml, url, body, Headers::new(), now)
 }
 
 /// Everything a client saw: status line, headers and body.
@@ -341,10 +199,10 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
             .1
             .clone()
     };
-    let redis = PasswordRedis::start(REDIS_PASSWORD).await;
+    let redis = RedisServer::start_with_password(REDIS_PASSWORD).await;
     let sandbox_port = free_port();
-    let sandbox = Captured::spawn({
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"));
+    let sandbox = CasegateProcess::spawn({
+        let mut command = process::command();
         command
             .args(["sandbox", "--port", &sandbox_port.to_string()])
             .args(["--api-key", API_KEY])
@@ -352,26 +210,16 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
         command
     });
     let port = free_port();
-    let mut gateway = Captured::spawn({
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_casegate"));
+    let mut gateway = CasegateProcess::spawn({
+        let mut command = process::serve_command(dir.path(), port, &[]);
         command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--mappings",
-            ])
-            .arg(&mappings_dir)
             .current_dir(dir.path())
             .envs(secret_env())
             .env("CASEGATE_LOG__LEVEL", "debug")
             .env("CASEGATE_LOG__FORMAT", "json")
             .env("CASEGATE_INGRESS__WORKERS", "2")
             .env("CASEGATE_BUFFER__BACKEND", "redis")
-            .env(
-                "CASEGATE_BUFFER__REDIS_URL",
-                format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/", redis.port),
-            )
+            .env("CASEGATE_BUFFER__REDIS_URL", redis.url())
             .env("CASEGATE_BUFFER__PATH", dir.path().join("unused.redb"))
             .env(
                 "CASEGATE_DUVO__BASE_URL",
@@ -384,26 +232,7 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
     });
     let client = crate::support::http_client();
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..400 {
-        assert!(
-            !gateway.exited(),
-            "gateway exited while starting: {}{}",
-            gateway.stdout(),
-            gateway.stderr()
-        );
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "gateway did not become ready: {}", gateway.stdout());
+    gateway.wait_until_up(port, "/readyz").await;
 
     let env = Env::from_pairs(secret_env());
     let hook = |source: &str| format!("{base}/hooks/{source}");
@@ -665,27 +494,20 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
     );
 
     // Let delivery run: four cases delivered with the good key, the refused key paused.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("delivery happens", Duration::from_secs(20), || async {
         let log = gateway.stdout();
         if log.contains("batch delivered") && log.contains("refuses this key") {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{log}{}", gateway.stderr()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "delivery did not happen: {log}{}",
-            gateway.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stats: Value = client
-        .get(format!("http://127.0.0.1:{sandbox_port}/_sandbox/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    })
+    .await;
+    let stats = get_json(
+        &format!("http://127.0.0.1:{sandbox_port}/_sandbox/stats"),
+        None,
+    )
+    .await;
     assert!(
         stats["status_counts"]["401"].as_u64() >= Some(1),
         "the refused key was refused: {stats}"
@@ -734,408 +556,4 @@ async fn secrets_never_reach_logs_or_answers_and_payloads_stay_out_of_info_logs(
             );
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Slow clients
-// ---------------------------------------------------------------------------------------------
-
-fn open_mapping() -> String {
-    format!(
-        "verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Order {{{{ $.id }}}}'}}\n"
-    )
-}
-
-async fn slow_gateway() -> TestGateway {
-    TestGateway::start(
-        GatewayOptions::embedded(&[("src.yaml", &open_mapping())])
-            .setting("CASEGATE_INGRESS__CLIENT_TIMEOUT_SECS", "1"),
-    )
-    .await
-}
-
-/// A complete, valid webhook request for `src` as raw HTTP/1.1: head and body.
-fn raw_request(id: u32) -> (String, String) {
-    let body = format!(r#"{{"id": {id}}}"#);
-    let head = format!(
-        "POST /hooks/src HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
-         x-padding: {}\r\ncontent-length: {}\r\n\r\n",
-        "p".repeat(40),
-        body.len()
-    );
-    (head, body)
-}
-
-/// What a dribbling client experienced.
-struct Dribbled {
-    /// Status line, headers and body of the answer, if one came.
-    answer: Option<(String, Vec<String>, Vec<u8>)>,
-    /// From the first byte sent to the answer (or to the end of the connection).
-    after: Duration,
-    /// Whether the connection was closed by the server after the answer.
-    closed: bool,
-    /// Bytes of `slow` that went out before the answer.
-    slow_bytes_sent: usize,
-}
-
-/// Connects, sends `fast` at once, then `slow` one byte every `every`, and reads the answer.
-async fn dribble(address: &str, fast: &[u8], slow: &[u8], every: Duration) -> Dribbled {
-    let stream = TcpStream::connect(address).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (read, write) = stream.into_split();
-    dribble_on(read, write, fast, slow, every).await
-}
-
-/// [`dribble`] on an open connection.
-async fn dribble_on(
-    mut read: OwnedReadHalf,
-    mut write: OwnedWriteHalf,
-    fast: &[u8],
-    slow: &[u8],
-    every: Duration,
-) -> Dribbled {
-    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let writer = {
-        let (fast, slow, sent) = (fast.to_vec(), slow.to_vec(), Arc::clone(&sent));
-        tokio::spawn(async move {
-            if !fast.is_empty() && write.write_all(&fast).await.is_err() {
-                return;
-            }
-            for byte in slow {
-                if write.write_all(&[byte]).await.is_err() {
-                    return;
-                }
-                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(every).await;
-            }
-            // Keep the connection open (no FIN) until aborted.
-            std::future::pending::<()>().await;
-        })
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(8), read_answer(&mut read))
-        .await
-        .ok()
-        .flatten();
-    let after = started.elapsed();
-    let slow_bytes_sent = sent.load(std::sync::atomic::Ordering::SeqCst);
-    let mut rest = [0u8; 64];
-    let closed = matches!(
-        tokio::time::timeout(Duration::from_secs(2), read.read(&mut rest)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    );
-    writer.abort();
-    Dribbled {
-        answer,
-        after,
-        closed,
-        slow_bytes_sent,
-    }
-}
-
-/// Reads one HTTP/1.1 answer with a `content-length` (actix always sends one for these), or
-/// `None` when the connection ends before a complete head.
-async fn read_answer(read: &mut OwnedReadHalf) -> Option<(String, Vec<String>, Vec<u8>)> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        match read.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    let mut lines = head.split("\r\n").map(str::to_string);
-    let status = lines.next().unwrap_or_default();
-    let headers: Vec<String> = lines.map(|l| l.to_ascii_lowercase()).collect();
-    let length = headers
-        .iter()
-        .find_map(|h| h.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse::<usize>().unwrap())
-        .unwrap_or(0);
-    let mut body = buffer[head_end + 4..].to_vec();
-    while body.len() < length {
-        match read.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Some((status, headers, body))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_dribbling_their_headers_are_cut_off_with_408_while_others_are_served() {
-    let gateway = slow_gateway().await;
-    let address = gateway.base_url.trim_start_matches("http://").to_string();
-    let (head, body) = raw_request(666);
-    let request = format!("{head}{body}");
-    // Eight slowloris connections: one byte of the request every 200 ms (the whole request
-    // would take about 30 s).
-    let slow: Vec<_> = (0..8)
-        .map(|_| {
-            let (address, request) = (address.clone(), request.clone());
-            tokio::spawn(async move {
-                dribble(
-                    &address,
-                    b"",
-                    request.as_bytes(),
-                    Duration::from_millis(200),
-                )
-                .await
-            })
-        })
-        .collect();
-    // Meanwhile a normal client is served promptly.
-    let headers: Headers = [("content-type", "application/json")].into_iter().collect();
-    for id in 0..10 {
-        let started = Instant::now();
-        let answer = gateway
-            .post("src", &headers, format!(r#"{{"id": {id}}}"#))
-            .await;
-        assert_eq!(answer.status, 202, "{}", answer.body);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "a normal webhook took {:?} next to slow clients",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    for task in slow {
-        let outcome = task.await.unwrap();
-        // The connection's head deadline answers 408 with the JSON error shape every other
-        // error has (not actix's bare, empty 408) and closes the connection.
-        let (status, headers, body) = outcome.answer.expect("a 408 answer before the close");
-        assert_eq!(status, "HTTP/1.1 408 Request Timeout");
-        assert!(
-            headers
-                .iter()
-                .any(|h| h == "content-type: application/json"),
-            "{headers:?}"
-        );
-        let body: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
-        assert_eq!(body["error"], "request_timeout");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
-        assert!(outcome.closed, "the connection is closed after the 408");
-        assert!(
-            outcome.after >= Duration::from_millis(400) && outcome.after < Duration::from_secs(3),
-            "answered after {:?}",
-            outcome.after
-        );
-        assert!(outcome.slow_bytes_sent < request.len() / 2);
-    }
-    let dir = gateway.stop().await;
-    let titles: Vec<String> = drain(&embedded_buffer(dir.path()))
-        .await
-        .into_iter()
-        .map(|c| c.record.title)
-        .collect();
-    assert_eq!(titles.len(), 10, "{titles:?}");
-    assert!(!titles.contains(&"Order 666".to_string()));
-}
-
-/// actix-http arms its head timer (`client_request_timeout`) only for the FIRST request of a
-/// connection, and the keep-alive timer is cleared by the first byte of the next request, so with
-/// keep-alive on nothing bounds the headers of a second request. `ingress.keep_alive_secs = 0`
-/// (for a gateway exposed without a proxy) closes that gap: the connection ends after the first
-/// answer, and the dribbler is cut off.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_keep_alive_a_client_dribbling_a_second_request_is_cut_off_too() {
-    let gateway = TestGateway::start(
-        GatewayOptions::embedded(&[("src.yaml", &open_mapping())])
-            .setting("CASEGATE_INGRESS__CLIENT_TIMEOUT_SECS", "1")
-            .setting("CASEGATE_INGRESS__KEEP_ALIVE_SECS", "0"),
-    )
-    .await;
-    let address = gateway.base_url.trim_start_matches("http://").to_string();
-    let stream = TcpStream::connect(&address).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut read, mut write) = stream.into_split();
-    write
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, _, _) = read_answer(&mut read).await.expect("a first answer");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    let (head, body) = raw_request(668);
-    let request = format!("{head}{body}");
-    let outcome = dribble_on(
-        read,
-        write,
-        b"",
-        request.as_bytes(),
-        Duration::from_millis(200),
-    )
-    .await;
-    assert!(
-        outcome.answer.is_some() || outcome.closed,
-        "after {:?} and {} bytes the connection is still held open",
-        outcome.after,
-        outcome.slow_bytes_sent
-    );
-    assert!(
-        outcome.after < Duration::from_secs(3),
-        "{:?}",
-        outcome.after
-    );
-    let dir = gateway.stop().await;
-    assert!(drain(&embedded_buffer(dir.path())).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_slower_than_the_client_timeout_gets_408_request_timeout_as_json() {
-    let gateway = slow_gateway().await;
-    let address = gateway.base_url.trim_start_matches("http://").to_string();
-    let (head, body) = raw_request(667);
-    let outcome = dribble(
-        &address,
-        head.as_bytes(),
-        body.as_bytes(),
-        Duration::from_millis(200),
-    )
-    .await;
-    // The head arrived at once, so the handler ran; its own read timeout (the same
-    // `ingress.client_timeout_secs`) answers the documented JSON error.
-    let (status, headers, answer) = outcome.answer.expect("an answer");
-    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
-    assert!(
-        headers
-            .iter()
-            .any(|h| h == "content-type: application/json"),
-        "{headers:?}"
-    );
-    let json: Value = serde_json::from_slice(&answer).unwrap();
-    assert_eq!(json["error"], "request_timeout", "{json}");
-    assert!(!json["message"].as_str().unwrap_or_default().is_empty());
-    assert!(
-        outcome.after >= Duration::from_millis(950) && outcome.after < Duration::from_secs(3),
-        "answered after {:?}",
-        outcome.after
-    );
-    assert!(outcome.slow_bytes_sent < body.len());
-    let dir = gateway.stop().await;
-    assert!(drain(&embedded_buffer(dir.path())).await.is_empty());
-}
-
-// ---------------------------------------------------------------------------------------------
-// Replayed signatures
-// ---------------------------------------------------------------------------------------------
-
-fn pinned_now() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_764_000_000)
-}
-
-async fn gateway_at(now: SystemTime, mappings: &[(&str, &str)]) -> TestGateway {
-    let mut options = GatewayOptions::embedded(mappings);
-    options.now = Some(now);
-    TestGateway::start(options).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stripe_signature_replayed_after_the_tolerance_is_refused_as_stale() {
-    let mapping = format!(
-        "verify: {{scheme: stripe, secrets: [whsec_replay_test]}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Event {{{{ $.id }}}}'}}\n"
-    );
-    let body = r#"{"id": "evt_1", "type": "invoice.paid"}"#;
-    let signed_at = pinned_now();
-    // The captured request: headers as the provider sent them at `signed_at`.
-    let captured = sign(
-        &mapping,
-        "http://gateway/hooks/stripe",
-        body,
-        Headers::new(),
-        signed_at,
-    );
-
-    // Replayed within the tolerance (299 s later) it still verifies...
-    let inside = gateway_at(
-        signed_at + Duration::from_secs(299),
-        &[("stripe.yaml", &mapping)],
-    )
-    .await;
-    let answer = inside.post("stripe", &captured, body).await;
-    assert_eq!(answer.status, 202, "{}", answer.body);
-    inside.stop().await;
-
-    // ...but not once the tolerance has passed.
-    let later = signed_at + Duration::from_secs(301);
-    let outside = gateway_at(later, &[("stripe.yaml", &mapping)]).await;
-    let answer = outside.post("stripe", &captured, body).await;
-    assert_eq!(
-        (answer.status, answer.body["error"].as_str()),
-        (401, Some("stale_timestamp")),
-        "{}",
-        answer.body
-    );
-    // The same event freshly signed at the gateway's time is accepted: the refusal is about
-    // the replayed timestamp.
-    let fresh = sign(
-        &mapping,
-        "http://gateway/hooks/stripe",
-        body,
-        Headers::new(),
-        later,
-    );
-    assert_eq!(outside.post("stripe", &fresh, body).await.status, 202);
-    let dir = outside.stop().await;
-    assert_eq!(drain(&embedded_buffer(dir.path())).await.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standard_webhook_replayed_inside_the_tolerance_is_a_duplicate() {
-    let mapping = format!(
-        "verify: {{scheme: standard-webhooks, secrets: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw]}}\n\
-         delivery_id: {{header: webhook-id}}\n\
-         rules:\n  - {{name: all, queue: {QUEUE}, title: 'Event {{{{ $.data.id }}}}'}}\n"
-    );
-    let gateway = gateway_at(pinned_now(), &[("std.yaml", &mapping)]).await;
-    let url = gateway.url("/hooks/std");
-    let body = r#"{"type": "invoice.paid", "data": {"id": "inv_1"}}"#;
-    let captured = sign(
-        &mapping,
-        &url,
-        body,
-        Headers::new(),
-        pinned_now() - Duration::from_secs(60),
-    );
-    let id = captured.get("webhook-id").unwrap().to_string();
-
-    let first = gateway.post("std", &captured, body).await;
-    assert_eq!(first.status, 202, "{}", first.body);
-    // The very same bytes again, still inside the tolerance: acknowledged, not cased again.
-    let replay = gateway.post("std", &captured, body).await;
-    assert_eq!(
-        (replay.status, replay.body),
-        (200, json!({"duplicate": true}))
-    );
-    // The sender's own retry re-signs with a fresh timestamp but keeps the id: a duplicate too.
-    let retry = sign(
-        &mapping,
-        &url,
-        body,
-        [("webhook-id", id.as_str())].into_iter().collect(),
-        pinned_now() - Duration::from_secs(5),
-    );
-    let retried = gateway.post("std", &retry, body).await;
-    assert_eq!(
-        (retried.status, retried.body),
-        (200, json!({"duplicate": true}))
-    );
-    // A replayer cannot dodge the dedupe by changing the id: the id is signed.
-    let forged: Headers = captured
-        .iter()
-        .map(|(name, value)| match name {
-            "webhook-id" => (name, "msg_forged_id"),
-            _ => (name, value),
-        })
-        .collect();
-    let answer = gateway.post("std", &forged, body).await;
-    assert_eq!(
-        (answer.status, answer.body["error"].as_str()),
-        (401, Some("signature_mismatch"))
-    );
-    let dir = gateway.stop().await;
-    assert_eq!(drain(&embedded_buffer(dir.path())).await.len(), 1);
 }

@@ -1,6 +1,6 @@
 //! Case records written straight into a buffer, as a backlog: `Event <i>` for the test queue.
 
-use casegate::buffer::{CaseMeta, CaseRecord};
+use casegate::buffer::{Buffer, CaseMeta, CaseRecord, Enqueue};
 
 use super::gateway::QUEUE;
 
@@ -27,5 +27,20 @@ pub fn case_in(queue: &str, i: usize) -> CaseRecord {
             event_type: None,
             received_at_ms: 0,
         },
+    }
+}
+
+/// Writes `cases` straight into `buffer` (500 per write), as a backlog a gateway starts on.
+pub async fn backlog(buffer: &Buffer, cases: impl IntoIterator<Item = CaseRecord>) {
+    let cases: Vec<CaseRecord> = cases.into_iter().collect();
+    for chunk in cases.chunks(500) {
+        buffer
+            .enqueue(Enqueue {
+                dedupe: None,
+                cases: chunk.to_vec(),
+                dead_letters: vec![],
+            })
+            .await
+            .unwrap();
     }
 }

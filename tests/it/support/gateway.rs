@@ -15,6 +15,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::wait::eventually;
+
 /// A queue id every test mapping can use.
 pub const QUEUE: &str = "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d";
 
@@ -131,22 +133,24 @@ impl TestGateway {
     }
 
     async fn wait_until_serving(&mut self) {
-        for _ in 0..200 {
+        let serving = eventually("the gateway serves", Duration::from_secs(10), || async {
             if self.task.as_ref().is_some_and(|t| t.is_finished()) {
-                let result = self.task.take().unwrap().await.unwrap();
-                panic!("gateway stopped while starting: {result:?}");
+                return Some(false);
             }
             let health = self
                 .client
                 .get(format!("{}/healthz", self.base_url))
                 .send()
                 .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            health
+                .is_ok_and(|r| r.status().is_success())
+                .then_some(true)
+        })
+        .await;
+        if !serving {
+            let result = self.task.take().unwrap().await.unwrap();
+            panic!("gateway stopped while starting: {result:?}");
         }
-        panic!("gateway did not start serving");
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -183,6 +187,28 @@ impl TestGateway {
         self.post(source, &headers, body.to_string()).await
     }
 
+    /// Posts `body()` to `source` until the gateway answers `status` (a store or a replica coming
+    /// back), for at most `within`; returns that answer.
+    pub async fn post_until(
+        &self,
+        status: u16,
+        within: Duration,
+        source: &str,
+        headers: &Headers,
+        body: impl Fn() -> String,
+    ) -> Answer {
+        let what = format!("{source} answers {status}");
+        eventually(&what, within, || async {
+            let answer = self.post(source, headers, body()).await;
+            if answer.status == status {
+                Ok(answer)
+            } else {
+                Err(format!("{} {}", answer.status, answer.body))
+            }
+        })
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         answer(self.client.get(self.url(path)).send().await.unwrap()).await
     }
@@ -195,13 +221,12 @@ impl TestGateway {
         // server future ends; wait until the embedded file is free again.
         if self.config.buffer.backend == casegate::config::BufferBackendKind::Embedded {
             let path = self.config.buffer.path.clone();
-            for attempt in 0.. {
-                match casegate::buffer::EmbeddedBuffer::open(&path) {
-                    Ok(_) => break,
-                    Err(e) if attempt > 200 => panic!("buffer still open after stop: {e}"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
+            eventually(
+                "the buffer is closed after stop",
+                Duration::from_secs(5),
+                || async { casegate::buffer::EmbeddedBuffer::open(&path).map(drop) },
+            )
+            .await;
         }
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
@@ -233,11 +258,22 @@ pub fn sign(
     mapping_yaml: &str,
     url: &str,
     body: &str,
+    headers: Headers,
+    now: SystemTime,
+) -> Headers {
+    sign_in(&Env::default(), mapping_yaml, url, body, headers, now)
+}
+
+/// [`sign`], with `${VAR}`s in `mapping_yaml` resolved from `env`.
+pub fn sign_in(
+    env: &Env,
+    mapping_yaml: &str,
+    url: &str,
+    body: &str,
     mut headers: Headers,
     now: SystemTime,
 ) -> Headers {
-    let mapping =
-        CompiledMapping::compile(Path::new("signer.yaml"), mapping_yaml, &Env::default()).unwrap();
+    let mapping = CompiledMapping::compile(Path::new("signer.yaml"), mapping_yaml, env).unwrap();
     if headers.get("content-type").is_none() {
         headers.insert("content-type", "application/json");
     }

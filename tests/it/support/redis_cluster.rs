@@ -6,9 +6,10 @@
 //! `PATH`. Every node is killed when the value is dropped.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::redis_server::RedisServer;
+use super::wait::eventually;
 
 /// Milliseconds without an answer before the cluster fails a node over.
 const NODE_TIMEOUT_MS: &str = "1000";
@@ -143,8 +144,7 @@ impl RedisCluster {
     /// Waits until every running node says `cluster_state:ok` and running masters cover all
     /// 16384 slots.
     pub async fn wait_healthy(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
+        eventually("the cluster becomes healthy", limit, || async {
             let ports = self.ports();
             let all_ok = ports.iter().all(|&port| {
                 self.cli(port, &["cluster", "info"])
@@ -156,15 +156,13 @@ impl RedisCluster {
                 .flat_map(|(_, ranges)| ranges.iter().map(|(a, b)| u32::from(b - a) + 1))
                 .sum();
             if all_ok && covered == 16384 {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not become healthy: {}",
-                self.cli(ports[0], &["cluster", "nodes"])
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            // Each look runs redis-cli seven times: look about ten times a second.
+            tokio::time::sleep(Duration::from_millis(75)).await;
+            Err(self.cli(ports[0], &["cluster", "nodes"]))
+        })
+        .await;
     }
 
     /// Running masters that this node's view says serve slots, with their slot ranges.

@@ -1,6 +1,6 @@
 //! A real `redis-server` for tests, never the machine's own Redis: its own free loopback port and
 //! its own data directory with AOF on, so a test can kill it and bring it back on the same port
-//! with its data. The process is killed when the value is dropped.
+//! with its data. It may require a password. The process is killed when the value is dropped.
 //!
 //! The binary is `$REDIS_SERVER`, else `redis-server` on the `PATH`.
 
@@ -18,6 +18,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Extra `redis-server` arguments (a cluster node's), kept for restarts.
     extra: Vec<String>,
+    /// The password clients must give (`--requirepass`), if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -28,6 +30,15 @@ impl RedisServer {
 
     /// [`Self::start`] with extra `redis-server` arguments.
     pub async fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_inner(extra, None).await
+    }
+
+    /// [`Self::start`], requiring `password` from clients ([`Self::url`] carries it).
+    pub async fn start_with_password(password: &str) -> RedisServer {
+        RedisServer::start_inner(&[], Some(password)).await
+    }
+
+    async fn start_inner(extra: &[&str], password: Option<&str>) -> RedisServer {
         let mut last_error = String::new();
         // Another process may take the free port between our probe and the server's bind.
         for _ in 0..5 {
@@ -36,6 +47,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("temp dir for redis"),
                 child: None,
                 extra: extra.iter().map(|a| a.to_string()).collect(),
+                password: password.map(str::to_string),
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return server,
@@ -50,7 +62,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// Kills the server with SIGKILL (no shutdown save; only the AOF keeps data) and waits until
@@ -128,6 +143,11 @@ impl RedisServer {
             .arg("--logfile")
             .arg(&log)
             .args(&self.extra)
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass", p.as_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -140,7 +160,7 @@ impl RedisServer {
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(format!("exited with {status}: {}", tail.join(" | ")));
             }
-            if answers_ping(self.port).await {
+            if answers_ping(self.port, self.password.clone()).await {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -161,7 +181,7 @@ impl Drop for RedisServer {
 }
 
 /// True once the server answers `+PONG` (not `-LOADING` while it replays the AOF).
-async fn answers_ping(port: u16) -> bool {
+async fn answers_ping(port: u16, password: Option<String>) -> bool {
     tokio::task::spawn_blocking(move || {
         let limit = Duration::from_millis(500);
         let address = SocketAddr::from(([127, 0, 0, 1], port));
@@ -169,7 +189,20 @@ async fn answers_ping(port: u16) -> bool {
             return false;
         };
         let mut reply = [0u8; 7];
-        stream.set_read_timeout(Some(limit)).is_ok()
+        let mut authenticated = [0u8; 5];
+        let authenticated = match password {
+            Some(password) => {
+                stream.set_read_timeout(Some(limit)).is_ok()
+                    && stream
+                        .write_all(format!("AUTH {password}\r\n").as_bytes())
+                        .is_ok()
+                    && stream.read_exact(&mut authenticated).is_ok()
+                    && &authenticated == b"+OK\r\n"
+            }
+            None => true,
+        };
+        authenticated
+            && stream.set_read_timeout(Some(limit)).is_ok()
             && stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut reply).is_ok()
             && &reply == b"+PONG\r\n"

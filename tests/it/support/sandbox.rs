@@ -5,6 +5,8 @@ use std::time::Duration;
 use casegate_sandbox::{Sandbox, SandboxConfig, SandboxStats};
 use tokio::sync::oneshot;
 
+use super::wait::eventually;
+
 pub const API_KEY: &str = "dv_sandbox_test";
 
 pub struct TestSandbox {
@@ -62,30 +64,15 @@ impl TestSandbox {
             .collect()
     }
 
-    /// Waits until `queue` holds at least `n` cases; returns how many it holds.
+    /// Waits until `queue` holds at least `n` cases (panics after `within`); returns how many it
+    /// holds.
     pub async fn wait_for(&self, queue: &str, n: usize, within: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        let what = format!("{n} cases in queue {queue}");
+        eventually(&what, within, || async {
             let have = self.sandbox.cases(queue).len();
-            if have >= n || tokio::time::Instant::now() > deadline {
-                return have;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Polls `condition` every 20 ms until it holds (true) or `within` passes (false).
-    pub async fn wait_until(&self, within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if condition() {
-                return true;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if have >= n { Ok(have) } else { Err(have) }
+        })
+        .await
     }
 
     /// The CASEGATE_* settings that point a gateway at this sandbox.

@@ -1,0 +1,153 @@
+use super::*;
+
+fn limiter(rate: u32, window_ms: u64) -> LocalLimiter {
+    LocalLimiter {
+        config: LimiterConfig {
+            rate,
+            window: Duration::from_millis(window_ms),
+            margin: Duration::ZERO,
+        },
+        keys: Mutex::new(HashMap::new()),
+        turns: Mutex::new(HashMap::new()),
+        pauses: Mutex::new(HashMap::new()),
+    }
+}
+
+#[test]
+fn a_probed_pause_hands_out_one_probe_per_interval_and_a_429_pause_just_ends() {
+    let limiter = limiter(100, 1_000);
+    let t0 = Instant::now();
+    let probe = Duration::from_secs(30);
+    limiter.hold("key:k", PauseKind::KeyRefused, t0 + probe, "401");
+    limiter.hold(
+        "key:r",
+        PauseKind::RateLimited,
+        t0 + Duration::from_secs(5),
+        "429",
+    );
+    assert_eq!(limiter.gate("key:k", t0, probe), Gate::Wait(probe));
+    assert_eq!(limiter.gate("key:other", t0, probe), Gate::Open);
+    let later = t0 + probe;
+    assert_eq!(limiter.gate("key:k", later, probe), Gate::Probe);
+    assert_eq!(
+        limiter.gate("key:k", later, probe),
+        Gate::Wait(probe),
+        "one probe per interval"
+    );
+    assert_eq!(limiter.gate("key:k", later + probe, probe), Gate::Probe);
+    let shown = limiter.pauses(t0);
+    assert_eq!(shown.len(), 2, "a 429 pause shows too: {shown:?}");
+    assert_eq!(
+        limiter.gate("key:r", t0 + Duration::from_secs(5), probe),
+        Gate::Open
+    );
+    assert_eq!(limiter.pauses(t0 + Duration::from_secs(5)).len(), 1);
+}
+
+#[test]
+fn a_probe_handed_back_goes_to_the_next_asker_at_once() {
+    let limiter = limiter(100, 1_000);
+    let t0 = Instant::now();
+    let probe = Duration::from_secs(30);
+    limiter.hold("key:k", PauseKind::KeyRefused, t0, "401");
+    assert_eq!(limiter.gate("key:k", t0, probe), Gate::Probe);
+    assert_eq!(limiter.gate("key:k", t0, probe), Gate::Wait(probe));
+    limiter.hand_back("key:k", t0);
+    assert_eq!(
+        limiter.gate("key:k", t0, probe),
+        Gate::Probe,
+        "the probe that sent nothing is another worker's now"
+    );
+    limiter.hand_back("key:other", t0);
+    assert_eq!(limiter.gate("key:other", t0, probe), Gate::Open);
+}
+
+#[test]
+fn a_key_gets_at_most_rate_grants_in_any_window() {
+    let limiter = limiter(10, 2_000);
+    let start = Instant::now();
+    let mut grants = Vec::new();
+    // Ask every 10 ms for 10 s; record every grant.
+    for step in 0..1_000u64 {
+        let now = start + Duration::from_millis(step * 10);
+        if limiter.try_acquire("k", now).is_none() {
+            grants.push(now);
+        }
+    }
+    for (i, first) in grants.iter().enumerate() {
+        let in_window = grants[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*first) < Duration::from_secs(2))
+            .count();
+        assert!(
+            in_window <= 10,
+            "{in_window} grants in the window starting at grant {i}"
+        );
+    }
+    assert_eq!(
+        grants.len(),
+        50,
+        "the budget is used in full: 10 per 2 s over 10 s"
+    );
+}
+
+#[test]
+fn the_wait_is_until_the_oldest_grant_leaves_the_window() {
+    let limiter = limiter(2, 1_000);
+    let t0 = Instant::now();
+    assert_eq!(limiter.try_acquire("k", t0), None);
+    assert_eq!(
+        limiter.try_acquire("k", t0 + Duration::from_millis(300)),
+        None
+    );
+    assert_eq!(
+        limiter.try_acquire("k", t0 + Duration::from_millis(400)),
+        Some(Duration::from_millis(600))
+    );
+    assert_eq!(
+        limiter.try_acquire("other", t0 + Duration::from_millis(400)),
+        None,
+        "keys are independent"
+    );
+    assert_eq!(
+        limiter.try_acquire("k", t0 + Duration::from_millis(1_000)),
+        None
+    );
+}
+
+#[test]
+fn a_pause_holds_the_whole_key_and_is_never_shortened() {
+    let limiter = limiter(100, 1_000);
+    let t0 = Instant::now();
+    limiter.pause("k", t0 + Duration::from_secs(5));
+    limiter.pause("k", t0 + Duration::from_secs(1));
+    assert_eq!(
+        limiter.try_acquire("k", t0 + Duration::from_secs(2)),
+        Some(Duration::from_secs(3))
+    );
+    assert_eq!(limiter.try_acquire("k", t0 + Duration::from_secs(5)), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_waits_in_virtual_time_and_serves_waiters_in_order() {
+    let limiter = RateLimiter::local(LimiterConfig {
+        rate: 3,
+        window: Duration::from_secs(60),
+        margin: Duration::ZERO,
+    });
+    let start = Instant::now();
+    for _ in 0..3 {
+        limiter.acquire("k").await;
+    }
+    assert_eq!(Instant::now(), start, "the first three are immediate");
+    limiter.acquire("k").await;
+    assert_eq!(Instant::now() - start, Duration::from_secs(60));
+}
+
+#[test]
+fn key_ids_hide_the_key() {
+    let id = key_id(&Secret::new("dv_live_abcdef"));
+    assert_eq!(id.len(), 16);
+    assert!(!id.contains("abcdef"));
+    assert_eq!(id, key_id(&Secret::new("dv_live_abcdef")));
+}
