@@ -42,10 +42,13 @@ fn redis_env(sandbox: &TestSandbox, redis_url: &str) -> Vec<(String, String)> {
     env
 }
 
-/// Sends webhooks `{"id": n}` round-robin to `ports` until `stop`, counting the acknowledged ids.
+/// Sends webhooks `{"id": n}` round-robin to `ports` until `stop`, returning the acknowledged ids
+/// and counting them in `acked` as they come (scenarios wait on it, not on the clock, so a slow
+/// machine only makes them slower).
 fn load(
     ports: Vec<u16>,
     next: Arc<AtomicUsize>,
+    acked: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<usize>> {
     tokio::spawn(async move {
@@ -64,7 +67,10 @@ fn load(
                 .send()
                 .await;
             match sent {
-                Ok(response) if response.status().is_success() => acknowledged.push(id),
+                Ok(response) if response.status().is_success() => {
+                    acknowledged.push(id);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(response) => assert!(
                     response.status().as_u16() == 503,
                     "only 503 may refuse a webhook under faults, got {}",
@@ -77,6 +83,16 @@ fn load(
         }
         acknowledged
     })
+}
+
+/// Waits until the load generators have had `at_least` webhooks acknowledged in all.
+async fn acknowledged_at_least(acked: &AtomicUsize, at_least: usize) {
+    eventually(
+        &format!("{at_least} webhooks acknowledged"),
+        Duration::from_secs(60),
+        || async { acked.load(Ordering::Relaxed) >= at_least },
+    )
+    .await;
 }
 
 /// Waits until every acknowledged id reached the sandbox; returns the number of duplicates.
@@ -116,16 +132,20 @@ async fn a_redis_restart_under_load_loses_nothing_acknowledged() {
     workspace(dir.path());
     let gateway = CasegateProcess::serve(dir.path(), &redis_env(&sandbox, &redis.url())).await;
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
     let traffic = load(
         vec![gateway.port],
         Arc::new(AtomicUsize::new(0)),
+        acked.clone(),
         stop.clone(),
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    acknowledged_at_least(&acked, 25).await;
     redis.stop();
+    // Down for a while under load: webhooks get 503 meanwhile.
     tokio::time::sleep(Duration::from_millis(700)).await;
     redis.restart().await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before_restart = acked.load(Ordering::Relaxed);
+    acknowledged_at_least(&acked, before_restart + 26).await;
     stop.store(true, Ordering::Relaxed);
     let acknowledged = traffic.await.unwrap();
     assert!(
@@ -167,17 +187,20 @@ async fn three_replicas_one_killed_mid_run_lose_nothing_and_stay_within_the_limi
     }
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicUsize::new(0));
     let survivors: Vec<u16> = replicas[1..].iter().map(|r| r.port).collect();
     let everyone = load(
         replicas.iter().map(|r| r.port).collect(),
         next.clone(),
+        acked.clone(),
         stop.clone(),
     );
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // The kill lands mid-run: a window's worth is in, more keeps coming.
+    acknowledged_at_least(&acked, RATE * BATCH).await;
     let victim = replicas.remove(0);
     victim.kill9().await;
-    let after_kill = load(survivors, next, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after_kill = load(survivors, next, acked.clone(), stop.clone());
+    acknowledged_at_least(&acked, 2 * RATE * BATCH + 1).await;
     stop.store(true, Ordering::Relaxed);
     let mut acknowledged = everyone.await.unwrap();
     acknowledged.extend(after_kill.await.unwrap());
@@ -222,13 +245,21 @@ async fn repeated_sigkill_under_load(redis: Option<&RedisServer>) {
         "restarted-replica".into(),
     ));
     let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicUsize::new(0));
     let mut acknowledged = Vec::new();
     let kills = 3;
     for round in 0..=kills {
         let gateway = CasegateProcess::serve(dir.path(), &env).await;
         let stop = Arc::new(AtomicBool::new(false));
-        let traffic = load(vec![gateway.port], next.clone(), stop.clone());
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = acked.load(Ordering::Relaxed);
+        let traffic = load(
+            vec![gateway.port],
+            next.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
+        // Each life acknowledges some webhooks before it is killed.
+        acknowledged_at_least(&acked, before + 30).await;
         if round < kills {
             gateway.kill9().await;
             stop.store(true, Ordering::Relaxed);
