@@ -735,12 +735,12 @@ async fn try_dead_letter(
 }
 
 /// A dead letter rebuilt from the admin API's full view of it.
-fn dead_letter_from_view(view: &serde_json::Value) -> Result<crate::buffer::DeadLetter, String> {
-    let kind: crate::buffer::DeadLetterKind = serde_json::from_value(view["detail"].clone())
+fn dead_letter_from_view(view: &serde_json::Value) -> Result<crate::case::DeadLetter, String> {
+    let kind: crate::case::DeadLetterKind = serde_json::from_value(view["detail"].clone())
         .map_err(|e| format!("the admin API answered an unexpected dead letter: {e}"))?;
-    Ok(crate::buffer::DeadLetter {
+    Ok(crate::case::DeadLetter {
         id: view["id"].as_str().unwrap_or_default().to_string(),
-        record: crate::buffer::DeadLetterRecord {
+        record: crate::case::DeadLetterRecord {
             source: view["source"].as_str().unwrap_or_default().to_string(),
             reason: view["reason"].as_str().unwrap_or_default().to_string(),
             created_at_ms: view["created_at_ms"].as_u64().unwrap_or_default(),

@@ -20,10 +20,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::buffer::{
-    Buffer, BufferError, CaseId, DeadLetterId, DeadLetterKind, DeadLetterRecord, DedupeMark,
-    Enqueue, EnqueueOutcome,
-};
+use crate::buffer::{Buffer, BufferError, CaseId, DedupeMark, Enqueue, EnqueueOutcome};
+use crate::case::{DeadLetterId, DeadLetterKind, DeadLetterRecord};
 use crate::inbound::InboundRequest;
 use crate::mapping::prune::Keep;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};

@@ -5,6 +5,7 @@
 //! server on port 0 and stop it cleanly.
 
 pub mod buffer;
+pub mod case;
 pub mod cli;
 pub mod clock;
 pub mod config;

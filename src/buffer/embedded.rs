@@ -44,10 +44,8 @@ use tokio::sync::{mpsc, oneshot};
 // see visibility timeouts pass.
 use tokio::time::Instant;
 
-use super::{
-    BufferError, BufferedCase, CaseId, CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord,
-    Enqueue, EnqueueOutcome, QueueStats,
-};
+use super::{BufferError, BufferedCase, CaseId, Enqueue, EnqueueOutcome, QueueStats};
+use crate::case::{CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord};
 
 const CASES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("cases");
 const QUEUE_DEPTHS: TableDefinition<&str, u64> = TableDefinition::new("queue_depths");
@@ -1040,7 +1038,7 @@ fn undecodable_entry(
         other => other.to_string(),
     };
     let id = seq.to_string();
-    let record = super::undecodable(queue, &id, raw, &reason);
+    let record = DeadLetterRecord::undecodable(queue, &id, raw, &reason);
     (id, record)
 }
 

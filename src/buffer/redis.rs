@@ -59,10 +59,8 @@ use redis::{RedisError, Script, Value};
 
 pub use super::redis_conn::{RedisConn, Topology};
 
-use super::{
-    BufferError, BufferedCase, CaseId, CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord,
-    Enqueue, EnqueueOutcome, QueueStats,
-};
+use super::{BufferError, BufferedCase, CaseId, Enqueue, EnqueueOutcome, QueueStats};
+use crate::case::{CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord};
 
 /// The consumer group every casegate instance reads through.
 const GROUP: &str = "casegate";
@@ -1241,14 +1239,14 @@ fn decode_entry_or_raw(
     let raw = match record_field(&id, fields) {
         Ok(json) => json,
         Err(e) => {
-            let letter = super::undecodable(queue, &id, &[], &e.to_string());
+            let letter = DeadLetterRecord::undecodable(queue, &id, &[], &e.to_string());
             return Ok(Err((id, letter)));
         }
     };
     Ok(match super::decode_record::<CaseRecord>(&raw) {
         Ok(record) => Ok((id, record)),
         Err(reason) => {
-            let letter = super::undecodable(queue, &id, &raw, &reason);
+            let letter = DeadLetterRecord::undecodable(queue, &id, &raw, &reason);
             Err((id, letter))
         }
     })

@@ -8,7 +8,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::buffer::{Buffer, BufferError, CaseId, CaseRecord, DeadLetter, DeadLetterKind};
+use crate::buffer::{Buffer, BufferError, CaseId};
+use crate::case::{CaseRecord, DeadLetter, DeadLetterKind};
 use crate::clock::now_ms;
 use crate::inbound::Headers;
 use crate::mapping::{CompiledMapping, EventInput, MappingSet};

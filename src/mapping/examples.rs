@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::model::{ExampleSpec, ExpectedCase};
 use super::{CompiledMapping, EventInput};
-use crate::buffer::CaseRecord;
+use crate::case::CaseRecord;
 use crate::env::{Env, interpolate};
 use crate::inbound::Headers;
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::buffer::{CaseMeta, CaseRecord, Label};
+use crate::case::{CaseMeta, CaseRecord, Label};
 use crate::env::{Env, interpolate};
 use crate::inbound::Headers;
 use crate::verify::Verifier;

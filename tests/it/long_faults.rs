@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use casegate::buffer::{Buffer, DeadLetterKind, Enqueue, RedisBuffer};
+use casegate::buffer::{Buffer, Enqueue, RedisBuffer};
+use casegate::case::DeadLetterKind;
 use casegate::sandbox::Faults;
 
 use crate::support::cases::case;

@@ -1,6 +1,6 @@
 //! Case records written straight into a buffer, as a backlog: `Event <i>` for the test queue.
 
-use casegate::buffer::{CaseMeta, CaseRecord};
+use casegate::case::{CaseMeta, CaseRecord};
 
 use super::gateway::QUEUE;
 
