@@ -9,13 +9,18 @@ use clap::{Parser, Subcommand};
 use std::future::Future;
 use std::time::Duration;
 
+use crate::clock::system_clock;
 use crate::config::{Config, Overrides};
 use crate::dlq::{self, DeadLetterView};
 use crate::env::Env;
 use crate::inbound::{Headers, InboundRequest};
+use crate::ingest::BodyFormat;
 use crate::mapping::examples::run_examples;
-use crate::mapping::{CompiledMapping, EventInput, MappingSet};
+use crate::mapping::{
+    CompiledMapping, DEFAULT_MAX_EVENT_CASES_BYTES, DeliveryIdFrom, MappingSet, Origin,
+};
 use crate::sandbox::SandboxConfig;
+use crate::verify::Verified;
 
 /// `println!` for command output that exits quietly when the reader has gone away
 /// (`casegate try ... | head`): a closed pipe is not an error worth a backtrace.
@@ -408,7 +413,8 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                 (Some(id), false, true) => {
                     let letter = dlq::show(&buffer, &id).await.map_err(|e| e.to_string())?;
                     let mapping = mappings.get(&letter.record.source);
-                    let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()));
+                    let preview =
+                        dlq::preview(&letter, mapping.map(|m| m.as_ref()), &system_clock());
                     print_previews(&[serde_json::to_value(preview).unwrap_or_default()]);
                 }
                 (None, true, true) => {
@@ -418,6 +424,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                         let page = dlq::preview_page(
                             &buffer,
                             &mappings,
+                            &system_clock(),
                             source.as_deref(),
                             after.as_deref(),
                             dlq::PAGE,
@@ -433,7 +440,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     tally.finish();
                 }
                 (Some(id), false, false) => {
-                    let outcome = dlq::replay(&buffer, &mappings, &id)
+                    let outcome = dlq::replay(&buffer, &mappings, &system_clock(), &id)
                         .await
                         .map_err(|e| e.to_string())?;
                     out!("{}", pretty(&outcome));
@@ -442,6 +449,7 @@ async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), Stri
                     let outcomes = dlq::replay_all(
                         &buffer,
                         &mappings,
+                        &system_clock(),
                         source.as_deref(),
                         |done, total, outcome| {
                             eprintln!(
@@ -723,7 +731,7 @@ async fn try_dead_letter(
             .get(&letter.record.source)
             .cloned(),
     };
-    match dlq::preview(&letter, mapping.as_deref()) {
+    match dlq::preview(&letter, mapping.as_deref(), &system_clock()) {
         dlq::ReplayPreview::WouldEnqueue { cases, .. } => Ok(pretty(&cases)),
         dlq::ReplayPreview::WouldFilter { .. } => Ok(format!(
             "no rule matched: a replay of {id} would remove it and make no case"
@@ -1073,8 +1081,6 @@ pub fn try_mapping(
         std::fs::read_to_string(payload_file)
             .map_err(|e| format!("{}: {e}", payload_file.display()))?
     };
-    let payload: serde_json::Value = serde_json::from_str(&raw)
-        .map_err(|e| format!("{}: not JSON: {e}", payload_file.display()))?;
     let mut parsed = Headers::new();
     for header in headers {
         let (name, value) = header
@@ -1082,31 +1088,28 @@ pub fn try_mapping(
             .ok_or_else(|| format!("header {header:?} is not `Name: value`"))?;
         parsed.insert(name.trim(), value.trim());
     }
-    let delivery_id = mapping.delivery_id_of(&payload, &parsed);
-    let input = EventInput {
-        payload: &payload,
-        headers: &parsed,
+    // A sample the operator supplies on this machine: nothing to verify.
+    let request = Verified::trusted_local_input(InboundRequest::local(parsed, raw));
+    let origin = Origin {
         request_id: "try",
-        delivery_id: delivery_id.as_deref(),
         received_at_ms: 0,
+        delivery_id: DeliveryIdFrom::Event,
     };
-    let cases = mapping.apply(&input).map_err(|e| {
+    let mapped = mapping
+        .map_event(
+            &request,
+            BodyFormat::Json,
+            &origin,
+            DEFAULT_MAX_EVENT_CASES_BYTES,
+        )
+        .map_err(|e| format!("{}: not JSON: {e}", payload_file.display()))?;
+    let cases = mapped.cases.map_err(|e| {
         format!("mapping failed: {e} (the event would go to the dead-letter store)")
     })?;
+    let parsed = &request.get().headers;
     if cases.is_empty() {
-        return Ok(mapping.no_match_reason(&parsed));
+        return Ok(mapping.no_match_reason(parsed));
     }
-    let shown: Vec<_> = cases
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "rule": c.meta.rule,
-                "queue": c.queue,
-                "title": c.title,
-                "data": serde_json::from_str::<serde_json::Value>(&c.data).unwrap_or(serde_json::Value::Null),
-                "labels": c.labels,
-            })
-        })
-        .collect();
+    let shown: Vec<_> = cases.iter().map(dlq::case_preview).collect();
     Ok(serde_json::to_string_pretty(&shown).expect("JSON values serialize"))
 }

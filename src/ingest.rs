@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::buffer::{Buffer, BufferError, CaseId, DedupeMark, Enqueue, EnqueueOutcome};
-use crate::case::{DeadLetterId, DeadLetterKind, DeadLetterRecord};
+use crate::case::DeadLetterId;
 use crate::inbound::InboundRequest;
 use crate::mapping::prune::Keep;
-use crate::mapping::{CompiledMapping, EventInput, MappingSet};
+use crate::mapping::{CompiledMapping, DeliveryIdFrom, MappedEvent, MappingSet, Origin};
 use crate::verify::{Verified, VerifyError};
 
 pub use crate::clock::{Clock, system_clock};
@@ -187,6 +187,11 @@ impl Ingestor {
         &self.buffer
     }
 
+    /// The clock stamping receipt times (also of dead-letter replays).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The mapping set serving right now.
     pub fn mappings(&self) -> Arc<MappingSet> {
         self.mappings.load_full()
@@ -226,10 +231,13 @@ impl Ingestor {
             Err(VerifyError::UnsignedPing) => return Ok(IngestOutcome::Ping),
             verified => verified?,
         };
-        // Only what the mapping reads is built; the raw bytes stay for digests and dead letters.
-        let payload = parse_payload_for(verified.get().body.as_ref(), format, &mapping.keep)?;
-        let received_at_ms = crate::clock::unix_ms(now);
-        let batch = self.map(mapping, &verified, &payload, request_id, received_at_ms);
+        let origin = Origin {
+            request_id,
+            received_at_ms: crate::clock::unix_ms(now),
+            delivery_id: DeliveryIdFrom::Event,
+        };
+        let mapped = mapping.map_event(&verified, format, &origin, self.max_event_bytes)?;
+        let batch = self.batch(mapping, &verified, &origin, mapped);
         let queues: Vec<String> = batch.cases.iter().map(|c| c.queue.clone()).collect();
         match self.buffer.enqueue(batch).await? {
             EnqueueOutcome::Duplicate => Ok(IngestOutcome::Duplicate),
@@ -260,30 +268,21 @@ impl Ingestor {
         }
     }
 
-    /// Builds the atomic write for one event: its cases, or its dead letter when the mapping
-    /// fails, plus the dedupe mark. A filtered event still gets its mark, so a resend of it is
-    /// a duplicate too.
-    fn map(
+    /// Builds the atomic write for one mapped event: its cases, or its dead letter when the
+    /// mapping failed, plus the dedupe mark. A filtered event still gets its mark, so a resend
+    /// of it is a duplicate too.
+    fn batch(
         &self,
         mapping: &CompiledMapping,
         verified: &Verified<InboundRequest>,
-        payload: &Value,
-        request_id: &str,
-        received_at_ms: u64,
+        origin: &Origin<'_>,
+        mapped: MappedEvent,
     ) -> Enqueue {
-        let request = verified.get();
-        let delivery_id = mapping.delivery_id_of(payload, &request.headers);
-        let input = EventInput {
-            payload,
-            headers: &request.headers,
-            request_id,
-            delivery_id: delivery_id.as_deref(),
-            received_at_ms,
-        };
+        let MappedEvent { delivery_id, cases } = mapped;
         let body_digest = mapping
             .verifier
             .signs_no_timestamp()
-            .then(|| format!("body:{}", hex::encode(Sha256::digest(&request.body))));
+            .then(|| format!("body:{}", hex::encode(Sha256::digest(&verified.get().body))));
         let stored_id = delivery_id.as_deref().map(bounded_delivery_id);
         let ttl = mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl);
         let dedupe = match (stored_id, body_digest) {
@@ -301,39 +300,18 @@ impl Ingestor {
             }),
             (None, None) => None,
         };
-        match mapping.apply_within(&input, self.max_event_bytes) {
+        match cases {
             Ok(cases) => Enqueue {
                 dedupe,
                 cases,
                 dead_letters: Vec::new(),
             },
             Err(failure) => {
-                tracing::warn!(source = %mapping.source, rule = %failure.rule, request_id, "mapping failed; event dead-lettered");
-                let credentials = mapping.verifier.credential_headers();
-                let headers = request
-                    .headers
-                    .iter()
-                    .filter(|(name, _)| !credentials.iter().any(|c| c.eq_ignore_ascii_case(name)))
-                    .map(|(n, v)| (n.to_string(), v.to_string()))
-                    .collect();
-                let dead_letter = DeadLetterRecord {
-                    source: mapping.source.clone(),
-                    reason: failure.to_string(),
-                    created_at_ms: received_at_ms,
-                    kind: DeadLetterKind::MappingFailure {
-                        payload: String::from_utf8_lossy(&request.body).into_owned(),
-                        headers,
-                        mapping_file: mapping.file.clone(),
-                        mapping_version: mapping.version.clone(),
-                        rule: Some(failure.rule),
-                        request_id: Some(request_id.to_string()),
-                        delivery_id,
-                    },
-                };
+                tracing::warn!(source = %mapping.source, rule = %failure.rule, request_id = origin.request_id, "mapping failed; event dead-lettered");
                 Enqueue {
                     dedupe,
                     cases: Vec::new(),
-                    dead_letters: vec![dead_letter],
+                    dead_letters: vec![mapping.dead_letter(verified, failure, origin, delivery_id)],
                 }
             }
         }

@@ -135,12 +135,17 @@ async fn replay_one(
             .await
             .map_err(|e| dlq_error(e, &state))?;
         let mapping = mappings.get(&letter.record.source);
-        let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()));
+        let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()), state.ingestor.clock());
         return Ok(HttpResponse::Ok().json(preview));
     }
-    let outcome = dlq::replay(state.ingestor.buffer(), &mappings, &id)
-        .await
-        .map_err(|e| dlq_error(e, &state))?;
+    let outcome = dlq::replay(
+        state.ingestor.buffer(),
+        &mappings,
+        state.ingestor.clock(),
+        &id,
+    )
+    .await
+    .map_err(|e| dlq_error(e, &state))?;
     state.ingestor.wake_delivery();
     Ok(HttpResponse::Ok().json(outcome))
 }
@@ -155,6 +160,7 @@ async fn replay_all(
         let page = dlq::preview_page(
             state.ingestor.buffer(),
             &mappings,
+            state.ingestor.clock(),
             filter.source.as_deref(),
             filter.after.as_deref(),
             filter.limit.unwrap_or(dlq::PAGE),
@@ -166,6 +172,7 @@ async fn replay_all(
     let outcomes = dlq::replay_all(
         state.ingestor.buffer(),
         &mappings,
+        state.ingestor.clock(),
         filter.source.as_deref(),
         |_, _, _| {},
     )

@@ -7,6 +7,7 @@
 //! ever sees a half-loaded set.
 
 pub mod condition;
+pub mod event;
 pub mod examples;
 pub mod model;
 pub mod path;
@@ -31,6 +32,7 @@ use model::{ExampleSpec, FieldRef, MappingFile, RuleSpec};
 use path::{CompiledPath, Scope};
 use template::{Expr, Missing, Template, TemplateError, ValueMaps, truncate_chars};
 
+pub use event::{DeliveryIdFrom, EventInput, MappedEvent, Origin};
 pub use reload::{MappingReloader, ReloadStatus, ReloadTask};
 pub use schema::mapping_schema;
 pub use set::{MappingSet, SourceVersion};
@@ -168,16 +170,6 @@ pub struct CompiledMapping {
     pub dir: PathBuf,
     /// The parts of a payload the mapping can read: ingest builds only these.
     pub keep: prune::Keep,
-}
-
-/// What the mapper needs to know about one event besides its payload.
-#[derive(Debug, Clone, Copy)]
-pub struct EventInput<'a> {
-    pub payload: &'a Value,
-    pub headers: &'a Headers,
-    pub request_id: &'a str,
-    pub delivery_id: Option<&'a str>,
-    pub received_at_ms: u64,
 }
 
 impl CompiledMapping {
@@ -462,7 +454,7 @@ impl CompiledMapping {
                 let headers: Map<String, Value> = rule
                     .include_headers
                     .iter()
-                    .filter(|name| !credentials.iter().any(|c| c.eq_ignore_ascii_case(name)))
+                    .filter(|name| !crate::inbound::is_credential(&credentials, name))
                     .filter_map(|name| {
                         input
                             .headers
