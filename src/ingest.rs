@@ -88,11 +88,11 @@ pub enum IngestError {
 /// What happened to an accepted webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// Cases (and, for a mapping failure, a dead letter) are durably buffered.
-    Accepted {
-        case_ids: Vec<CaseId>,
-        dead_letter_ids: Vec<DeadLetterId>,
-    },
+    /// Cases are durably buffered.
+    Accepted { case_ids: Vec<CaseId> },
+    /// The mapping could not turn the event into cases: its dead letter is durably stored
+    /// (acknowledged all the same, so the provider does not retry what would fail again).
+    MappingFailed { dead_letter_ids: Vec<DeadLetterId> },
     /// No rule matched: acknowledged, counted, no case.
     Filtered,
     /// The delivery id was seen within its TTL: nothing written.
@@ -246,24 +246,21 @@ impl Ingestor {
                 dead_letter_ids,
             } if case_ids.is_empty() && dead_letter_ids.is_empty() => Ok(IngestOutcome::Filtered),
             EnqueueOutcome::Stored {
-                case_ids,
-                dead_letter_ids,
-            } => {
+                dead_letter_ids, ..
+            } if !dead_letter_ids.is_empty() => {
+                metrics::counter!(crate::prometheus::CASES_DEAD_LETTERED, "kind" => crate::prometheus::DEAD_LETTER_MAPPING_FAILURE, "source" => mapping.source.clone())
+                    .increment(dead_letter_ids.len() as u64);
+                Ok(IngestOutcome::MappingFailed { dead_letter_ids })
+            }
+            EnqueueOutcome::Stored { case_ids, .. } => {
                 for queue in queues {
                     metrics::counter!(crate::prometheus::CASES_ENQUEUED, "queue" => queue)
                         .increment(1);
                 }
-                if !dead_letter_ids.is_empty() {
-                    metrics::counter!(crate::prometheus::CASES_DEAD_LETTERED, "kind" => crate::prometheus::DEAD_LETTER_MAPPING_FAILURE, "source" => mapping.source.clone())
-                        .increment(dead_letter_ids.len() as u64);
-                }
-                if let Some(wake) = self.wake.as_ref().filter(|_| !case_ids.is_empty()) {
+                if let Some(wake) = &self.wake {
                     wake.notify_one();
                 }
-                Ok(IngestOutcome::Accepted {
-                    case_ids,
-                    dead_letter_ids,
-                })
+                Ok(IngestOutcome::Accepted { case_ids })
             }
         }
     }

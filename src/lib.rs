@@ -26,7 +26,6 @@ pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
 
@@ -186,39 +185,13 @@ pub async fn run_with_clock(
     );
     // Watches the mapping directory and SIGHUP until run_with_clock returns.
     let _reload_task = reloader.clone().spawn();
-    let reload = {
-        let reloader = reloader.clone();
-        Arc::new(move || {
-            reloader.reload_now().map_err(|errors| {
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-        }) as Arc<dyn Fn() -> Result<usize, String> + Send + Sync>
-    };
     prometheus::handle();
     mappings
         .load()
         .report_source_configuration(config.ingress.allow_default_secrets);
-    let state = AppState {
-        ingestor,
-        max_body_bytes: config.ingress.max_body_bytes,
-        client_timeout: config.ingress.client_timeout,
-        public_url: config.public_url.clone(),
-        trusted_proxies: config.ingress.trusted_proxies.clone(),
-        inflight_bodies: Arc::new(http::ingress::InflightBodies::new(
-            config.ingress.max_inflight_body_bytes,
-        )),
-        retry_after: config.buffer.retry_after,
-        mappings_loaded: Arc::new(AtomicBool::new(true)),
-        delivery,
-        admin_token: config.admin_token.clone(),
-        admin_here: config.admin_listen.is_none(),
-        reload: Some(reload),
-        mapping_reloader: Some(reloader.clone()),
-    };
+    let state = AppState::new(ingestor, &config)
+        .with_delivery(delivery)
+        .with_reloader(reloader.clone());
     let admin_server = match (config.admin_listen, &config.admin_token) {
         (Some(address), Some(_)) => {
             let state = state.clone();
