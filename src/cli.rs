@@ -377,7 +377,7 @@ async fn run_sandbox(
 async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Result<(), String> {
     let config =
         load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
-    let buffer = match crate::open_buffer(&config.buffer).await {
+    let buffer = match crate::buffer::Buffer::open(&config.buffer).await {
         Ok(buffer) => buffer,
         // The embedded store is held by a running gateway: ask that gateway instead.
         Err(error) => {
@@ -703,7 +703,7 @@ async fn try_dead_letter(
 ) -> Result<String, String> {
     let config =
         load_config(config_file.as_deref(), &Overrides::default()).map_err(|e| e.to_string())?;
-    let letter = match crate::open_buffer(&config.buffer).await {
+    let letter = match crate::buffer::Buffer::open(&config.buffer).await {
         Ok(buffer) => {
             let letter = dlq::show(&buffer, id).await.map_err(|e| e.to_string());
             buffer.flush().await.map_err(|e| e.to_string())?;

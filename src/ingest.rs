@@ -144,6 +144,19 @@ impl Ingestor {
         }
     }
 
+    /// The ingestor `[ingress]` asks for.
+    pub fn from_config(
+        mappings: Arc<ArcSwap<MappingSet>>,
+        buffer: Buffer,
+        ingress: &crate::config::IngressConfig,
+        clock: Clock,
+    ) -> Self {
+        Ingestor::new(mappings, buffer, ingress.dedupe_ttl, clock)
+            .with_max_event_bytes(ingress.max_event_cases_bytes)
+            .allow_default_secrets(ingress.allow_default_secrets)
+            .offload_verify_above(ingress.offload_verify_bytes)
+    }
+
     /// Bounds the total size of one event's cases (the default is
     /// [`crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES`]).
     pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {

@@ -23,6 +23,7 @@ pub use embedded::EmbeddedBuffer;
 pub use redis::RedisBuffer;
 
 use crate::case::{CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord};
+use crate::config::{BufferBackendKind, BufferConfig};
 
 /// The buffer's id for a case (a Redis stream entry id, or the embedded store's sequence).
 pub type CaseId = String;
@@ -152,6 +153,30 @@ macro_rules! dispatch {
 }
 
 impl Buffer {
+    /// Opens the backend `config` names.
+    pub async fn open(config: &BufferConfig) -> Result<Buffer, BufferError> {
+        Ok(match config.backend {
+            BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open_with_timeout(
+                &config.path,
+                config.op_timeout,
+            )?),
+            BufferBackendKind::Redis | BufferBackendKind::RedisCluster => Buffer::Redis(
+                RedisBuffer::connect_to(
+                    if config.backend == BufferBackendKind::RedisCluster {
+                        redis::Topology::Cluster
+                    } else {
+                        redis::Topology::Single
+                    },
+                    config.redis_url.expose(),
+                    &config.key_prefix,
+                    config.op_timeout,
+                )
+                .await?
+                .with_wait_replicas(config.wait_replicas),
+            ),
+        })
+    }
+
     /// Writes one webhook's cases, dead letters and dedupe mark atomically and durably.
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         dispatch!(self, b => b.enqueue(batch).await)

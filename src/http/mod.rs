@@ -7,6 +7,7 @@ pub mod admin;
 pub mod health;
 pub mod ingress;
 pub mod metrics;
+pub mod server;
 pub mod slow;
 
 use std::sync::Arc;

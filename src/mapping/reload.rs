@@ -54,6 +54,10 @@ pub struct ReloadStatus {
     pub reloads_failed: u64,
     /// Source → file and version of the set now serving.
     pub sources: BTreeMap<String, SourceVersion>,
+    /// `source: key` for every rule of the serving set that names an API key not configured
+    /// (its cases stay buffered until the key is set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unconfigured_api_keys: Vec<String>,
 }
 
 /// Why a reload was started, for the logs.
@@ -85,6 +89,8 @@ pub struct MappingReloader {
     /// The weak sources already warned about, so a reload repeats no warning.
     warned: Mutex<std::collections::BTreeMap<String, String>>,
     allow_default_secrets: bool,
+    /// Names of the configured API keys (`duvo.api_keys`), which rules may name.
+    api_keys: Vec<String>,
 }
 
 impl MappingReloader {
@@ -105,7 +111,20 @@ impl MappingReloader {
             status: ArcSwap::from_pointee(status),
             reloading: Mutex::new(()),
             allow_default_secrets: false,
+            api_keys: Vec::new(),
         }
+    }
+
+    /// The configured API key names (`duvo.api_keys`): every load checks that the rules name
+    /// only these. Checks the serving set at once.
+    pub fn with_api_keys(mut self, names: Vec<String>) -> Self {
+        let missing = self.current.load().report_unconfigured_api_keys(&names);
+        self.status.store(Arc::new(ReloadStatus {
+            unconfigured_api_keys: missing,
+            ..ReloadStatus::clone(&self.status.load())
+        }));
+        self.api_keys = names;
+        self
     }
 
     /// Whether reloaded sources may run on development default secrets (only for the log and
@@ -151,6 +170,7 @@ impl MappingReloader {
                 }
                 crate::prometheus::register_zeros(&set, &[]);
                 set.report_source_configuration(self.allow_default_secrets);
+                let unconfigured_api_keys = set.report_unconfigured_api_keys(&self.api_keys);
                 let n = set.len();
                 // After a refused reload, success is news even when the set is as before.
                 let recovered = self.status.load().last_error.is_some();
@@ -165,6 +185,7 @@ impl MappingReloader {
                     reloads_ok: previous.reloads_ok + 1,
                     reloads_failed: previous.reloads_failed,
                     sources,
+                    unconfigured_api_keys,
                 }));
                 if change.is_empty() && trigger == Trigger::FileChange && !recovered {
                     tracing::debug!(%dir, sources = n, "mappings reloaded, nothing changed");
@@ -502,14 +523,48 @@ mod tests {
     #[test]
     fn a_request_keeps_the_set_it_started_with() {
         let (dir, current, reloader) = setup(&[("a.yaml", &mapping("A"))]);
-        let in_flight = current.load().get("a").cloned().unwrap();
+        let in_flight = current.load_full();
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), mapping("B")).unwrap();
         reloader.reload_now().unwrap();
-        assert!(current.load().get("a").is_none());
-        assert_eq!(
-            in_flight.source, "a",
-            "the running request's mapping is still alive"
+        assert_eq!(sources(&current), ["b"]);
+        assert!(
+            !Arc::ptr_eq(&in_flight, &current.load_full()),
+            "a reload stores a new set"
         );
+        assert_eq!(
+            in_flight
+                .iter()
+                .map(|m| m.source.as_str())
+                .collect::<Vec<_>>(),
+            ["a"],
+            "the set a running request holds is not changed under it"
+        );
+    }
+
+    #[test]
+    fn every_reload_checks_that_rules_name_only_configured_api_keys() {
+        let keyed = |key: &str| {
+            format!(
+                "verify: {{scheme: none}}\nrules:\n  - {{name: r, queue: {QUEUE}, title: 'T', api_key: {key}}}\n"
+            )
+        };
+        let (dir, _current, reloader) = setup(&[("a.yaml", &keyed("eu"))]);
+        let reloader = reloader.with_api_keys(vec!["eu".to_string()]);
+        assert!(reloader.status().unconfigured_api_keys.is_empty());
+        std::fs::write(dir.path().join("b.yaml"), keyed("us")).unwrap();
+        let log = logged(|| {
+            reloader.reload_now().unwrap();
+        });
+        assert_eq!(reloader.status().unconfigured_api_keys, ["b: us"]);
+        assert!(
+            log.contains("a rule names an API key that is not configured")
+                && log.contains("key=\"us\""),
+            "{log}"
+        );
+        std::fs::write(dir.path().join("b.yaml"), keyed("eu")).unwrap();
+        reloader.reload_now().unwrap();
+        assert!(reloader.status().unconfigured_api_keys.is_empty());
     }
 
     #[test]
