@@ -16,6 +16,7 @@ pub mod reload;
 pub mod schema;
 pub mod set;
 pub mod template;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,9 +34,10 @@ use path::{CompiledPath, Scope};
 use template::{Expr, Missing, Template, TemplateError, ValueMaps, truncate_chars};
 
 pub use event::{DeliveryIdFrom, EventInput, MappedEvent, Origin};
-pub use reload::{MappingReloader, ReloadStatus, ReloadTask};
+pub use reload::{MappingReloader, ReloadStatus};
 pub use schema::mapping_schema;
 pub use set::{MappingSet, SourceVersion};
+pub use watch::ReloadTask;
 
 /// The API's limit on case titles, in characters.
 pub const MAX_TITLE_CHARS: usize = 500;
