@@ -80,6 +80,34 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, S
     serde_json::from_slice(json).map_err(|e| e.to_string())
 }
 
+/// Moves entries of `queue` that failed to decode to the dead-letter store (kind
+/// `undecodable`, raw bytes kept) with the backend's `dead_letter_cases`, so one bad record never
+/// blocks its queue. On failure the entries stay claimed and come back through reclaim:
+/// retried, not lost.
+async fn move_undecodable<F, Fut>(
+    queue: &str,
+    bad: Vec<(CaseId, DeadLetterRecord)>,
+    dead_letter_cases: F,
+) where
+    F: FnOnce(Vec<(CaseId, DeadLetterRecord)>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<DeadLetterId>, BufferError>>,
+{
+    if bad.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = bad.iter().map(|b| b.0.clone()).collect();
+    match dead_letter_cases(bad).await {
+        Ok(_) => tracing::error!(
+            queue,
+            ?ids,
+            "undecodable buffer records moved to the dead-letter store"
+        ),
+        Err(e) => {
+            tracing::error!(queue, ?ids, error = %e, "undecodable buffer records could not be moved yet")
+        }
+    }
+}
+
 /// "This delivery id of this source has been seen" for `ttl`.
 ///
 /// `body_digest` is a second key of the same source, written and checked in the same atomic

@@ -90,31 +90,15 @@ pub async fn receive(
     let source = mapping.source.as_str();
     let mut response = match outcome {
         IngestOutcome::Accepted { case_ids } => {
-            count(source, "accepted", "");
-            // `debug`, not `info`: a line per accepted webhook cost more CPU than the rest of the
-            // answer at high rates; the webhooks counter and the cases' metadata keep the record.
-            tracing::debug!(
-                source,
-                request_id,
-                cases = case_ids.len(),
-                "webhook accepted"
-            );
-            HttpResponse::Accepted().json(json!({"accepted": case_ids.len(), "case_ids": case_ids}))
+            accepted(source, &request_id, "accepted", &case_ids, &[])
         }
-        IngestOutcome::MappingFailed { dead_letter_ids } => {
-            count(source, "mapping_failure", "");
-            tracing::debug!(
-                source,
-                request_id,
-                dead_letters = dead_letter_ids.len(),
-                "webhook accepted"
-            );
-            HttpResponse::Accepted().json(json!({
-                "accepted": 0,
-                "case_ids": [],
-                "dead_letter_ids": dead_letter_ids,
-            }))
-        }
+        IngestOutcome::MappingFailed { dead_letter_ids } => accepted(
+            source,
+            &request_id,
+            "mapping_failure",
+            &[],
+            &dead_letter_ids,
+        ),
         IngestOutcome::Filtered => {
             count(source, "filtered", "");
             tracing::debug!(source, request_id, "webhook filtered out by its mapping");
@@ -136,6 +120,31 @@ pub async fn receive(
             .insert(HeaderName::from_static("x-request-id"), value);
     }
     Ok(response)
+}
+
+/// The 202 for a webhook whose cases (or whose dead letter) are durably stored.
+fn accepted(
+    source: &str,
+    request_id: &str,
+    outcome: &'static str,
+    case_ids: &[String],
+    dead_letter_ids: &[String],
+) -> HttpResponse {
+    count(source, outcome, "");
+    // `debug`, not `info`: a line per accepted webhook cost more CPU than the rest of the
+    // answer at high rates; the webhooks counter and the cases' metadata keep the record.
+    tracing::debug!(
+        source,
+        request_id,
+        cases = case_ids.len(),
+        dead_letters = dead_letter_ids.len(),
+        "webhook accepted"
+    );
+    let mut body = json!({"accepted": case_ids.len(), "case_ids": case_ids});
+    if !dead_letter_ids.is_empty() {
+        body["dead_letter_ids"] = json!(dead_letter_ids);
+    }
+    HttpResponse::Accepted().json(body)
 }
 
 fn count(source: &str, outcome: &'static str, reason: &'static str) {

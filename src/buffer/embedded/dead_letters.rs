@@ -37,28 +37,11 @@ impl EmbeddedBuffer {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, BufferError> {
-        let start = match after {
-            None => 0,
-            Some(id) => match id.parse::<u64>() {
-                Ok(seq) => match seq.checked_add(1) {
-                    Some(start) => start,
-                    None => return Ok(Vec::new()),
-                },
-                Err(_) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
-            },
-        };
-        self.read(move |db, _| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(DEAD_LETTERS)?;
-            let mut out = Vec::new();
-            for entry in table.range(start..)?.take(limit) {
-                let (key, value) = entry?;
-                out.push(DeadLetter {
-                    id: key.value().to_string(),
-                    record: decode(key.value(), value.value())?,
-                });
-            }
-            Ok(out)
+        self.dead_letter_page(after, limit, |seq, value| {
+            Ok(DeadLetter {
+                id: seq.to_string(),
+                record: decode(seq, value)?,
+            })
         })
         .await
     }
@@ -77,24 +60,29 @@ impl EmbeddedBuffer {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetterId>, BufferError> {
-        let start = match after {
-            None => 0,
-            Some(id) => match id.parse::<u64>() {
-                Ok(seq) => match seq.checked_add(1) {
-                    Some(start) => start,
-                    None => return Ok(Vec::new()),
-                },
-                Err(_) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
-            },
+        // Keys only: the records (up to a body's size each) are never decoded.
+        self.dead_letter_page(after, limit, |seq, _| Ok(seq.to_string()))
+            .await
+    }
+
+    /// Up to `limit` dead letters after `after` (exclusive), oldest first, each made by `item`
+    /// from its sequence and stored bytes.
+    async fn dead_letter_page<T: Send + 'static>(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        item: fn(u64, &[u8]) -> Result<T, BufferError>,
+    ) -> Result<Vec<T>, BufferError> {
+        let Some(start) = page_start(after)? else {
+            return Ok(Vec::new());
         };
         self.read(move |db, _| {
             let txn = db.begin_read()?;
             let table = txn.open_table(DEAD_LETTERS)?;
             let mut out = Vec::new();
-            // Keys only: the records (up to a body's size each) are never read.
             for entry in table.range(start..)?.take(limit) {
-                let (key, _) = entry?;
-                out.push(key.value().to_string());
+                let (key, value) = entry?;
+                out.push(item(key.value(), value.value())?);
             }
             Ok(out)
         })
@@ -153,5 +141,17 @@ impl EmbeddedBuffer {
             Done::NoSuchDeadLetter => Err(BufferError::NoSuchDeadLetter(id.to_owned())),
             _ => Err(mismatch()),
         }
+    }
+}
+
+/// The first sequence of a page of dead letters after `after` (exclusive); `None` when nothing
+/// can follow it.
+fn page_start(after: Option<&str>) -> Result<Option<u64>, BufferError> {
+    match after {
+        None => Ok(Some(0)),
+        Some(id) => match id.parse::<u64>() {
+            Ok(seq) => Ok(seq.checked_add(1)),
+            Err(_) => Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+        },
     }
 }

@@ -15,24 +15,49 @@ impl RedisBuffer {
         consumer: &str,
         max: usize,
     ) -> Result<Vec<BufferedCase>, BufferError> {
+        let reply = self.read_as(&CLAIM, "claim", queue, consumer, max).await?;
+        let entries = into_array(reply).into_iter().map(|entry| Ok((entry, 1)));
+        self.decode_cases(queue, entries).await
+    }
+
+    /// Runs a script that reads `queue` through the group as `consumer`, up to `max` entries
+    /// (no call at all for 0).
+    async fn read_as(
+        &self,
+        script: &redis::Script,
+        operation: &'static str,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+    ) -> Result<Value, BufferError> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(Value::Array(Vec::new()));
         }
-        let mut invocation = CLAIM.prepare_invoke();
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(self.stream_key(queue))
             .arg(GROUP)
             .arg(consumer)
             .arg(max);
-        let reply: Value = self.invoke("claim", &invocation).await?;
+        self.invoke(operation, &invocation).await
+    }
+
+    /// Decodes `(entry, deliveries)` pairs into cases; entries that do not decode move to the
+    /// dead letters.
+    async fn decode_cases(
+        &self,
+        queue: &str,
+        entries: impl IntoIterator<Item = Result<(Value, u64), BufferError>>,
+    ) -> Result<Vec<BufferedCase>, BufferError> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
-        for entry in into_array(reply) {
+        for entry in entries {
+            let (entry, deliveries) = entry?;
             match decode_entry_or_raw(queue, entry)? {
                 Ok((id, record)) => out.push(BufferedCase {
                     id,
                     record,
-                    deliveries: 1,
+                    deliveries,
                 }),
                 Err(letter) => bad.push(letter),
             }
@@ -41,24 +66,9 @@ impl RedisBuffer {
         Ok(out)
     }
 
-    /// Moves entries that failed to decode to the dead-letter store (kind `undecodable`, raw
-    /// bytes kept), so one bad record never blocks its queue. On failure they stay pending and
-    /// come back through reclaim.
+    /// See [`crate::buffer::move_undecodable`].
     pub(super) async fn move_undecodable(&self, queue: &str, bad: Vec<(CaseId, DeadLetterRecord)>) {
-        if bad.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = bad.iter().map(|b| b.0.clone()).collect();
-        match self.dead_letter_cases(queue, bad).await {
-            Ok(_) => tracing::error!(
-                queue,
-                ?ids,
-                "undecodable buffer records moved to the dead-letter store"
-            ),
-            Err(e) => {
-                tracing::error!(queue, ?ids, error = %e, "undecodable buffer records could not be moved yet")
-            }
-        }
+        crate::buffer::move_undecodable(queue, bad, |bad| self.dead_letter_cases(queue, bad)).await;
     }
 
     pub async fn reclaim(
@@ -138,16 +148,9 @@ impl RedisBuffer {
         consumer: &str,
         max: usize,
     ) -> Result<Vec<BufferedCase>, BufferError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let mut invocation = OWN_PENDING.prepare_invoke();
-        invocation
-            .key(self.stream_key(queue))
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(max);
-        let reply: Value = self.invoke("own_pending", &invocation).await?;
+        let reply = self
+            .read_as(&OWN_PENDING, "own_pending", queue, consumer, max)
+            .await?;
         self.decode_triples(queue, reply, "own_pending").await
     }
 
@@ -194,9 +197,7 @@ impl RedisBuffer {
         reply: Value,
         operation: &str,
     ) -> Result<Vec<BufferedCase>, BufferError> {
-        let mut out = Vec::new();
-        let mut bad = Vec::new();
-        for triple in into_array(reply) {
+        let entries = into_array(reply).into_iter().map(|triple| {
             let mut parts = into_array(triple).into_iter();
             let (Some(id), Some(fields), Some(deliveries)) =
                 (parts.next(), parts.next(), parts.next())
@@ -206,16 +207,9 @@ impl RedisBuffer {
                     "entry is not an (id, fields, count) triple",
                 ));
             };
-            match decode_entry_or_raw(queue, Value::Array(vec![id, fields]))? {
-                Ok((id, record)) => out.push(BufferedCase {
-                    id,
-                    record,
-                    deliveries: as_u64(&deliveries).unwrap_or(2).max(2),
-                }),
-                Err(letter) => bad.push(letter),
-            }
-        }
-        self.move_undecodable(queue, bad).await;
-        Ok(out)
+            let deliveries = as_u64(&deliveries).unwrap_or(2).max(2);
+            Ok((Value::Array(vec![id, fields]), deliveries))
+        });
+        self.decode_cases(queue, entries).await
     }
 }

@@ -36,14 +36,9 @@ impl RedisBuffer {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, BufferError> {
-        let start = match after {
-            None => "-".to_owned(),
-            Some(id) if is_stream_id(id) => format!("({id}"),
-            Some(id) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
-        };
-        if limit == 0 {
+        let Some(start) = page_start(after, limit)? else {
             return Ok(Vec::new());
-        }
+        };
         let mut conn = self.conn.clone();
         let dlq = self.key("dlq");
         let reply: Value = self
@@ -78,14 +73,9 @@ impl RedisBuffer {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetterId>, BufferError> {
-        let start = match after {
-            None => "-".to_owned(),
-            Some(id) if is_stream_id(id) => format!("({id}"),
-            Some(id) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
-        };
-        if limit == 0 {
+        let Some(start) = page_start(after, limit)? else {
             return Ok(Vec::new());
-        }
+        };
         let mut invocation = DEAD_LETTER_IDS.prepare_invoke();
         invocation.key(self.key("dlq")).arg(&start).arg(limit);
         let reply: Value = self.invoke("list_dead_letter_ids", &invocation).await?;
@@ -149,4 +139,15 @@ impl RedisBuffer {
             )),
         }
     }
+}
+
+/// The `XRANGE` start of a page of dead letters after `after` (exclusive); `None` for an empty
+/// page.
+fn page_start(after: Option<&str>, limit: usize) -> Result<Option<String>, BufferError> {
+    let start = match after {
+        None => "-".to_owned(),
+        Some(id) if is_stream_id(id) => format!("({id}"),
+        Some(id) => return Err(BufferError::NoSuchDeadLetter(id.to_owned())),
+    };
+    Ok((limit > 0).then_some(start))
 }

@@ -40,13 +40,7 @@ pub(super) fn decode_entry_or_raw(
     queue: &str,
     entry: Value,
 ) -> Result<Result<(String, CaseRecord), (CaseId, DeadLetterRecord)>, BufferError> {
-    let mut parts = into_array(entry).into_iter();
-    let id = parts
-        .next()
-        .as_ref()
-        .and_then(as_string)
-        .ok_or_else(|| unexpected("stream entry", "no id"))?;
-    let fields = parts.next().unwrap_or(Value::Nil);
+    let (id, fields) = split_entry(entry)?;
     let raw = match record_field(&id, fields) {
         Ok(json) => json,
         Err(e) => {
@@ -64,14 +58,20 @@ pub(super) fn decode_entry_or_raw(
 }
 
 pub(super) fn entry_parts(entry: Value) -> Result<(String, Vec<u8>), BufferError> {
+    let (id, fields) = split_entry(entry)?;
+    let json = record_field(&id, fields)?;
+    Ok((id, json))
+}
+
+/// A stream entry's id and its field list.
+fn split_entry(entry: Value) -> Result<(String, Value), BufferError> {
     let mut parts = into_array(entry).into_iter();
     let id = parts
         .next()
         .as_ref()
         .and_then(as_string)
         .ok_or_else(|| unexpected("stream entry", "no id"))?;
-    let json = record_field(&id, parts.next().unwrap_or(Value::Nil))?;
-    Ok((id, json))
+    Ok((id, parts.next().unwrap_or(Value::Nil)))
 }
 
 /// The record JSON out of an entry's `[field, value, ...]` list.
