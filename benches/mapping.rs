@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use casegate::env::Env;
-use casegate::inbound::Headers;
+use casegate::inbound::{Headers, InboundRequest};
 use casegate::mapping::{CompiledMapping, EventInput};
+use casegate::verify::Verified;
 use serde_json::Value;
 
 /// Counts every allocation (and reallocation) made through the global allocator.
@@ -111,13 +112,10 @@ fn main() {
     .into_iter()
     .collect();
     let payload: Value = serde_json::from_slice(&body).unwrap();
-    let input = EventInput {
-        payload: &payload,
-        headers: &headers,
-        request_id: "bench",
-        delivery_id: Some("98880550-7158-44d4-b7cd-2c97c8a091b5"),
-        received_at_ms: 0,
-    };
+    let request = Verified::trusted_local_input(InboundRequest::local(headers, body.clone()));
+    let input = EventInput::new(&request, &payload)
+        .request_id("bench")
+        .delivery_id(Some("98880550-7158-44d4-b7cd-2c97c8a091b5"));
     let cases = mapping.apply(&input).unwrap();
     assert_eq!(cases.len(), 1, "the order makes one case");
 
@@ -130,10 +128,11 @@ fn main() {
     let filtered_headers: Headers = [("X-Shopify-Topic", "orders/updated")]
         .into_iter()
         .collect();
-    let filtered_input = EventInput {
-        headers: &filtered_headers,
-        ..input
-    };
+    let filtered_request =
+        Verified::trusted_local_input(InboundRequest::local(filtered_headers, body.clone()));
+    let filtered_input = EventInput::new(&filtered_request, &payload)
+        .request_id("bench")
+        .delivery_id(Some("98880550-7158-44d4-b7cd-2c97c8a091b5"));
     let filtered = measure(budget, || {
         black_box(mapping.apply(black_box(&filtered_input)).unwrap());
     });

@@ -37,6 +37,21 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
+
+    /// The headers whose names are not in `credentials`, as stored in a dead letter.
+    pub fn without_credentials(&self, credentials: &[String]) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .filter(|(name, _)| !is_credential(credentials, name))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Whether the header `name` is one of `credentials` (a verifier's credential headers): such a
+/// header is never stored, logged or copied into a case.
+pub fn is_credential(credentials: &[String], name: &str) -> bool {
+    credentials.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
 
 impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Headers {
@@ -60,4 +75,17 @@ pub struct InboundRequest {
     pub headers: Headers,
     /// The body's raw bytes: signatures are computed over these, before any parsing.
     pub body: Bytes,
+}
+
+impl InboundRequest {
+    /// A request made locally rather than received: a sample, a mapping example, a stored dead
+    /// letter. Its method is `POST` and its URL empty.
+    pub fn local(headers: Headers, body: impl Into<Bytes>) -> Self {
+        InboundRequest {
+            method: "POST".into(),
+            url: String::new(),
+            headers,
+            body: body.into(),
+        }
+    }
 }

@@ -20,13 +20,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::buffer::{
-    Buffer, BufferError, CaseId, DeadLetterId, DeadLetterKind, DeadLetterRecord, DedupeMark,
-    Enqueue, EnqueueOutcome,
-};
+use crate::buffer::{Buffer, BufferError, CaseId, DedupeMark, Enqueue, EnqueueOutcome};
+use crate::case::DeadLetterId;
 use crate::inbound::InboundRequest;
 use crate::mapping::prune::Keep;
-use crate::mapping::{CompiledMapping, EventInput, MappingSet};
+use crate::mapping::{CompiledMapping, DeliveryIdFrom, MappedEvent, MappingSet, Origin};
 use crate::verify::{Verified, VerifyError};
 
 pub use crate::clock::{Clock, system_clock};
@@ -90,11 +88,11 @@ pub enum IngestError {
 /// What happened to an accepted webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// Cases (and, for a mapping failure, a dead letter) are durably buffered.
-    Accepted {
-        case_ids: Vec<CaseId>,
-        dead_letter_ids: Vec<DeadLetterId>,
-    },
+    /// Cases are durably buffered.
+    Accepted { case_ids: Vec<CaseId> },
+    /// The mapping could not turn the event into cases: its dead letter is durably stored
+    /// (acknowledged all the same, so the provider does not retry what would fail again).
+    MappingFailed { dead_letter_ids: Vec<DeadLetterId> },
     /// No rule matched: acknowledged, counted, no case.
     Filtered,
     /// The delivery id was seen within its TTL: nothing written.
@@ -146,6 +144,19 @@ impl Ingestor {
         }
     }
 
+    /// The ingestor `[ingress]` asks for.
+    pub fn from_config(
+        mappings: Arc<ArcSwap<MappingSet>>,
+        buffer: Buffer,
+        ingress: &crate::config::IngressConfig,
+        clock: Clock,
+    ) -> Self {
+        Ingestor::new(mappings, buffer, ingress.dedupe_ttl, clock)
+            .with_max_event_bytes(ingress.max_event_cases_bytes)
+            .allow_default_secrets(ingress.allow_default_secrets)
+            .offload_verify_above(ingress.offload_verify_bytes)
+    }
+
     /// Bounds the total size of one event's cases (the default is
     /// [`crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES`]).
     pub fn with_max_event_bytes(mut self, max_event_bytes: usize) -> Self {
@@ -189,6 +200,11 @@ impl Ingestor {
         &self.buffer
     }
 
+    /// The clock stamping receipt times (also of dead-letter replays).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The mapping set serving right now.
     pub fn mappings(&self) -> Arc<MappingSet> {
         self.mappings.load_full()
@@ -228,10 +244,13 @@ impl Ingestor {
             Err(VerifyError::UnsignedPing) => return Ok(IngestOutcome::Ping),
             verified => verified?,
         };
-        // Only what the mapping reads is built; the raw bytes stay for digests and dead letters.
-        let payload = parse_payload_for(verified.get().body.as_ref(), format, &mapping.keep)?;
-        let received_at_ms = crate::clock::unix_ms(now);
-        let batch = self.map(mapping, &verified, &payload, request_id, received_at_ms);
+        let origin = Origin {
+            request_id,
+            received_at_ms: crate::clock::unix_ms(now),
+            delivery_id: DeliveryIdFrom::Event,
+        };
+        let mapped = mapping.map_event(&verified, format, &origin, self.max_event_bytes)?;
+        let batch = self.batch(mapping, &verified, &origin, mapped);
         let queues: Vec<String> = batch.cases.iter().map(|c| c.queue.clone()).collect();
         match self.buffer.enqueue(batch).await? {
             EnqueueOutcome::Duplicate => Ok(IngestOutcome::Duplicate),
@@ -240,52 +259,40 @@ impl Ingestor {
                 dead_letter_ids,
             } if case_ids.is_empty() && dead_letter_ids.is_empty() => Ok(IngestOutcome::Filtered),
             EnqueueOutcome::Stored {
-                case_ids,
-                dead_letter_ids,
-            } => {
+                dead_letter_ids, ..
+            } if !dead_letter_ids.is_empty() => {
+                metrics::counter!(crate::prometheus::CASES_DEAD_LETTERED, "kind" => crate::prometheus::DEAD_LETTER_MAPPING_FAILURE, "source" => mapping.source.clone())
+                    .increment(dead_letter_ids.len() as u64);
+                Ok(IngestOutcome::MappingFailed { dead_letter_ids })
+            }
+            EnqueueOutcome::Stored { case_ids, .. } => {
                 for queue in queues {
                     metrics::counter!(crate::prometheus::CASES_ENQUEUED, "queue" => queue)
                         .increment(1);
                 }
-                if !dead_letter_ids.is_empty() {
-                    metrics::counter!(crate::prometheus::CASES_DEAD_LETTERED, "kind" => crate::prometheus::DEAD_LETTER_MAPPING_FAILURE, "source" => mapping.source.clone())
-                        .increment(dead_letter_ids.len() as u64);
-                }
-                if let Some(wake) = self.wake.as_ref().filter(|_| !case_ids.is_empty()) {
+                if let Some(wake) = &self.wake {
                     wake.notify_one();
                 }
-                Ok(IngestOutcome::Accepted {
-                    case_ids,
-                    dead_letter_ids,
-                })
+                Ok(IngestOutcome::Accepted { case_ids })
             }
         }
     }
 
-    /// Builds the atomic write for one event: its cases, or its dead letter when the mapping
-    /// fails, plus the dedupe mark. A filtered event still gets its mark, so a resend of it is
-    /// a duplicate too.
-    fn map(
+    /// Builds the atomic write for one mapped event: its cases, or its dead letter when the
+    /// mapping failed, plus the dedupe mark. A filtered event still gets its mark, so a resend
+    /// of it is a duplicate too.
+    fn batch(
         &self,
         mapping: &CompiledMapping,
         verified: &Verified<InboundRequest>,
-        payload: &Value,
-        request_id: &str,
-        received_at_ms: u64,
+        origin: &Origin<'_>,
+        mapped: MappedEvent,
     ) -> Enqueue {
-        let request = verified.get();
-        let delivery_id = mapping.delivery_id_of(payload, &request.headers);
-        let input = EventInput {
-            payload,
-            headers: &request.headers,
-            request_id,
-            delivery_id: delivery_id.as_deref(),
-            received_at_ms,
-        };
+        let MappedEvent { delivery_id, cases } = mapped;
         let body_digest = mapping
             .verifier
             .signs_no_timestamp()
-            .then(|| format!("body:{}", hex::encode(Sha256::digest(&request.body))));
+            .then(|| format!("body:{}", hex::encode(Sha256::digest(&verified.get().body))));
         let stored_id = delivery_id.as_deref().map(bounded_delivery_id);
         let ttl = mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl);
         let dedupe = match (stored_id, body_digest) {
@@ -303,39 +310,18 @@ impl Ingestor {
             }),
             (None, None) => None,
         };
-        match mapping.apply_within(&input, self.max_event_bytes) {
+        match cases {
             Ok(cases) => Enqueue {
                 dedupe,
                 cases,
                 dead_letters: Vec::new(),
             },
             Err(failure) => {
-                tracing::warn!(source = %mapping.source, rule = %failure.rule, request_id, "mapping failed; event dead-lettered");
-                let credentials = mapping.verifier.credential_headers();
-                let headers = request
-                    .headers
-                    .iter()
-                    .filter(|(name, _)| !credentials.iter().any(|c| c.eq_ignore_ascii_case(name)))
-                    .map(|(n, v)| (n.to_string(), v.to_string()))
-                    .collect();
-                let dead_letter = DeadLetterRecord {
-                    source: mapping.source.clone(),
-                    reason: failure.to_string(),
-                    created_at_ms: received_at_ms,
-                    kind: DeadLetterKind::MappingFailure {
-                        payload: String::from_utf8_lossy(&request.body).into_owned(),
-                        headers,
-                        mapping_file: mapping.file.clone(),
-                        mapping_version: mapping.version.clone(),
-                        rule: Some(failure.rule),
-                        request_id: Some(request_id.to_string()),
-                        delivery_id,
-                    },
-                };
+                tracing::warn!(source = %mapping.source, rule = %failure.rule, request_id = origin.request_id, "mapping failed; event dead-lettered");
                 Enqueue {
                     dedupe,
                     cases: Vec::new(),
-                    dead_letters: vec![dead_letter],
+                    dead_letters: vec![mapping.dead_letter(verified, failure, origin, delivery_id)],
                 }
             }
         }

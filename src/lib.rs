@@ -5,6 +5,7 @@
 //! server on port 0 and stop it cleanly.
 
 pub mod buffer;
+pub mod case;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,12 +25,11 @@ pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
 
-use buffer::{Buffer, BufferError, EmbeddedBuffer, RedisBuffer};
-use config::{BufferBackendKind, BufferConfig, Config};
+use buffer::{Buffer, BufferError};
+use config::Config;
 use http::AppState;
 use ingest::{Clock, Ingestor};
 use mapping::{MappingLoadError, MappingSet};
@@ -50,30 +50,6 @@ pub enum RunError {
     Lease(#[from] delivery::lease::LeaseError),
 }
 
-/// Opens the configured buffer backend.
-pub async fn open_buffer(config: &BufferConfig) -> Result<Buffer, BufferError> {
-    Ok(match config.backend {
-        BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open_with_timeout(
-            &config.path,
-            config.op_timeout,
-        )?),
-        BufferBackendKind::Redis | BufferBackendKind::RedisCluster => Buffer::Redis(
-            RedisBuffer::connect_to(
-                if config.backend == BufferBackendKind::RedisCluster {
-                    buffer::redis::Topology::Cluster
-                } else {
-                    buffer::redis::Topology::Single
-                },
-                config.redis_url.expose(),
-                &config.key_prefix,
-                config.op_timeout,
-            )
-            .await?
-            .with_wait_replicas(config.wait_replicas),
-        ),
-    })
-}
-
 /// Compiles the mapping directory and logs a warning for every source that is unauthenticated
 /// or runs on a development default secret.
 pub fn load_mappings(config: &Config) -> Result<MappingSet, RunError> {
@@ -84,14 +60,6 @@ pub fn load_mappings(config: &Config) -> Result<MappingSet, RunError> {
         }
     })?;
     set.warn_about_weak_sources();
-    for mapping in set.iter() {
-        for name in mapping
-            .api_key_names()
-            .filter(|n| !config.duvo.api_keys.contains_key(*n))
-        {
-            tracing::error!(source = %mapping.source, key = name, "a rule names an API key that is not configured (CASEGATE_DUVO__API_KEYS__<NAME>); its cases stay buffered");
-        }
-    }
     Ok(set)
 }
 
@@ -119,19 +87,17 @@ pub async fn run_with_clock(
     }
     prometheus::register_zeros(&mappings, &api_keys);
     tracing::info!(sources = mappings.len(), dir = %config.mappings.display(), "mappings loaded");
-    let buffer = open_buffer(&config.buffer).await?;
+    let buffer = Buffer::open(&config.buffer).await?;
     let mappings = Arc::new(ArcSwap::from_pointee(mappings));
     let (stop_delivery, delivery_stopped) = tokio::sync::watch::channel(false);
-    let mut ingestor = Ingestor::new(
-        mappings.clone(),
-        buffer.clone(),
-        config.ingress.dedupe_ttl,
-        clock,
-    )
-    .with_max_event_bytes(config.ingress.max_event_cases_bytes);
+    let mut ingestor =
+        Ingestor::from_config(mappings.clone(), buffer.clone(), &config.ingress, clock);
     let has_key = config.duvo.api_key.is_some() || !config.duvo.api_keys.is_empty();
     let delivery = match (config.delivery.enabled, has_key) {
-        (true, true) => Some(start_delivery(&config, &buffer, delivery_stopped)?),
+        (true, true) => Some(
+            delivery::Delivery::from_config(&config, &buffer, delivery_stopped)
+                .map_err(|e| RunError::Io(std::io::Error::other(e)))?,
+        ),
         (true, false) => {
             tracing::warn!(
                 "no Duvo API key configured (CASEGATE_DUVO__API_KEY): cases are buffered, not delivered"
@@ -146,9 +112,6 @@ pub async fn run_with_clock(
     if let Some(delivery) = &delivery {
         ingestor = ingestor.with_waker(delivery.waker());
     }
-    ingestor = ingestor
-        .allow_default_secrets(config.ingress.allow_default_secrets)
-        .offload_verify_above(config.ingress.offload_verify_bytes);
     // On Redis, delivery reads through a consumer name only this process holds.
     let lease = match (&delivery, &buffer) {
         (Some(_), Buffer::Redis(redis)) => {
@@ -180,59 +143,22 @@ pub async fn run_with_clock(
             config.env.clone(),
             mappings.clone(),
         )
-        .with_default_secrets_allowed(config.ingress.allow_default_secrets),
+        .with_default_secrets_allowed(config.ingress.allow_default_secrets)
+        .with_api_keys(config.duvo.api_keys.keys().cloned().collect()),
     );
     // Watches the mapping directory and SIGHUP until run_with_clock returns.
     let _reload_task = reloader.clone().spawn();
-    let reload = {
-        let reloader = reloader.clone();
-        Arc::new(move || {
-            reloader.reload_now().map_err(|errors| {
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-        }) as Arc<dyn Fn() -> Result<usize, String> + Send + Sync>
-    };
     prometheus::handle();
     mappings
         .load()
         .report_source_configuration(config.ingress.allow_default_secrets);
-    let state = AppState {
-        ingestor,
-        max_body_bytes: config.ingress.max_body_bytes,
-        client_timeout: config.ingress.client_timeout,
-        public_url: config.public_url.clone(),
-        trusted_proxies: config.ingress.trusted_proxies.clone(),
-        inflight_bodies: Arc::new(http::ingress::InflightBodies::new(
-            config.ingress.max_inflight_body_bytes,
-        )),
-        retry_after: config.buffer.retry_after,
-        mappings_loaded: Arc::new(AtomicBool::new(true)),
-        delivery,
-        admin_token: config.admin_token.clone(),
-        admin_here: config.admin_listen.is_none(),
-        reload: Some(reload),
-        mapping_reloader: Some(reloader.clone()),
-    };
-    let admin_server = match (config.admin_listen, &config.admin_token) {
-        (Some(address), Some(_)) => {
-            let state = state.clone();
-            let server = actix_web::HttpServer::new(move || http::build_admin_app(state.clone()))
-                .workers(1)
-                .disable_signals()
-                .bind(address)?
-                .run();
-            tracing::info!(%address, "admin API listening");
-            Some(server)
-        }
-        _ => None,
-    };
+    let state = AppState::new(ingestor, &config)
+        .with_delivery(delivery)
+        .with_reloader(reloader.clone());
+    let admin_server = http::server::admin_server(&state, &config)?;
     let address = listener.local_addr()?;
     let (stop_connections, connections_stopping) = tokio::sync::watch::channel(false);
-    let server = http_server(state, &config, listener, connections_stopping)?;
+    let server = http::server::http_server(state, &config.ingress, listener, connections_stopping)?;
     let handle = server.handle();
     let admin_handle = admin_server.as_ref().map(|s| s.handle());
     tokio::spawn(async move {
@@ -259,116 +185,6 @@ pub async fn run_with_clock(
     buffer.flush().await?;
     tracing::info!("casegate stopped");
     Ok(())
-}
-
-/// Builds the delivery engine for `config` over `buffer`: the limiter is shared through Redis
-/// when the buffer is, in-process otherwise.
-pub fn start_delivery(
-    config: &Config,
-    buffer: &Buffer,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<delivery::Delivery, RunError> {
-    use delivery::limiter::{LimiterConfig, RateLimiter};
-    let settings = &config.delivery;
-    let limits = LimiterConfig {
-        rate: settings.rate,
-        window: settings.window,
-        margin: settings.margin,
-    };
-    let limiter = match buffer {
-        Buffer::Redis(redis) => {
-            let (conn, prefix, timeout) = redis.connection_for("limiter");
-            RateLimiter::redis(limits, conn, prefix, timeout)
-        }
-        Buffer::Embedded(_) => RateLimiter::local(limits),
-    };
-    let client = delivery::client::DuvoClient::new(
-        &config.duvo.base_url,
-        config.duvo.connect_timeout,
-        config.duvo.request_timeout,
-    )
-    .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
-    let keys = delivery::ApiKeys {
-        default: config.duvo.api_key.clone(),
-        named: config.duvo.api_keys.clone(),
-    };
-    let delivery_config = delivery::DeliveryConfig {
-        max_batch: settings.max_batch,
-        max_request_bytes: settings.max_request_bytes,
-        linger: settings.linger,
-        poll_interval: settings.poll_interval,
-        queue_retention: config.buffer.queue_retention,
-        visibility_timeout: settings.visibility_timeout,
-        backoff: delivery::policy::Backoff {
-            base: settings.backoff_base,
-            max: settings.backoff_max,
-        },
-        probe_interval: settings.probe_interval,
-        max_attempts: settings.max_attempts,
-        consumer: settings.consumer.clone(),
-        jitter: delivery::Jitter::random(),
-        now_ms: clock::now_ms,
-    };
-    Ok(delivery::Delivery::new(
-        buffer.clone(),
-        client,
-        limiter,
-        keys,
-        delivery_config,
-        shutdown,
-    ))
-}
-
-/// Builds the actix server (kept out of the async fn: the builder is not `Send`).
-///
-/// Assembled from actix's parts rather than `HttpServer`, so each connection can be wrapped in
-/// [`http::slow::HeadDeadline`]: actix's own header timeout answers with an empty body, the
-/// wrapper with casegate's JSON error (the body's timeout is the handler's).
-fn http_server(
-    state: AppState,
-    config: &Config,
-    listener: std::net::TcpListener,
-    stopping: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<actix_web::dev::Server> {
-    use actix_service::{ServiceFactoryExt, fn_service, map_config};
-    let address = listener.local_addr()?;
-    let header_timeout = config.ingress.client_timeout;
-    let keep_alive = match config.ingress.keep_alive {
-        Some(idle) => actix_web::http::KeepAlive::Timeout(idle),
-        None => actix_web::http::KeepAlive::Disabled,
-    };
-    let mut builder = actix_server::Server::build()
-        .disable_signals()
-        .shutdown_timeout(30);
-    if config.ingress.workers > 0 {
-        builder = builder.workers(config.ingress.workers);
-    }
-    builder = builder.listen("casegate", listener, move || {
-        let app = actix_web::dev::AppConfig::default();
-        let app_service = map_config(http::build_app(state.clone()), move |_| app.clone());
-        let http = actix_http::HttpService::build()
-            .keep_alive(keep_alive)
-            // Off here: HeadDeadline enforces it with a JSON answer.
-            .client_request_timeout(std::time::Duration::ZERO)
-            .client_disconnect_timeout(std::time::Duration::from_secs(5))
-            .local_addr(address)
-            .finish(app_service);
-        let stopping = stopping.clone();
-        fn_service(move |io: actix_web::rt::net::TcpStream| {
-            let stopping = stopping.clone();
-            async move {
-                let peer = io.peer_addr().ok();
-                let _ = io.set_nodelay(true);
-                Ok::<_, actix_http::error::DispatchError>((
-                    http::slow::HeadDeadline::new(io, header_timeout, stopping),
-                    actix_http::Protocol::Http1,
-                    peer,
-                ))
-            }
-        })
-        .and_then(http)
-    })?;
-    Ok(builder.run())
 }
 
 /// Resolves on SIGTERM or SIGINT.

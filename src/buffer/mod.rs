@@ -22,54 +22,11 @@ use serde::{Deserialize, Serialize};
 pub use embedded::EmbeddedBuffer;
 pub use redis::RedisBuffer;
 
+use crate::case::{CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord};
+use crate::config::{BufferBackendKind, BufferConfig};
+
 /// The buffer's id for a case (a Redis stream entry id, or the embedded store's sequence).
 pub type CaseId = String;
-
-/// The buffer's id for a dead letter.
-pub type DeadLetterId = String;
-
-/// A label as the Duvo API takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Label {
-    pub key: String,
-    pub value: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub color_hue: Option<u16>,
-}
-
-/// Where a case came from; carried for tracing, metrics and dead-letter replays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaseMeta {
-    pub source: String,
-    /// File name of the mapping that made the case, and its content hash.
-    pub mapping_file: String,
-    pub mapping_version: String,
-    pub rule: String,
-    pub request_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_type: Option<String>,
-    /// Milliseconds since the Unix epoch when the webhook was received.
-    pub received_at_ms: u64,
-}
-
-/// One case ready for the Duvo API, plus its provenance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaseRecord {
-    /// The Duvo queue id (a UUID).
-    pub queue: String,
-    /// Name of the API key (from config) that submits this case; `None` is the default key.
-    /// Never the key itself: secrets are not stored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_name: Option<String>,
-    pub title: String,
-    /// Already JSON-encoded, as the API requires `data` to be a string.
-    pub data: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub labels: Vec<Label>,
-    pub meta: CaseMeta,
-}
 
 /// A case as handed out by [`Buffer::claim`] or [`Buffer::reclaim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,55 +35,6 @@ pub struct BufferedCase {
     pub record: CaseRecord,
     /// How many times this case has been handed out, this time included.
     pub deliveries: u64,
-}
-
-/// Why a dead letter exists and what it takes to replay it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum DeadLetterKind {
-    /// The mapping could not turn the event into cases; a replay maps the payload again with the
-    /// current mapping file.
-    MappingFailure {
-        /// The verified raw body (UTF-8: it parsed as JSON).
-        payload: String,
-        /// Request headers with credentials removed.
-        headers: Vec<(String, String)>,
-        mapping_file: String,
-        mapping_version: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rule: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        request_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        delivery_id: Option<String>,
-    },
-    /// The API refused the case; a replay enqueues it again.
-    Refused {
-        case: CaseRecord,
-        status: u16,
-        attempts: u64,
-    },
-    /// A buffered case this build could not decode (foreign data, or a record format from a
-    /// newer version). Moved here on claim so it never blocks the rest of its queue; a replay
-    /// decodes the bytes again and enqueues them if that now works.
-    Undecodable {
-        queue: String,
-        /// The buffer's id the entry had.
-        case_id: String,
-        /// The stored bytes, base64 (they need not be UTF-8).
-        raw_base64: String,
-    },
-}
-
-/// One dead letter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetterRecord {
-    pub source: String,
-    /// Human-readable reason: the mapping error, or the API's error code and message.
-    pub reason: String,
-    pub created_at_ms: u64,
-    #[serde(flatten)]
-    pub kind: DeadLetterKind,
 }
 
 /// The record format version this build writes. Every stored record carries it as `v`; a
@@ -172,31 +80,32 @@ pub fn decode_record<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, S
     serde_json::from_slice(json).map_err(|e| e.to_string())
 }
 
-/// The dead letter for a buffered entry that could not be decoded.
-pub fn undecodable(queue: &str, case_id: &str, raw: &[u8], reason: &str) -> DeadLetterRecord {
-    use base64::Engine;
-    // The source is worth showing when the bytes still say it.
-    let source = serde_json::from_slice::<serde_json::Value>(raw)
-        .ok()
-        .and_then(|v| v["meta"]["source"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "unknown".to_string());
-    DeadLetterRecord {
-        source,
-        reason: format!("undecodable buffer record: {reason}"),
-        created_at_ms: crate::clock::now_ms(),
-        kind: DeadLetterKind::Undecodable {
-            queue: queue.to_string(),
-            case_id: case_id.to_string(),
-            raw_base64: base64::engine::general_purpose::STANDARD.encode(raw),
-        },
+/// Moves entries of `queue` that failed to decode to the dead-letter store (kind
+/// `undecodable`, raw bytes kept) with the backend's `dead_letter_cases`, so one bad record never
+/// blocks its queue. On failure the entries stay claimed and come back through reclaim:
+/// retried, not lost.
+async fn move_undecodable<F, Fut>(
+    queue: &str,
+    bad: Vec<(CaseId, DeadLetterRecord)>,
+    dead_letter_cases: F,
+) where
+    F: FnOnce(Vec<(CaseId, DeadLetterRecord)>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<DeadLetterId>, BufferError>>,
+{
+    if bad.is_empty() {
+        return;
     }
-}
-
-/// A stored dead letter with its id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub id: DeadLetterId,
-    pub record: DeadLetterRecord,
+    let ids: Vec<String> = bad.iter().map(|b| b.0.clone()).collect();
+    match dead_letter_cases(bad).await {
+        Ok(_) => tracing::error!(
+            queue,
+            ?ids,
+            "undecodable buffer records moved to the dead-letter store"
+        ),
+        Err(e) => {
+            tracing::error!(queue, ?ids, error = %e, "undecodable buffer records could not be moved yet")
+        }
+    }
 }
 
 /// "This delivery id of this source has been seen" for `ttl`.
@@ -272,6 +181,30 @@ macro_rules! dispatch {
 }
 
 impl Buffer {
+    /// Opens the backend `config` names.
+    pub async fn open(config: &BufferConfig) -> Result<Buffer, BufferError> {
+        Ok(match config.backend {
+            BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open_with_timeout(
+                &config.path,
+                config.op_timeout,
+            )?),
+            BufferBackendKind::Redis | BufferBackendKind::RedisCluster => Buffer::Redis(
+                RedisBuffer::connect_to(
+                    if config.backend == BufferBackendKind::RedisCluster {
+                        redis::Topology::Cluster
+                    } else {
+                        redis::Topology::Single
+                    },
+                    config.redis_url.expose(),
+                    &config.key_prefix,
+                    config.op_timeout,
+                )
+                .await?
+                .with_wait_replicas(config.wait_replicas),
+            ),
+        })
+    }
+
     /// Writes one webhook's cases, dead letters and dedupe mark atomically and durably.
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         dispatch!(self, b => b.enqueue(batch).await)
@@ -435,6 +368,7 @@ impl Buffer {
 #[cfg(test)]
 mod record_tests {
     use super::*;
+    use crate::case::Label;
 
     #[test]
     fn records_carry_their_format_version_and_old_ones_still_read() {

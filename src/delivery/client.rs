@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Serialize;
 
 use super::policy::{ApiAnswer, RateLimitHeaders};
-use crate::buffer::{CaseRecord, Label};
+use crate::case::{CaseRecord, Label};
 use crate::secret::Secret;
 
 #[derive(Serialize)]

@@ -40,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::buffer::Buffer;
+use crate::config::{Config, DeliverySettings, DuvoConfig};
 use crate::prometheus;
 use crate::secret::Secret;
 use activity::Activity;
@@ -97,6 +98,28 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
+    /// The delivery configuration `[delivery]` asks for; `queue_retention` is the buffer's
+    /// (`buffer.queue_retention`), as delivery prunes the queues it saw empty.
+    pub fn from_settings(settings: &DeliverySettings, queue_retention: Duration) -> Self {
+        DeliveryConfig {
+            max_batch: settings.max_batch,
+            max_request_bytes: settings.max_request_bytes,
+            linger: settings.linger,
+            poll_interval: settings.poll_interval,
+            queue_retention,
+            visibility_timeout: settings.visibility_timeout,
+            backoff: Backoff {
+                base: settings.backoff_base,
+                max: settings.backoff_max,
+            },
+            probe_interval: settings.probe_interval,
+            max_attempts: settings.max_attempts,
+            consumer: settings.consumer.clone(),
+            jitter: Jitter::random(),
+            now_ms: crate::clock::now_ms,
+        }
+    }
+
     /// How often held claims are renewed: a third of the visibility timeout, so two renewals
     /// can be late before a claim expires.
     pub fn renew_every(&self) -> Duration {
@@ -112,6 +135,14 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
+    /// The keys `[duvo]` configures.
+    pub fn from_config(duvo: &DuvoConfig) -> Self {
+        ApiKeys {
+            default: duvo.api_key.clone(),
+            named: duvo.api_keys.clone(),
+        }
+    }
+
     /// The key for a case, with its id.
     fn resolve(&self, name: Option<&str>) -> Option<(String, Secret)> {
         let key = match name {
@@ -155,6 +186,40 @@ struct Inner {
 }
 
 impl Delivery {
+    /// The delivery engine `config` asks for over `buffer`: the limiter is shared through Redis
+    /// when the buffer is, in-process otherwise.
+    pub fn from_config(
+        config: &Config,
+        buffer: &Buffer,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, String> {
+        let limits = limiter::LimiterConfig {
+            rate: config.delivery.rate,
+            window: config.delivery.window,
+            margin: config.delivery.margin,
+        };
+        let limiter = match buffer {
+            Buffer::Redis(redis) => {
+                let (conn, prefix, timeout) = redis.connection_for("limiter");
+                RateLimiter::redis(limits, conn, prefix, timeout)
+            }
+            Buffer::Embedded(_) => RateLimiter::local(limits),
+        };
+        let client = client::DuvoClient::new(
+            &config.duvo.base_url,
+            config.duvo.connect_timeout,
+            config.duvo.request_timeout,
+        )?;
+        Ok(Delivery::new(
+            buffer.clone(),
+            client,
+            limiter,
+            ApiKeys::from_config(&config.duvo),
+            DeliveryConfig::from_settings(&config.delivery, config.buffer.queue_retention),
+            shutdown,
+        ))
+    }
+
     pub fn new(
         buffer: Buffer,
         client: impl Into<Api>,

@@ -17,7 +17,8 @@ use super::batcher::{self, Claims};
 use super::limiter::{Gate, PauseKind, key_pause, queue_pause};
 use super::policy::{Action, AfterFailure, ApiAnswer, after_failure, decide, window_spent};
 use super::{Delivery, Inner};
-use crate::buffer::{BufferedCase, CaseId, CaseRecord, DeadLetterKind, DeadLetterRecord};
+use crate::buffer::{BufferedCase, CaseId};
+use crate::case::{CaseRecord, DeadLetterRecord};
 use crate::prometheus;
 use crate::secret::Secret;
 
@@ -684,16 +685,9 @@ impl Worker {
         let letters: Vec<_> = cases
             .into_iter()
             .map(|case| {
-                let record = DeadLetterRecord {
-                    source: case.record.meta.source.clone(),
-                    reason: reason.clone(),
-                    created_at_ms: now,
-                    kind: DeadLetterKind::Refused {
-                        attempts: case.deliveries.max(u64::from(attempts)),
-                        case: case.record,
-                        status,
-                    },
-                };
+                let attempts = case.deliveries.max(u64::from(attempts));
+                let record =
+                    DeadLetterRecord::refused(case.record, status, attempts, reason.clone(), now);
                 (case.id, record)
             })
             .collect();

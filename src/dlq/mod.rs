@@ -8,10 +8,14 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::buffer::{Buffer, BufferError, CaseId, CaseRecord, DeadLetter, DeadLetterKind};
-use crate::clock::now_ms;
-use crate::inbound::Headers;
-use crate::mapping::{CompiledMapping, EventInput, MappingSet};
+use crate::buffer::{Buffer, BufferError, CaseId};
+use crate::case::{CaseRecord, DeadLetter, DeadLetterKind};
+use crate::clock::Clock;
+use crate::inbound::{Headers, InboundRequest};
+use crate::mapping::{
+    CompiledMapping, DEFAULT_MAX_EVENT_CASES_BYTES, DeliveryIdFrom, MappingSet, Origin,
+};
+use crate::verify::Verified;
 
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -131,10 +135,11 @@ pub async fn show(buffer: &Buffer, id: &str) -> Result<DeadLetter, DlqError> {
 
 /// The cases a dead letter would become now: a refused case as it was, a mapping failure
 /// mapped again with `mapping` (the current one of its source, or another file for `try`).
-/// `Err` holds why it would still fail.
+/// `Err` holds why it would still fail. `clock` stamps the new cases' receipt time.
 pub fn plan(
     letter: &DeadLetter,
     mapping: Option<&CompiledMapping>,
+    clock: &Clock,
 ) -> Result<Vec<CaseRecord>, String> {
     match &letter.record.kind {
         DeadLetterKind::Refused { case, .. } => Ok(vec![case.clone()]),
@@ -169,28 +174,36 @@ pub fn plan(
                 .map(|(_, v)| v.as_str());
             let format =
                 crate::ingest::body_format(content_type).unwrap_or(crate::ingest::BodyFormat::Json);
-            let payload: Value = crate::ingest::parse_payload(payload.as_bytes(), format)
-                .map_err(|e| format!("stored payload cannot be read: {e}"))?;
             let headers: Headers = headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.clone()))
                 .collect();
-            let input = EventInput {
-                payload: &payload,
-                headers: &headers,
+            // Verified when it was received; its credentials were stripped before storage.
+            let request = Verified::previously_verified(InboundRequest::local(
+                headers,
+                payload.clone().into_bytes(),
+            ));
+            let origin = Origin {
                 request_id: request_id.as_deref().unwrap_or("replay"),
-                delivery_id: delivery_id.as_deref(),
-                received_at_ms: now_ms(),
+                received_at_ms: crate::clock::unix_ms(clock()),
+                delivery_id: DeliveryIdFrom::Stored(delivery_id.as_deref()),
             };
-            mapping.apply(&input).map_err(|failure| failure.to_string())
+            let mapped = mapping
+                .map_event(&request, format, &origin, DEFAULT_MAX_EVENT_CASES_BYTES)
+                .map_err(|e| format!("stored payload cannot be read: {e}"))?;
+            mapped.cases.map_err(|failure| failure.to_string())
         }
     }
 }
 
 /// What replaying `letter` would do under `mapping`, writing nothing.
-pub fn preview(letter: &DeadLetter, mapping: Option<&CompiledMapping>) -> ReplayPreview {
+pub fn preview(
+    letter: &DeadLetter,
+    mapping: Option<&CompiledMapping>,
+    clock: &Clock,
+) -> ReplayPreview {
     let id = letter.id.clone();
-    match plan(letter, mapping) {
+    match plan(letter, mapping, clock) {
         Err(reason) => ReplayPreview::StillFailing { id, reason },
         Ok(cases) if cases.is_empty() => ReplayPreview::WouldFilter { id },
         Ok(cases) => ReplayPreview::WouldEnqueue {
@@ -219,6 +232,7 @@ pub struct PreviewPage {
 pub async fn preview_page(
     buffer: &Buffer,
     mappings: &MappingSet,
+    clock: &Clock,
     source: Option<&str>,
     after: Option<&str>,
     limit: usize,
@@ -235,7 +249,7 @@ pub async fn preview_page(
             continue;
         }
         let mapping = mappings.get(&letter.record.source);
-        dry_run.push(preview(&letter, mapping.map(|m| m.as_ref())));
+        dry_run.push(preview(&letter, mapping.map(|m| m.as_ref()), clock));
     }
     Ok(PreviewPage { dry_run, next })
 }
@@ -244,12 +258,13 @@ pub async fn preview_page(
 pub async fn replay(
     buffer: &Buffer,
     mappings: &MappingSet,
+    clock: &Clock,
     id: &str,
 ) -> Result<ReplayOutcome, DlqError> {
     let letter = show(buffer, id).await?;
     let id = letter.id.clone();
     let mapping = mappings.get(&letter.record.source);
-    let cases = match plan(&letter, mapping.map(|m| m.as_ref())) {
+    let cases = match plan(&letter, mapping.map(|m| m.as_ref()), clock) {
         Ok(cases) => cases,
         Err(reason) => return Ok(ReplayOutcome::StillFailing { id, reason }),
     };
@@ -269,6 +284,7 @@ pub async fn replay(
 pub async fn replay_all(
     buffer: &Buffer,
     mappings: &MappingSet,
+    clock: &Clock,
     source: Option<&str>,
     mut progress: impl FnMut(usize, usize, &ReplayOutcome),
 ) -> Result<Vec<ReplayOutcome>, DlqError> {
@@ -288,7 +304,7 @@ pub async fn replay_all(
                 continue;
             }
             drop(letter);
-            let outcome = replay(buffer, mappings, &id).await?;
+            let outcome = replay(buffer, mappings, clock, &id).await?;
             progress(outcomes.len() + 1, total, &outcome);
             outcomes.push(outcome);
         }
@@ -331,4 +347,54 @@ pub async fn purge(buffer: &Buffer, ids: &[String], source: Option<&str>) -> Res
         removed += buffer.remove_dead_letters(&page).await?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::case::{DeadLetterKind, DeadLetterRecord};
+    use crate::env::Env;
+
+    const QUEUE: &str = "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d";
+
+    #[test]
+    fn a_replayed_mapping_failure_is_stamped_by_the_injected_clock() {
+        let mapping = CompiledMapping::compile(
+            Path::new("mappings/test-source.yaml"),
+            "verify: {scheme: none}\nrules:\n  - name: all\n    queue: ${QUEUE}\n    title: '{{ $.name }}'\n    data: {name: $.name}\n",
+            &Env::from_pairs([("QUEUE", QUEUE)]),
+        )
+        .unwrap();
+        let letter = DeadLetter {
+            id: "1".into(),
+            record: DeadLetterRecord {
+                source: "test-source".into(),
+                reason: "rule `all`: title: missing".into(),
+                created_at_ms: 1,
+                kind: DeadLetterKind::MappingFailure {
+                    payload: r#"{"name":"n-1"}"#.into(),
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    mapping_file: "test-source.yaml".into(),
+                    mapping_version: "v".into(),
+                    rule: Some("all".into()),
+                    request_id: Some("req-7".into()),
+                    delivery_id: Some("d-7".into()),
+                },
+            },
+        };
+        let at = UNIX_EPOCH + Duration::from_millis(1_234_567);
+        let clock: Clock = Arc::new(move || at);
+        let cases = plan(&letter, Some(&mapping), &clock).unwrap();
+        assert_eq!(cases.len(), 1);
+        assert_eq!(cases[0].title, "n-1");
+        assert_eq!(cases[0].meta.received_at_ms, 1_234_567);
+        assert_eq!(cases[0].meta.request_id, "req-7");
+        assert_eq!(cases[0].meta.delivery_id.as_deref(), Some("d-7"));
+        // Not the wall clock.
+        assert!(crate::clock::unix_ms(SystemTime::now()) > 1_234_567);
+    }
 }

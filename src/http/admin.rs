@@ -5,7 +5,6 @@
 use std::future::{Ready, ready};
 
 use actix_web::dev::Payload;
-use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -13,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::dlq::{self, DeadLetterView, DlqError};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 
 /// Proof that the request carried the admin token.
 pub struct Admin;
@@ -23,8 +22,7 @@ impl FromRequest for Admin {
     type Future = Ready<Result<Admin, ApiError>>;
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let unauthorized =
-            |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let unauthorized = |message: &str| ApiError::new(Problem::Unauthorized, message);
         let Some(state) = request.app_data::<web::Data<AppState>>() else {
             return ready(Err(unauthorized("admin API is off")));
         };
@@ -62,11 +60,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 fn dlq_error(error: DlqError, state: &AppState) -> ApiError {
     match error {
-        DlqError::NotFound(id) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_such_dead_letter",
-            format!("no dead letter {id}"),
-        ),
+        DlqError::NotFound(id) => {
+            ApiError::new(Problem::NoSuchDeadLetter, format!("no dead letter {id}"))
+        }
         DlqError::Buffer(e) => ApiError::from_buffer(e, state.retry_after),
     }
 }
@@ -135,12 +131,17 @@ async fn replay_one(
             .await
             .map_err(|e| dlq_error(e, &state))?;
         let mapping = mappings.get(&letter.record.source);
-        let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()));
+        let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()), state.ingestor.clock());
         return Ok(HttpResponse::Ok().json(preview));
     }
-    let outcome = dlq::replay(state.ingestor.buffer(), &mappings, &id)
-        .await
-        .map_err(|e| dlq_error(e, &state))?;
+    let outcome = dlq::replay(
+        state.ingestor.buffer(),
+        &mappings,
+        state.ingestor.clock(),
+        &id,
+    )
+    .await
+    .map_err(|e| dlq_error(e, &state))?;
     state.ingestor.wake_delivery();
     Ok(HttpResponse::Ok().json(outcome))
 }
@@ -155,6 +156,7 @@ async fn replay_all(
         let page = dlq::preview_page(
             state.ingestor.buffer(),
             &mappings,
+            state.ingestor.clock(),
             filter.source.as_deref(),
             filter.after.as_deref(),
             filter.limit.unwrap_or(dlq::PAGE),
@@ -166,6 +168,7 @@ async fn replay_all(
     let outcomes = dlq::replay_all(
         state.ingestor.buffer(),
         &mappings,
+        state.ingestor.clock(),
         filter.source.as_deref(),
         |_, _, _| {},
     )
@@ -198,20 +201,25 @@ async fn purge_all(
 }
 
 async fn reload(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.reload.as_ref() {
+    match state.mapping_reloader.as_ref() {
         None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "reload_unavailable",
+            Problem::ReloadUnavailable,
             "mapping reload is not configured",
         )),
-        Some(reload) => match reload() {
+        Some(reloader) => match reloader.reload_now() {
             Ok(sources) => {
                 Ok(HttpResponse::Ok().json(json!({"reloaded": true, "sources": sources})))
             }
             Err(errors) => Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "mapping_errors",
-                format!("the previous mappings stay in service: {errors}"),
+                Problem::MappingErrors,
+                format!(
+                    "the previous mappings stay in service: {}",
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
             )),
         },
     }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::inbound::{Headers, InboundRequest};
 use crate::ingest::{IngestError, IngestOutcome, body_format};
 use crate::prometheus;
@@ -32,13 +32,9 @@ pub async fn receive(
     })?;
     let refuse = |e: IngestError| {
         let error = ApiError::from_ingest(e, state.retry_after);
-        let outcome = match error.status.as_u16() {
-            401 => "unauthorized",
-            503 => "unavailable",
-            _ => "invalid",
-        };
-        count(&mapping.source, outcome, error.code);
-        if outcome == "unauthorized" {
+        let refusal = error.refusal();
+        count(&mapping.source, refusal.label(), error.code);
+        if refusal == Refusal::Unauthorized {
             tracing::warn!(source = %mapping.source, request_id, code = error.code, "webhook refused");
         }
         error
@@ -93,31 +89,16 @@ pub async fn receive(
         .map_err(refuse)?;
     let source = mapping.source.as_str();
     let mut response = match outcome {
-        IngestOutcome::Accepted {
-            case_ids,
-            dead_letter_ids,
-        } => {
-            let outcome = if case_ids.is_empty() {
-                "mapping_failure"
-            } else {
-                "accepted"
-            };
-            count(source, outcome, "");
-            // `debug`, not `info`: a line per accepted webhook cost more CPU than the rest of the
-            // answer at high rates; the webhooks counter and the cases' metadata keep the record.
-            tracing::debug!(
-                source,
-                request_id,
-                cases = case_ids.len(),
-                dead_letters = dead_letter_ids.len(),
-                "webhook accepted"
-            );
-            let mut body = json!({"accepted": case_ids.len(), "case_ids": case_ids});
-            if !dead_letter_ids.is_empty() {
-                body["dead_letter_ids"] = json!(dead_letter_ids);
-            }
-            HttpResponse::Accepted().json(body)
+        IngestOutcome::Accepted { case_ids } => {
+            accepted(source, &request_id, "accepted", &case_ids, &[])
         }
+        IngestOutcome::MappingFailed { dead_letter_ids } => accepted(
+            source,
+            &request_id,
+            "mapping_failure",
+            &[],
+            &dead_letter_ids,
+        ),
         IngestOutcome::Filtered => {
             count(source, "filtered", "");
             tracing::debug!(source, request_id, "webhook filtered out by its mapping");
@@ -139,6 +120,31 @@ pub async fn receive(
             .insert(HeaderName::from_static("x-request-id"), value);
     }
     Ok(response)
+}
+
+/// The 202 for a webhook whose cases (or whose dead letter) are durably stored.
+fn accepted(
+    source: &str,
+    request_id: &str,
+    outcome: &'static str,
+    case_ids: &[String],
+    dead_letter_ids: &[String],
+) -> HttpResponse {
+    count(source, outcome, "");
+    // `debug`, not `info`: a line per accepted webhook cost more CPU than the rest of the
+    // answer at high rates; the webhooks counter and the cases' metadata keep the record.
+    tracing::debug!(
+        source,
+        request_id,
+        cases = case_ids.len(),
+        dead_letters = dead_letter_ids.len(),
+        "webhook accepted"
+    );
+    let mut body = json!({"accepted": case_ids.len(), "case_ids": case_ids});
+    if !dead_letter_ids.is_empty() {
+        body["dead_letter_ids"] = json!(dead_letter_ids);
+    }
+    HttpResponse::Accepted().json(body)
 }
 
 fn count(source: &str, outcome: &'static str, reason: &'static str) {

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod health;
 pub mod ingress;
 pub mod metrics;
+pub mod server;
 pub mod slow;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, HttpResponse, web};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::ingest::Ingestor;
 
 /// What the handlers share.
@@ -31,16 +32,46 @@ pub struct AppState {
     /// Body bytes being received by all requests together, against their cap.
     pub inflight_bodies: Arc<ingress::InflightBodies>,
     pub retry_after: Duration,
-    pub mappings_loaded: Arc<std::sync::atomic::AtomicBool>,
     pub delivery: Option<crate::delivery::Delivery>,
     /// Bearer token of `/admin/*`; the admin routes exist only when it is set.
     pub admin_token: Option<crate::secret::Secret>,
     /// Serve `/admin/*` on this app (false when the admin API has its own listener).
     pub admin_here: bool,
-    /// Recompiles the mapping directory and swaps it in; `Err` keeps the old set.
-    pub reload: Option<Arc<dyn Fn() -> Result<usize, String> + Send + Sync>>,
-    /// Hot reload of the mapping directory; its status is shown by /readyz and /admin/status.
+    /// Reloads the mapping directory (`POST /admin/reload`); its status is on /admin/status.
     pub mapping_reloader: Option<Arc<crate::mapping::MappingReloader>>,
+}
+
+impl AppState {
+    /// The state for `config`'s listeners over `ingestor`, without delivery or reloads.
+    pub fn new(ingestor: Ingestor, config: &crate::config::Config) -> Self {
+        AppState {
+            ingestor,
+            max_body_bytes: config.ingress.max_body_bytes,
+            client_timeout: config.ingress.client_timeout,
+            public_url: config.public_url.clone(),
+            trusted_proxies: config.ingress.trusted_proxies.clone(),
+            inflight_bodies: Arc::new(ingress::InflightBodies::new(
+                config.ingress.max_inflight_body_bytes,
+            )),
+            retry_after: config.buffer.retry_after,
+            delivery: None,
+            admin_token: config.admin_token.clone(),
+            admin_here: config.admin_listen.is_none(),
+            mapping_reloader: None,
+        }
+    }
+
+    /// Shows `delivery`'s state on /admin/status.
+    pub fn with_delivery(mut self, delivery: Option<crate::delivery::Delivery>) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Serves `POST /admin/reload` and the reload status with `reloader`.
+    pub fn with_reloader(mut self, reloader: Arc<crate::mapping::MappingReloader>) -> Self {
+        self.mapping_reloader = Some(reloader);
+        self
+    }
 }
 
 /// The application with every route, ready to be served or tested.
@@ -91,8 +122,7 @@ pub fn build_admin_app(
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "not_found",
+        Problem::NotFound,
         "no such endpoint; webhooks are sent with POST /hooks/{source}",
     ))
 }

@@ -5,9 +5,11 @@ use serde_json::Value;
 
 use super::model::{ExampleSpec, ExpectedCase};
 use super::{CompiledMapping, EventInput};
-use crate::buffer::CaseRecord;
+use crate::case::CaseRecord;
 use crate::env::{Env, interpolate};
 use crate::inbound::Headers;
+use crate::inbound::InboundRequest;
+use crate::verify::Verified;
 
 /// The outcome of one example.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,15 +58,14 @@ fn run_one(mapping: &CompiledMapping, example: &ExampleSpec, env: &Env) -> Resul
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
+    // The operator's own example: nothing to verify.
+    let request = Verified::trusted_local_input(InboundRequest::local(headers, text.clone()));
+    let headers = &request.get().headers;
     let run = |payload: &Value| {
-        let delivery_id = mapping.delivery_id_of(payload, &headers);
-        let input = EventInput {
-            payload,
-            headers: &headers,
-            request_id: "example",
-            delivery_id: delivery_id.as_deref(),
-            received_at_ms: 0,
-        };
+        let delivery_id = mapping.delivery_id_of(payload, headers);
+        let input = EventInput::new(&request, payload)
+            .request_id("example")
+            .delivery_id(delivery_id.as_deref());
         (delivery_id.clone(), mapping.apply(&input))
     };
     let (full, partial) = (run(&payload), run(&pruned));

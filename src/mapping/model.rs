@@ -192,5 +192,5 @@ pub struct ExpectedCase {
     /// The labels, in order (labels that rendered empty are left out).
     #[serde(default)]
     #[schemars(with = "Option<Vec<LabelSpec>>")]
-    pub labels: Option<Vec<crate::buffer::Label>>,
+    pub labels: Option<Vec<crate::case::Label>>,
 }

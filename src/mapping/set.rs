@@ -170,6 +170,26 @@ impl MappingSet {
         }
     }
 
+    /// Every `source: key` whose rules name an API key missing from `configured` (the names
+    /// under `duvo.api_keys`), each logged as an error: such cases stay buffered. Run on the
+    /// startup load and on every reload.
+    pub fn report_unconfigured_api_keys(&self, configured: &[String]) -> Vec<String> {
+        let mut missing = Vec::new();
+        for mapping in self.iter() {
+            for name in mapping
+                .api_key_names()
+                .filter(|n| !configured.iter().any(|c| c == n))
+            {
+                tracing::error!(source = %mapping.source, key = name, "a rule names an API key that is not configured (CASEGATE_DUVO__API_KEYS__<NAME>); its cases stay buffered");
+                let entry = format!("{}: {name}", mapping.source);
+                if !missing.contains(&entry) {
+                    missing.push(entry);
+                }
+            }
+        }
+        missing
+    }
+
     /// Each source's mapping file and version, sorted by source: what a reload changed, and what
     /// the status endpoint shows.
     pub fn versions(&self) -> BTreeMap<String, SourceVersion> {

@@ -330,6 +330,13 @@ impl<T> Verified<T> {
     pub fn previously_verified(value: T) -> Self {
         Verified(value)
     }
+
+    /// Wraps a value WITHOUT checking it, for input the operator supplies on the local machine
+    /// (`casegate try` on a sample, a mapping's examples, tests and benchmarks). Never for
+    /// anything received over the network.
+    pub fn trusted_local_input(value: T) -> Self {
+        Verified(value)
+    }
 }
 
 /// Why a request failed verification. Messages say which check failed; they never contain a

@@ -71,7 +71,7 @@ fn fan_out_body(items: usize, note_bytes: usize) -> String {
 }
 
 /// Dead letters in a stopped gateway's embedded buffer, and how many cases it holds.
-async fn stored(dir: &std::path::Path) -> (Vec<casegate::buffer::DeadLetter>, usize) {
+async fn stored(dir: &std::path::Path) -> (Vec<casegate::case::DeadLetter>, usize) {
     let buffer = crate::support::gateway::embedded_buffer(dir);
     let letters = buffer.list_dead_letters(None, 100).await.unwrap();
     let cases = crate::support::gateway::drain(&buffer).await.len();

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use casegate::buffer::redis::Topology;
 use casegate::buffer::{
-    Buffer, BufferError, CaseId, CaseMeta, CaseRecord, DeadLetterId, DeadLetterKind,
-    DeadLetterRecord, DedupeMark, EmbeddedBuffer, Enqueue, EnqueueOutcome, QueueStats, RedisBuffer,
+    Buffer, BufferError, CaseId, DedupeMark, EmbeddedBuffer, Enqueue, EnqueueOutcome, QueueStats,
+    RedisBuffer,
 };
+use casegate::case::{CaseMeta, CaseRecord, DeadLetterId, DeadLetterKind, DeadLetterRecord};
 
 use crate::support::post_json;
 use crate::support::redis_cluster::RedisCluster;

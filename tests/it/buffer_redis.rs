@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use casegate::buffer::{
-    BufferError, CaseId, CaseRecord, DeadLetterKind, Enqueue, EnqueueOutcome, RedisBuffer,
-};
+use casegate::buffer::{BufferError, CaseId, Enqueue, EnqueueOutcome, RedisBuffer};
+use casegate::case::{CaseRecord, DeadLetterKind};
 
 use crate::buffer::*;
 use crate::support::redis_server::RedisServer;

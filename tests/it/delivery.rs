@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use casegate::buffer::{Buffer, DeadLetterKind, EmbeddedBuffer, RedisBuffer};
+use casegate::buffer::{Buffer, EmbeddedBuffer, RedisBuffer};
+use casegate::case::DeadLetterKind;
 use casegate::inbound::Headers;
 use casegate_sandbox::Faults;
 

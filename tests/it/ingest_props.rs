@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -108,11 +107,9 @@ fn state(dir: &Path) -> AppState {
         trusted_proxies: Vec::new(),
         inflight_bodies: Arc::new(casegate::http::ingress::InflightBodies::new(256 << 20)),
         retry_after: Duration::from_secs(5),
-        mappings_loaded: Arc::new(AtomicBool::new(true)),
         delivery: None,
         admin_token: None,
         admin_here: true,
-        reload: None,
         mapping_reloader: None,
     }
 }

@@ -561,7 +561,7 @@ async fn filtered_events_mapping_failures_and_form_payloads() {
         dead.record.reason
     );
     match dead.record.kind {
-        casegate::buffer::DeadLetterKind::MappingFailure {
+        casegate::case::DeadLetterKind::MappingFailure {
             payload,
             rule,
             request_id,

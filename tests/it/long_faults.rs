@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use casegate::buffer::{Buffer, DeadLetterKind, RedisBuffer};
+use casegate::buffer::{Buffer, RedisBuffer};
+use casegate::case::DeadLetterKind;
 use casegate_sandbox::Faults;
 
 use crate::support::cases::{backlog, case};

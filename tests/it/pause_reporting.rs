@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use casegate::buffer::{Buffer, CaseRecord};
+use casegate::buffer::Buffer;
+use casegate::case::CaseRecord;
 
 use crate::support::cases::{backlog, case};
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway, embedded_buffer};

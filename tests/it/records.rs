@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use casegate::buffer::{Buffer, DeadLetterKind};
+use casegate::buffer::Buffer;
+use casegate::case::DeadLetterKind;
 use casegate::inbound::Headers;
 
 use crate::support::gateway::{Backend, GatewayOptions, QUEUE, TestGateway};
@@ -24,7 +25,7 @@ fn mapping() -> String {
 }
 
 /// Waits until `buffer` holds `n` dead letters; returns them.
-async fn wait_for_dead_letters(buffer: &Buffer, n: usize) -> Vec<casegate::buffer::DeadLetter> {
+async fn wait_for_dead_letters(buffer: &Buffer, n: usize) -> Vec<casegate::case::DeadLetter> {
     let what = format!("{n} dead letters");
     eventually(&what, Duration::from_secs(20), || async {
         let letters = buffer.list_dead_letters(None, 100).await.unwrap();
@@ -37,7 +38,7 @@ async fn wait_for_dead_letters(buffer: &Buffer, n: usize) -> Vec<casegate::buffe
     .await
 }
 
-fn assert_undecodable(letters: &[casegate::buffer::DeadLetter], raw: &[u8]) {
+fn assert_undecodable(letters: &[casegate::case::DeadLetter], raw: &[u8]) {
     use base64::Engine;
     assert_eq!(letters.len(), 1, "{letters:?}");
     match &letters[0].record.kind {

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::buffer::{Buffer, CaseMeta, CaseRecord, DeadLetterKind, EmbeddedBuffer, Enqueue};
+use crate::buffer::{Buffer, EmbeddedBuffer, Enqueue};
+use crate::case::{CaseMeta, CaseRecord, DeadLetterKind};
 use crate::delivery::client::{Api, StandIn};
 use crate::delivery::limiter::{LimiterConfig, PauseKind, RateLimiter};
 use crate::delivery::policy::{ApiAnswer, Backoff, RateLimitHeaders};

@@ -1,6 +1,7 @@
 //! Case records written straight into a buffer, as a backlog: `Event <i>` for the test queue.
 
-use casegate::buffer::{Buffer, CaseMeta, CaseRecord, Enqueue};
+use casegate::buffer::{Buffer, Enqueue};
+use casegate::case::{CaseMeta, CaseRecord};
 
 use super::gateway::QUEUE;
 
