@@ -126,6 +126,14 @@ pub const MAX_STORED_DELIVERY_ID: usize = 128;
 pub const DEFAULT_OFFLOAD_VERIFY_BYTES: usize = 64 * 1024;
 
 impl Ingestor {
+    /// This ingestor for one HTTP worker (see [`Buffer::for_worker`]).
+    pub fn for_worker(&self) -> Ingestor {
+        Ingestor {
+            buffer: self.buffer.for_worker(),
+            ..self.clone()
+        }
+    }
+
     pub fn new(
         mappings: Arc<ArcSwap<MappingSet>>,
         buffer: Buffer,

@@ -181,6 +181,22 @@ macro_rules! dispatch {
 }
 
 impl Buffer {
+    /// The same buffer for one HTTP worker: on Redis over a connection of the worker's own
+    /// ([`RedisBuffer::with_own_connection`]), the shared one if that cannot be opened; the
+    /// embedded buffer already groups every worker's writes into one commit.
+    pub fn for_worker(&self) -> Buffer {
+        match self {
+            Buffer::Redis(redis) => match redis.with_own_connection() {
+                Ok(own) => Buffer::Redis(own),
+                Err(error) => {
+                    tracing::warn!(%error, "an HTTP worker shares the main redis connection");
+                    self.clone()
+                }
+            },
+            Buffer::Embedded(_) => self.clone(),
+        }
+    }
+
     /// Opens the backend `config` names.
     pub async fn open(config: &BufferConfig) -> Result<Buffer, BufferError> {
         Ok(match config.backend {

@@ -61,6 +61,15 @@ impl AppState {
         }
     }
 
+    /// The state one HTTP worker serves with: everything shared, but the buffer's connection
+    /// its own (see [`crate::buffer::Buffer::for_worker`]). Called on the worker's thread.
+    pub fn for_worker(&self) -> Self {
+        AppState {
+            ingestor: self.ingestor.for_worker(),
+            ..self.clone()
+        }
+    }
+
     /// Shows `delivery`'s state on /admin/status.
     pub fn with_delivery(mut self, delivery: Option<crate::delivery::Delivery>) -> Self {
         self.delivery = delivery;

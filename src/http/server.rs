@@ -31,7 +31,8 @@ pub fn http_server(
     }
     builder = builder.listen("casegate", listener, move || {
         let app = actix_web::dev::AppConfig::default();
-        let app_service = map_config(build_app(state.clone()), move |_| app.clone());
+        // Runs once per worker, on its thread.
+        let app_service = map_config(build_app(state.for_worker()), move |_| app.clone());
         let http = actix_http::HttpService::build()
             .keep_alive(keep_alive)
             // Off here: HeadDeadline enforces it with a JSON answer.

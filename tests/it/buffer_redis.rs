@@ -139,6 +139,38 @@ async fn redis_keys_share_one_hash_tag() {
     );
 }
 
+/// Each HTTP worker writes over a connection of its own: a second client on the server, whose
+/// writes the shared connection sees at once, and whose Debug shows no password either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_buffer_writes_over_its_own_connection_into_the_same_queues() {
+    let server = RedisServer::start_with_password("w0rker-pass").await;
+    let shared = RedisBuffer::connect(&server.url(), "casegate", OP_TIMEOUT)
+        .await
+        .unwrap();
+    shared.ping().await.unwrap();
+    let clients = |server: &RedisServer| {
+        redis_cli(
+            server,
+            &["-a", "w0rker-pass", "--no-auth-warning", "CLIENT", "LIST"],
+        )
+        .lines()
+        .filter(|l| l.contains("cmd=") && !l.contains("cmd=client"))
+        .count()
+    };
+    let before = clients(&server);
+    let own = shared.with_own_connection().unwrap();
+    assert_eq!(clients(&server), before, "opened lazily: no connection yet");
+    let id = store_cases_redis(&own, case(QUEUE_A, "c", 1)).await;
+    assert_eq!(clients(&server), before + 1, "its own connection");
+    assert_eq!(shared.stats(QUEUE_A).await.unwrap().depth, 1);
+    let claimed = shared.claim(QUEUE_A, "replica-a", 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        [id]
+    );
+    assert!(!format!("{own:?}").contains("w0rker-pass"));
+}
+
 fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
     let out = std::process::Command::new("redis-cli")
         .args(["-p", &server.port().to_string()])

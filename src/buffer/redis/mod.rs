@@ -81,6 +81,10 @@ const FIELD: &str = "r";
 #[derive(Clone)]
 pub struct RedisBuffer {
     conn: RedisConn,
+    /// How `conn` was opened, so [`Self::with_own_connection`] can open another; the URL may
+    /// hold a password (never printed).
+    topology: Topology,
+    url: std::sync::Arc<str>,
     prefix: String,
     op_timeout: Duration,
     /// Replicas that must confirm a webhook's write before it is acknowledged (`WAIT`); 0: none.
@@ -121,6 +125,8 @@ impl RedisBuffer {
         let conn = RedisConn::open(topology, url, op_timeout)?;
         let buffer = RedisBuffer {
             conn,
+            topology,
+            url: url.into(),
             prefix: key_prefix.to_owned(),
             op_timeout,
             wait_replicas: 0,
@@ -135,6 +141,19 @@ impl RedisBuffer {
             }
         });
         Ok(buffer)
+    }
+
+    /// The same buffer over a connection of its own, opened lazily: its first operation
+    /// connects, and the task that drives it runs on the runtime of that first operation.
+    ///
+    /// Each HTTP worker takes one, so a webhook's write goes out and its answer comes back on
+    /// the worker's own thread instead of waking a thread of the main runtime both ways. `WAIT`
+    /// still follows the write on the same connection.
+    pub fn with_own_connection(&self) -> Result<RedisBuffer, BufferError> {
+        Ok(RedisBuffer {
+            conn: RedisConn::open(self.topology, &self.url, self.op_timeout)?,
+            ..self.clone()
+        })
     }
 
     /// Makes every enqueue wait until `replicas` Redis replicas confirmed it (`WAIT`, bounded by
