@@ -53,13 +53,13 @@ pub async fn receive(
     let mut reservation = state.inflight_bodies.reservation();
     let read = read_body(
         body,
-        state.max_body_bytes,
+        state.ingress.max_body_bytes,
         declared_length,
         &mut reservation,
     );
-    let body = tokio::time::timeout(state.client_timeout, read)
+    let body = tokio::time::timeout(state.ingress.client_timeout, read)
         .await
-        .map_err(|_| IngestError::BodyTimeout(state.client_timeout))
+        .map_err(|_| IngestError::BodyTimeout(state.ingress.client_timeout))
         .and_then(|read| read)
         .map_err(refuse)?;
     let headers = request
@@ -77,7 +77,7 @@ pub async fn receive(
         url: public_url(
             &request,
             state.public_url.as_deref(),
-            &state.trusted_proxies,
+            &state.ingress.trusted_proxies,
         ),
         headers,
         body,

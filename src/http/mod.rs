@@ -24,11 +24,9 @@ use crate::ingest::Ingestor;
 #[derive(Clone)]
 pub struct AppState {
     pub ingestor: Ingestor,
-    pub max_body_bytes: usize,
-    pub client_timeout: Duration,
+    /// The ingress settings: body limits and timeouts, trusted proxies.
+    pub ingress: Arc<crate::config::IngressConfig>,
     pub public_url: Option<String>,
-    /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed.
-    pub trusted_proxies: Vec<crate::config::IpRange>,
     /// Body bytes being received by all requests together, against their cap.
     pub inflight_bodies: Arc<ingress::InflightBodies>,
     pub retry_after: Duration,
@@ -46,10 +44,8 @@ impl AppState {
     pub fn new(ingestor: Ingestor, config: &crate::config::Config) -> Self {
         AppState {
             ingestor,
-            max_body_bytes: config.ingress.max_body_bytes,
-            client_timeout: config.ingress.client_timeout,
+            ingress: Arc::new(config.ingress.clone()),
             public_url: config.public_url.clone(),
-            trusted_proxies: config.ingress.trusted_proxies.clone(),
             inflight_bodies: Arc::new(ingress::InflightBodies::new(
                 config.ingress.max_inflight_body_bytes,
             )),

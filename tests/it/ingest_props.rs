@@ -11,6 +11,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::test::{self, TestRequest};
 use arc_swap::ArcSwap;
 use casegate::buffer::{Buffer, EmbeddedBuffer};
+use casegate::config::IngressConfig;
 use casegate::env::Env;
 use casegate::http::{AppState, build_app};
 use casegate::ingest::{Ingestor, system_clock};
@@ -94,6 +95,8 @@ fn state(dir: &Path) -> AppState {
     });
     let set = MappingSet::from_mappings(compiled);
     let buffer = Buffer::Embedded(EmbeddedBuffer::open(&dir.join("buffer.redb")).unwrap());
+    let defaults =
+        casegate::config::Config::load(None, &Env::default(), &Default::default()).unwrap();
     AppState {
         ingestor: Ingestor::new(
             Arc::new(ArcSwap::from_pointee(set)),
@@ -101,10 +104,12 @@ fn state(dir: &Path) -> AppState {
             Duration::from_secs(3600),
             system_clock(),
         ),
-        max_body_bytes: MAX_BODY_BYTES,
-        client_timeout: Duration::from_secs(5),
+        ingress: Arc::new(IngressConfig {
+            max_body_bytes: MAX_BODY_BYTES,
+            client_timeout: Duration::from_secs(5),
+            ..defaults.ingress
+        }),
         public_url: None,
-        trusted_proxies: Vec::new(),
         inflight_bodies: Arc::new(casegate::http::ingress::InflightBodies::new(256 << 20)),
         retry_after: Duration::from_secs(5),
         delivery: None,
