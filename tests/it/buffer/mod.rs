@@ -1,7 +1,8 @@
 //! The buffer contract, run unchanged against both backends: a real `redis-server` spawned per
 //! test (never the machine's Redis) and a redb file in a temp dir. Each contract test is an async
 //! fn taking a [`Fixture`]; `contract!` turns it into `buffer::redis::<name>` and
-//! `buffer::embedded::<name>`.
+//! `buffer::embedded::<name>`. The tests sit in files by subject (`claims`, `dedupe`,
+//! `dead_letters`, `restarts`); the fixture, the helpers and the contract's list stay here.
 
 use std::time::Duration;
 
