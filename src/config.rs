@@ -9,10 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::env::Env;
 use crate::secret::Secret;
+use raw::RawConfig;
 
 /// The shipped configuration file; also the lowest layer, so it can never drift from the defaults.
 pub const DEFAULTS_TOML: &str = include_str!("../config/casegate.toml");
@@ -20,152 +19,6 @@ pub const DEFAULTS_TOML: &str = include_str!("../config/casegate.toml");
 /// Shortest admin token accepted: the admin API can purge and replay, so its token must not be
 /// guessable.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    listen: String,
-    mappings: PathBuf,
-    public_url: String,
-    ingress: RawIngress,
-    buffer: RawBuffer,
-    duvo: RawDuvo,
-    delivery: RawDelivery,
-    admin: RawAdmin,
-    log: RawLog,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIngress {
-    max_body_bytes: usize,
-    dedupe_ttl_secs: u64,
-    client_timeout_secs: u64,
-    workers: usize,
-    keep_alive_secs: u64,
-    trusted_proxies: StringList,
-    max_inflight_body_bytes: usize,
-    max_event_cases_bytes: usize,
-    offload_verify_bytes: usize,
-    allow_default_secrets: bool,
-}
-
-/// A list in a file, or a comma-separated string in an environment variable.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StringList {
-    Many(Vec<String>),
-    One(String),
-}
-
-impl StringList {
-    fn items(&self) -> Vec<String> {
-        match self {
-            StringList::Many(items) => items.clone(),
-            StringList::One(text) => text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBuffer {
-    backend: String,
-    path: PathBuf,
-    redis_url: String,
-    key_prefix: String,
-    op_timeout_ms: u64,
-    retry_after_secs: u64,
-    wait_replicas: u32,
-    queue_retention_secs: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDuvo {
-    base_url: String,
-    api_key: String,
-    connect_timeout_secs: u64,
-    request_timeout_secs: u64,
-    #[serde(default)]
-    api_keys: std::collections::HashMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDelivery {
-    enabled: bool,
-    rate: u32,
-    window_secs: u64,
-    margin_ms: u64,
-    max_batch: usize,
-    max_request_bytes: usize,
-    linger_ms: u64,
-    poll_interval_ms: u64,
-    visibility_timeout_secs: u64,
-    backoff_base_ms: u64,
-    backoff_max_secs: u64,
-    probe_interval_secs: u64,
-    max_attempts: u32,
-    consumer: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    token: String,
-    listen: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    format: String,
-    level: String,
-}
-
-// The raw layers hold the Redis URL (with its password), the API keys and the admin token as
-// plain strings: their `Debug` redacts them.
-impl std::fmt::Debug for RawBuffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawBuffer")
-            .field("backend", &self.backend)
-            .field("path", &self.path)
-            .field("redis_url", &"***")
-            .field("key_prefix", &self.key_prefix)
-            .field("op_timeout_ms", &self.op_timeout_ms)
-            .field("retry_after_secs", &self.retry_after_secs)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for RawDuvo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut key_names: Vec<&String> = self.api_keys.keys().collect();
-        key_names.sort();
-        f.debug_struct("RawDuvo")
-            .field("base_url", &self.base_url)
-            .field("api_key", &"***")
-            .field("connect_timeout_secs", &self.connect_timeout_secs)
-            .field("request_timeout_secs", &self.request_timeout_secs)
-            .field("api_keys", &key_names)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for RawAdmin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawAdmin")
-            .field("token", &"***")
-            .field("listen", &self.listen)
-            .finish()
-    }
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -618,6 +471,7 @@ fn consumer_name(configured: &str) -> String {
 }
 
 mod ip_range;
+mod raw;
 pub use ip_range::IpRange;
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ mod tests {
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
     fn signed() -> crate::inbound::InboundRequest {
-        request(&[("X-Hub-Signature-256", PUBLISHED)], b"Hello, World!")
+        github_published_example()
     }
 
     #[test]

@@ -50,3 +50,31 @@ pub fn with_body(mut request: InboundRequest, body: &[u8]) -> InboundRequest {
     request.body = Bytes::copy_from_slice(body);
     request
 }
+
+/// GitHub's published example ("Validating webhook deliveries"): `Hello, World!` signed with
+/// the secret `It's a Secret to Everybody`.
+pub fn github_published_example() -> InboundRequest {
+    request(
+        &[(
+            "X-Hub-Signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )],
+        b"Hello, World!",
+    )
+}
+
+/// Asserts that `signed` fails as `malformed_signature_header` under `spec` at `now` with each
+/// of the given headers replaced in turn.
+pub fn assert_each_malformed(
+    spec: &str,
+    signed: fn() -> InboundRequest,
+    now: SystemTime,
+    replacements: &[(&str, &str)],
+) {
+    for (name, value) in replacements {
+        let err = verifier(spec)
+            .verify(with_header(signed(), name, value), now)
+            .unwrap_err();
+        assert_eq!(err.code(), "malformed_signature_header", "{name}: {value}");
+    }
+}

@@ -52,6 +52,17 @@ async fn embedded_backlog(n: usize) -> tempfile::TempDir {
     dir
 }
 
+/// Waits for `n` cases in [`QUEUE`] (at most `within`) and asserts there are exactly `n`.
+async fn assert_delivered(sandbox: &TestSandbox, n: usize, within: Duration) {
+    assert_eq!(sandbox.wait_for(QUEUE, n, within).await, n);
+}
+
+/// A gateway pacing at `rate` on an embedded buffer that already holds `n` cases.
+async fn start_on_backlog(sandbox: &TestSandbox, n: usize, rate: u32) -> TestGateway {
+    let dir = embedded_backlog(n).await;
+    TestGateway::start_in(options(sandbox, Backend::Embedded, rate), dir).await
+}
+
 fn assert_each_once(titles: &[String], n: usize) {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for title in titles {
@@ -73,12 +84,8 @@ fn assert_each_once(titles: &[String], n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_in_full_batches_at_the_configured_rate_without_429s() {
     let sandbox = TestSandbox::start(10, Duration::from_secs(2)).await;
-    let dir = embedded_backlog(2_500).await;
-    let gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 10), dir).await;
-    let delivered = sandbox
-        .wait_for(QUEUE, 2_500, Duration::from_secs(30))
-        .await;
-    assert_eq!(delivered, 2_500);
+    let gateway = start_on_backlog(&sandbox, 2_500, 10).await;
+    assert_delivered(&sandbox, 2_500, Duration::from_secs(30)).await;
     let stats = sandbox.stats();
     assert_eq!(stats.rate_limited, 0, "casegate's pacing caused a 429");
     assert_eq!(
@@ -117,7 +124,7 @@ async fn a_lone_webhook_is_delivered_without_waiting_for_a_batch() {
     let gateway = TestGateway::start(options(&sandbox, Backend::Embedded, 300)).await;
     let answer = gateway.post("src", &json(), r#"{"id": 1}"#).await;
     assert_eq!(answer.status, 202);
-    assert_eq!(sandbox.wait_for(QUEUE, 1, Duration::from_secs(10)).await, 1);
+    assert_delivered(&sandbox, 1, Duration::from_secs(10)).await;
     let case = &sandbox.sandbox.cases(QUEUE)[0];
     assert_eq!(case.title, "Event 1");
     assert_eq!(
@@ -131,14 +138,8 @@ async fn a_lone_webhook_is_delivered_without_waiting_for_a_batch() {
 async fn a_stricter_api_limit_is_honoured_through_its_headers_and_retry_after() {
     // The API allows 5 per 2 s while casegate is configured for 20: the API's headers must win.
     let sandbox = TestSandbox::start(5, Duration::from_secs(2)).await;
-    let dir = embedded_backlog(1_200).await;
-    let _gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 20), dir).await;
-    assert_eq!(
-        sandbox
-            .wait_for(QUEUE, 1_200, Duration::from_secs(30))
-            .await,
-        1_200
-    );
+    let _gateway = start_on_backlog(&sandbox, 1_200, 20).await;
+    assert_delivered(&sandbox, 1_200, Duration::from_secs(30)).await;
     let stats = sandbox.stats();
     assert!(
         stats.rate_limited <= 2,
@@ -185,10 +186,7 @@ async fn a_storm_of_429s_pauses_the_key_and_loses_nothing() {
             202
         );
     }
-    assert_eq!(
-        sandbox.wait_for(QUEUE, 30, Duration::from_secs(30)).await,
-        30
-    );
+    assert_delivered(&sandbox, 30, Duration::from_secs(30)).await;
     assert_eq!(
         sandbox
             .wait_for(
@@ -243,10 +241,7 @@ async fn an_api_outage_is_ridden_out_and_nothing_is_lost() {
         error_ratio: 0.3,
         ..Faults::default()
     });
-    assert_eq!(
-        sandbox.wait_for(QUEUE, 50, Duration::from_secs(30)).await,
-        50
-    );
+    assert_delivered(&sandbox, 50, Duration::from_secs(30)).await;
     assert_each_once(&sandbox.titles(QUEUE), 50);
 }
 
@@ -257,12 +252,8 @@ async fn one_poison_case_among_a_hundred_is_dead_lettered_while_the_rest_are_del
         reject_title_pattern: Some("^Event 42$".into()),
         ..Faults::default()
     });
-    let dir = embedded_backlog(100).await;
-    let gateway = TestGateway::start_in(options(&sandbox, Backend::Embedded, 100), dir).await;
-    assert_eq!(
-        sandbox.wait_for(QUEUE, 99, Duration::from_secs(20)).await,
-        99
-    );
+    let gateway = start_on_backlog(&sandbox, 100, 100).await;
+    assert_delivered(&sandbox, 99, Duration::from_secs(20)).await;
     let titles = sandbox.titles(QUEUE);
     assert!(!titles.contains(&"Event 42".to_string()));
     // Bisecting 100 cases down to the refused one takes two requests per level (7 levels),
@@ -378,12 +369,7 @@ async fn three_replicas_on_one_redis_deliver_each_case_once_within_the_shared_li
             .await;
         assert_eq!(answer.status, 202);
     }
-    assert_eq!(
-        sandbox
-            .wait_for(QUEUE, 2_003, Duration::from_secs(40))
-            .await,
-        2_003
-    );
+    assert_delivered(&sandbox, 2_003, Duration::from_secs(40)).await;
     let stats = sandbox.stats();
     assert_eq!(
         stats.rate_limited, 0,

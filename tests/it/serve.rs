@@ -10,8 +10,8 @@ use crate::support::free_port;
 use crate::support::process::{CasegateProcess, serve_command};
 use crate::support::wait::eventually;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_runs_with_flags_and_stops_cleanly_on_sigterm_keeping_what_it_acknowledged() {
+/// A temp dir holding `mappings/orders.yaml`: unsigned, every event one case titled by its id.
+fn orders_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mappings = dir.path().join("mappings");
     std::fs::create_dir_all(&mappings).unwrap();
@@ -20,6 +20,12 @@ async fn serve_runs_with_flags_and_stops_cleanly_on_sigterm_keeping_what_it_ackn
         format!("verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Order {{{{ $.id }}}}'}}\n"),
     )
     .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_with_flags_and_stops_cleanly_on_sigterm_keeping_what_it_acknowledged() {
+    let dir = orders_dir();
     let port = free_port();
     let mut command = serve_command(dir.path(), port, &[]);
     command
@@ -124,14 +130,7 @@ async fn url_signing_schemes_use_the_configured_public_url_behind_a_proxy() {
 /// nothing in flight, so it must not hold the stop for the whole header timeout (here an hour).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_sent_a_byte_does_not_hold_the_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let mappings = dir.path().join("mappings");
-    std::fs::create_dir_all(&mappings).unwrap();
-    std::fs::write(
-        mappings.join("orders.yaml"),
-        format!("verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE}, title: 'Order {{{{ $.id }}}}'}}\n"),
-    )
-    .unwrap();
+    let dir = orders_dir();
     let gateway = crate::support::process::CasegateProcess::serve(
         dir.path(),
         &[

@@ -1,0 +1,105 @@
+//! Dedupe marks: a repeated delivery is stored once, per source, until its mark expires.
+
+use std::time::Duration;
+
+use casegate::buffer::{Enqueue, EnqueueOutcome};
+
+use super::{DEADLINE, Fixture, QUEUE_A, QUEUE_B, case, dead_letter, mark, store};
+use crate::support::wait::eventually;
+
+pub(super) async fn a_repeated_delivery_is_a_duplicate_and_writes_nothing(f: Fixture) {
+    let first = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(60))),
+        cases: vec![case(QUEUE_A, "first", 1)],
+        dead_letters: vec![],
+    };
+    store(&f.buffer, first).await;
+    let repeat = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(60))),
+        cases: vec![case(QUEUE_A, "again", 2), case(QUEUE_B, "again", 2)],
+        dead_letters: vec![dead_letter("again")],
+    };
+    assert_eq!(
+        f.buffer.enqueue(repeat).await.unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 1);
+    assert_eq!(f.buffer.stats(QUEUE_B).await.unwrap().depth, 0);
+    assert_eq!(f.buffer.queues().await.unwrap(), [QUEUE_A]);
+    assert!(
+        f.buffer
+            .list_dead_letters(None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub(super) async fn the_same_delivery_id_from_another_source_is_not_a_duplicate(f: Fixture) {
+    for source in ["github", "stripe"] {
+        let batch = Enqueue {
+            dedupe: Some(mark(source, "delivery-1", Duration::from_secs(60))),
+            cases: vec![case(QUEUE_A, source, 1)],
+            dead_letters: vec![],
+        };
+        assert!(matches!(
+            f.buffer.enqueue(batch).await.unwrap(),
+            EnqueueOutcome::Stored { .. }
+        ));
+    }
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
+}
+
+pub(super) async fn a_dedupe_mark_expires_after_its_ttl(f: Fixture) {
+    let ttl = Duration::from_secs(1);
+    let batch = || Enqueue {
+        dedupe: Some(mark("github", "delivery-1", ttl)),
+        cases: vec![case(QUEUE_A, "c", 1)],
+        dead_letters: vec![],
+    };
+    store(&f.buffer, batch()).await;
+    assert_eq!(
+        f.buffer.enqueue(batch()).await.unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+    let stored_at = std::time::Instant::now();
+    eventually("the batch is stored again", DEADLINE, || async {
+        match f.buffer.enqueue(batch()).await.unwrap() {
+            EnqueueOutcome::Stored { .. } => Some(()),
+            EnqueueOutcome::Duplicate => None,
+        }
+    })
+    .await;
+    assert!(
+        stored_at.elapsed() + Duration::from_millis(100) >= ttl / 2,
+        "the mark expired early"
+    );
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
+}
+
+/// For the embedded backend these land in the same commit group, so a repeat must be caught
+/// against an earlier request of its own group.
+pub(super) async fn concurrent_repeats_of_one_delivery_store_it_once(f: Fixture) {
+    let tasks: Vec<_> = (0..50)
+        .map(|n| {
+            let buffer = f.buffer.clone();
+            tokio::spawn(async move {
+                let batch = Enqueue {
+                    dedupe: Some(mark("github", "same-delivery", Duration::from_secs(60))),
+                    cases: vec![case(QUEUE_A, "c", n)],
+                    dead_letters: vec![],
+                };
+                buffer.enqueue(batch).await.unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), EnqueueOutcome::Stored { .. }) {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 1);
+}

@@ -1,0 +1,134 @@
+//! What survives a crash and a restart, and where a backend cannot open at all.
+
+use std::time::Duration;
+
+use casegate::buffer::{Buffer, BufferError, EmbeddedBuffer, Enqueue, EnqueueOutcome};
+
+use super::{Fixture, QUEUE_A, case, dead_letter, ids, mark, store, store_cases};
+use crate::support::post_json;
+
+/// A restart of the buffer (for Redis: the server SIGKILLed and restarted on its AOF); the
+/// embedded buffer under a real SIGKILL of its process is
+/// `the_embedded_buffer_keeps_what_a_killed_process_acknowledged`.
+pub(super) async fn nothing_acknowledged_is_lost_across_a_restart(f: Fixture) {
+    let batch = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(600))),
+        cases: (0..5).map(|n| case(QUEUE_A, "c", n)).collect(),
+        dead_letters: vec![dead_letter("kept")],
+    };
+    let (all, dl) = store(&f.buffer, batch).await;
+    let claimed = f.buffer.claim(QUEUE_A, "before-crash", 3).await.unwrap();
+    f.buffer.ack(QUEUE_A, &ids(&claimed)[..1]).await.unwrap();
+
+    let f = f.crash_and_restart().await;
+
+    // Cases claimed before the crash come back through reclaim (Redis keeps the claim) or claim
+    // (the embedded store forgets claims); either way each unacked case exactly once.
+    let mut back = ids(&f
+        .buffer
+        .reclaim(QUEUE_A, "after-crash", Duration::ZERO, 10)
+        .await
+        .unwrap());
+    back.extend(ids(&f
+        .buffer
+        .claim(QUEUE_A, "after-crash", 10)
+        .await
+        .unwrap()));
+    back.sort_by_key(|id| all.iter().position(|a| a == id));
+    assert_eq!(back, all[1..]);
+    assert_eq!(
+        f.buffer
+            .get_dead_letter(&dl[0])
+            .await
+            .unwrap()
+            .map(|l| l.record),
+        Some(dead_letter("kept"))
+    );
+    let repeat = Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::from_secs(600))),
+        ..Enqueue::default()
+    };
+    assert_eq!(
+        f.buffer.enqueue(repeat).await.unwrap(),
+        EnqueueOutcome::Duplicate,
+        "dedupe mark survives"
+    );
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_consumer_gets_its_own_pending_cases_back_at_once() {
+    let f = Fixture::redis().await;
+    let all = store_cases(&f.buffer, (0..4).map(|n| case(QUEUE_A, "c", n)).collect()).await;
+    let mine = f.buffer.claim(QUEUE_A, "replica-a", 2).await.unwrap();
+    f.buffer.claim(QUEUE_A, "replica-b", 1).await.unwrap();
+    f.buffer.ack(QUEUE_A, &ids(&mine)[..1]).await.unwrap();
+    let f = f.crash_and_restart().await;
+    let back = f
+        .buffer
+        .own_pending(QUEUE_A, "replica-a", 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&back), all[1..2], "only its own unacked claims");
+    assert!(back[0].deliveries >= 2);
+    assert!(
+        f.buffer
+            .own_pending(QUEUE_A, "replica-c", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A real SIGKILL of a gateway process on the embedded buffer: every webhook it acknowledged is
+/// in the file afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_buffer_keeps_what_a_killed_process_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/src.yaml"),
+        format!("verify: {{scheme: none}}\nrules:\n  - {{name: all, queue: {QUEUE_A}, title: 'Event {{{{ $.id }}}}'}}\n"),
+    )
+    .unwrap();
+    // No API key: nothing is delivered, so everything acknowledged must still be buffered.
+    let process = crate::support::process::CasegateProcess::serve(dir.path(), &[]).await;
+    let client = crate::support::http_client();
+    let mut acknowledged = 0;
+    for id in 0..40 {
+        let status = post_json(
+            &client,
+            &process.url("/hooks/src"),
+            format!(r#"{{"id": {id}}}"#),
+        )
+        .await;
+        if (200..300).contains(&status) {
+            acknowledged += 1;
+        }
+    }
+    process.kill9().await;
+    assert_eq!(acknowledged, 40);
+    let buffer = Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap());
+    assert_eq!(buffer.stats(QUEUE_A).await.unwrap().depth, 40);
+}
+
+// Embedded only.
+
+#[tokio::test]
+async fn the_embedded_buffer_is_unavailable_where_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let error = EmbeddedBuffer::open(&blocker.join("buffer.redb")).unwrap_err();
+    assert!(matches!(error, BufferError::Unavailable(_)), "{error:?}");
+
+    let path = dir.path().join("buffer.redb");
+    let open = EmbeddedBuffer::open(&path).unwrap();
+    let error = EmbeddedBuffer::open(&path).unwrap_err();
+    assert!(
+        matches!(error, BufferError::Unavailable(_)),
+        "a second opener must not share the file: {error:?}"
+    );
+    drop(open);
+    EmbeddedBuffer::open(&path).expect("reopens once the first is dropped");
+}
