@@ -36,15 +36,15 @@ pub(super) async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Resu
             dry_run,
         } => {
             let mappings = load_mapping_set(&config)?;
-            match (id, all || source.is_some(), dry_run) {
-                (Some(id), false, true) => {
+            match (selected(id, all, source.as_deref())?, dry_run) {
+                (Some(id), true) => {
                     let letter = dlq::show(&buffer, &id).await?;
                     let mapping = mappings.get(&letter.record.source);
                     let preview =
                         dlq::preview(&letter, mapping.map(|m| m.as_ref()), &system_clock());
                     print_previews(&[serde_json::to_value(preview).unwrap_or_default()]);
                 }
-                (None, true, true) => {
+                (None, true) => {
                     let mut tally = PreviewTally::default();
                     let mut after: Option<String> = None;
                     loop {
@@ -65,11 +65,11 @@ pub(super) async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Resu
                     }
                     tally.finish();
                 }
-                (Some(id), false, false) => {
+                (Some(id), false) => {
                     let outcome = dlq::replay(&buffer, &mappings, &system_clock(), &id).await?;
                     out!("{}", pretty(&outcome));
                 }
-                (None, true, false) => {
+                (None, false) => {
                     let outcomes = dlq::replay_all(
                         &buffer,
                         &mappings,
@@ -85,20 +85,32 @@ pub(super) async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Resu
                     .await?;
                     print_replayed(&json_values(&outcomes));
                 }
-                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             }
         }
         DlqAction::Purge { id, all, source } => {
-            let ids: Vec<String> = match (id, all || source.is_some()) {
-                (Some(id), false) => vec![id],
-                (None, true) => Vec::new(),
-                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
+            let ids: Vec<String> = match selected(id, all, source.as_deref())? {
+                Some(id) => vec![id],
+                None => Vec::new(),
             };
             let removed = dlq::purge(&buffer, &ids, source.as_deref()).await?;
             out!("purged {removed} dead letter(s)");
         }
     }
     Ok(buffer.flush().await?)
+}
+
+/// The dead letter a replay or purge names: `Some(id)` for one, `None` for every one (of
+/// `--source`); an id together with `--all`/`--source`, or neither, is a usage error.
+fn selected(
+    id: Option<String>,
+    all: bool,
+    source: Option<&str>,
+) -> Result<Option<String>, CliError> {
+    match (id, all || source.is_some()) {
+        (Some(id), false) => Ok(Some(id)),
+        (None, true) => Ok(None),
+        _ => Err("give a dead-letter id, or --all, or --source SOURCE".into()),
+    }
 }
 
 /// Each item as JSON, for the printers that take what the local store and the admin API answer
@@ -145,8 +157,8 @@ pub(super) async fn dlq_remote(admin: &AdminApi, action: DlqAction) -> Result<()
             dry_run,
         } => {
             let dry = if dry_run { "?dry_run=true" } else { "" };
-            match (id, all || source.is_some()) {
-                (Some(id), false) => {
+            match selected(id, all, source.as_deref())? {
+                Some(id) => {
                     let answer = admin
                         .call(
                             "POST",
@@ -159,7 +171,7 @@ pub(super) async fn dlq_remote(admin: &AdminApi, action: DlqAction) -> Result<()
                         out!("{}", pretty(&answer));
                     }
                 }
-                (None, true) if dry_run => {
+                None if dry_run => {
                     // Page by page, so neither side holds the whole store's previews.
                     let mut tally = PreviewTally::default();
                     let mut after: Option<String> = None;
@@ -180,7 +192,7 @@ pub(super) async fn dlq_remote(admin: &AdminApi, action: DlqAction) -> Result<()
                     }
                     tally.finish();
                 }
-                (None, true) => {
+                None => {
                     let answer = admin
                         .call(
                             "POST",
@@ -189,22 +201,20 @@ pub(super) async fn dlq_remote(admin: &AdminApi, action: DlqAction) -> Result<()
                         .await?;
                     print_replayed(&answer["replayed"].as_array().cloned().unwrap_or_default());
                 }
-                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             }
         }
         DlqAction::Purge { id, all, source } => {
-            let answer = match (id, all || source.is_some()) {
-                (Some(id), false) => {
+            let answer = match selected(id, all, source.as_deref())? {
+                Some(id) => {
                     admin
                         .call("DELETE", &format!("/admin/dlq/{}", path_segment(&id)))
                         .await?
                 }
-                (None, true) => {
+                None => {
                     admin
                         .call("DELETE", &format!("/admin/dlq?{}", query(&source, &[])))
                         .await?
                 }
-                _ => return Err("give a dead-letter id, or --all, or --source SOURCE".into()),
             };
             out!("purged {} dead letter(s)", answer["purged"]);
         }
@@ -296,5 +306,23 @@ impl PreviewTally {
              {failing} would still fail; nothing was written",
             enqueue + filtered + failing
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selected;
+
+    #[test]
+    fn a_replay_or_a_purge_names_one_dead_letter_or_all_of_them_never_both_nor_neither() {
+        assert_eq!(
+            selected(Some("7".into()), false, None).unwrap(),
+            Some("7".into())
+        );
+        assert_eq!(selected(None, true, None).unwrap(), None);
+        assert_eq!(selected(None, false, Some("github")).unwrap(), None);
+        assert!(selected(Some("7".into()), true, None).is_err());
+        assert!(selected(Some("7".into()), false, Some("github")).is_err());
+        assert!(selected(None, false, None).is_err());
     }
 }

@@ -22,7 +22,7 @@
 //! what an answer means (pure); [`health`] tells a poison case from an outage; [`activity`]
 //! keeps what `status` shows. Time is tokio's (paused in tests) and jitter is injected; requests
 //! go through [`client::Api`], the HTTP client or an in-process stand-in, so every rule above is
-//! unit-tested on paused time (`worker/tests.rs`).
+//! unit-tested on paused time (`worker/tests/`).
 
 pub mod activity;
 pub mod batcher;

@@ -1,0 +1,129 @@
+//! The in-process limiter, for the embedded backend: a sliding-window log and a pause table per
+//! process.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Gate, LimiterConfig, PauseInfo, PauseKind, Turns, turn_of};
+
+#[derive(Debug, Clone)]
+pub(super) struct LocalPause {
+    until: Instant,
+    kind: PauseKind,
+    reason: String,
+}
+
+#[derive(Default)]
+pub(super) struct KeyState {
+    grants: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+pub struct LocalLimiter {
+    pub(super) config: LimiterConfig,
+    pub(super) keys: Mutex<HashMap<String, KeyState>>,
+    pub(super) turns: Turns,
+    pub(super) pauses: Mutex<HashMap<String, LocalPause>>,
+}
+
+impl LocalLimiter {
+    pub(super) fn turn(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        turn_of(&self.turns, key)
+    }
+
+    /// Grants and returns `None`, or returns how long to wait before asking again.
+    pub fn try_acquire(&self, key: &str, now: Instant) -> Option<Duration> {
+        let mut keys = self.keys.lock().expect("limiter lock");
+        let state = keys.entry(key.to_string()).or_default();
+        if let Some(until) = state.paused_until.filter(|until| *until > now) {
+            return Some(until - now);
+        }
+        let span = self.config.window + self.config.margin;
+        while state
+            .grants
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= span)
+        {
+            state.grants.pop_front();
+        }
+        if state.grants.len() < self.config.rate as usize {
+            state.grants.push_back(now);
+            return None;
+        }
+        let oldest = *state.grants.front().expect("rate > 0 grants");
+        Some(
+            (oldest + span)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)),
+        )
+    }
+
+    pub fn hold(&self, name: &str, kind: PauseKind, until: Instant, reason: &str) {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        let until = pauses.get(name).map_or(until, |p| {
+            if p.kind == kind {
+                p.until.max(until)
+            } else {
+                until
+            }
+        });
+        pauses.insert(
+            name.to_string(),
+            LocalPause {
+                until,
+                kind,
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    pub fn gate(&self, name: &str, now: Instant, probe_interval: Duration) -> Gate {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        let Some(pause) = pauses.get_mut(name) else {
+            return Gate::Open;
+        };
+        if pause.until > now {
+            return Gate::Wait(pause.until - now);
+        }
+        if !pause.kind.probed() {
+            pauses.remove(name);
+            return Gate::Open;
+        }
+        pause.until = now + probe_interval;
+        Gate::Probe
+    }
+
+    pub fn hand_back(&self, name: &str, now: Instant) {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        if let Some(pause) = pauses.get_mut(name)
+            && pause.kind.probed()
+        {
+            pause.until = pause.until.min(now);
+        }
+    }
+
+    pub fn pauses(&self, now: Instant) -> Vec<PauseInfo> {
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        pauses.retain(|_, p| p.kind.probed() || p.until > now);
+        let mut out: Vec<PauseInfo> = pauses
+            .iter()
+            .map(|(name, p)| PauseInfo {
+                name: name.clone(),
+                kind: p.kind,
+                remaining_ms: p.until.saturating_duration_since(now).as_millis() as u64,
+                reason: p.reason.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn pause(&self, key: &str, until: Instant) {
+        let mut keys = self.keys.lock().expect("limiter lock");
+        let state = keys.entry(key.to_string()).or_default();
+        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+    }
+}

@@ -1,0 +1,235 @@
+//! The per-API-key rate limiter: never more than `rate` requests in any `window` from
+//! casegate's own pacing, whatever counting model the API uses.
+//!
+//! A sliding-window log is the strictest model: if no interval of length `window` holds more
+//! than `rate` grants, then no fixed window, sliding window or token bucket of that rate counts
+//! more either. A small `margin` is added to the window for clock skew and network jitter.
+//! Keys are identified by a hash ([`key_id`]), never by the key itself.
+//!
+//! - `Local`: in-process state, for the embedded backend (one process owns the buffer).
+//! - `Redis`: one sorted set per key under the deployment's hash tag, updated by a Lua script that
+//!   reads Redis' own clock, so every replica shares one budget with no other coordination.
+//!
+//! Besides pacing, the limiter holds pauses: a 429's `retry-after` or `x-ratelimit-remaining: 0`
+//! pauses the whole key (every queue and every replica), not just one request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::secret::Secret;
+
+mod local;
+mod redis;
+
+pub use local::LocalLimiter;
+pub use redis::RedisLimiter;
+
+/// A stable, non-reversible id for an API key: what storage, logs and metrics use.
+pub fn key_id(api_key: &Secret) -> String {
+    hex::encode(Sha256::digest(api_key.expose().as_bytes()))[..16].to_string()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LimiterConfig {
+    pub rate: u32,
+    pub window: Duration,
+    pub margin: Duration,
+}
+
+#[derive(Clone)]
+pub enum RateLimiter {
+    Local(Arc<LocalLimiter>),
+    Redis(Arc<RedisLimiter>),
+}
+
+impl RateLimiter {
+    pub fn local(config: LimiterConfig) -> Self {
+        RateLimiter::Local(Arc::new(LocalLimiter {
+            config,
+            keys: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
+            pauses: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn redis(
+        config: LimiterConfig,
+        conn: crate::buffer::redis::RedisConn,
+        key_prefix: String,
+        op_timeout: Duration,
+    ) -> Self {
+        RateLimiter::Redis(Arc::new(RedisLimiter {
+            config,
+            conn,
+            key_prefix,
+            op_timeout,
+            turns: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Requests allowed per window.
+    pub fn rate(&self) -> u32 {
+        match self {
+            RateLimiter::Local(l) => l.config.rate,
+            RateLimiter::Redis(r) => r.config.rate,
+        }
+    }
+
+    /// Waits until `key` may send one request, and counts it. Waiters of one key are served in
+    /// arrival order, so queues sharing a key share its budget fairly.
+    pub async fn acquire(&self, key: &str) {
+        let turn = match self {
+            RateLimiter::Local(l) => l.turn(key),
+            RateLimiter::Redis(r) => r.turn(key),
+        };
+        let _turn = turn.lock().await;
+        loop {
+            let wait = match self {
+                RateLimiter::Local(l) => l.try_acquire(key, Instant::now()),
+                RateLimiter::Redis(r) => r.try_acquire(key).await,
+            };
+            match wait {
+                None => return,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// Pauses `name` (see [`key_pause`], [`queue_pause`]) for every replica: for `duration`, or
+    /// longer when a longer pause is already in force.
+    pub async fn hold(&self, name: &str, kind: PauseKind, duration: Duration, reason: &str) {
+        match self {
+            RateLimiter::Local(l) => l.hold(name, kind, Instant::now() + duration, reason),
+            RateLimiter::Redis(r) => r.hold(name, kind, duration, reason).await,
+        }
+    }
+
+    /// Whether `name` may be claimed for and sent to now; hands out at most one probe per
+    /// `probe_interval` across the fleet once a probed pause runs out.
+    pub async fn gate(&self, name: &str, probe_interval: Duration) -> Gate {
+        match self {
+            RateLimiter::Local(l) => l.gate(name, Instant::now(), probe_interval),
+            RateLimiter::Redis(r) => r.gate(name, probe_interval).await,
+        }
+    }
+
+    /// Gives back the probe of `name` that [`Self::gate`] handed out and that sent nothing (the
+    /// queue had nothing to claim): the pause runs out again now, so the next worker with cases
+    /// waiting probes at once instead of an interval later.
+    pub async fn hand_back(&self, name: &str) {
+        match self {
+            RateLimiter::Local(l) => l.hand_back(name, Instant::now()),
+            RateLimiter::Redis(r) => r.hand_back(name).await,
+        }
+    }
+
+    /// Ends the pause of `name` (its probe succeeded).
+    pub async fn resume(&self, name: &str) {
+        match self {
+            RateLimiter::Local(l) => {
+                l.pauses.lock().expect("limiter lock").remove(name);
+            }
+            RateLimiter::Redis(r) => r.resume(name).await,
+        }
+    }
+
+    /// Every pause in force, for `status` and the paused gauge.
+    pub async fn pauses(&self) -> Vec<PauseInfo> {
+        match self {
+            RateLimiter::Local(l) => l.pauses(Instant::now()),
+            RateLimiter::Redis(r) => r.pauses().await,
+        }
+    }
+
+    /// Holds every request of `key` for `duration` (a 429, or `remaining: 0` until the reset).
+    pub async fn pause(&self, key: &str, duration: Duration) {
+        match self {
+            RateLimiter::Local(l) => l.pause(key, Instant::now() + duration),
+            RateLimiter::Redis(r) => r.pause(key, duration).await,
+        }
+    }
+}
+
+/// Why a key or queue is paused. The kind decides what happens when the pause runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseKind {
+    /// 429 (or a spent window): everyone may send again when it runs out.
+    RateLimited,
+    /// 401/403 for a key: when it runs out, one probe goes out for the whole fleet.
+    KeyRefused,
+    /// 404 for a queue (or no key configured): likewise probed once per interval.
+    QueueUnknown,
+}
+
+impl PauseKind {
+    fn probed(self) -> bool {
+        !matches!(self, PauseKind::RateLimited)
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            PauseKind::RateLimited => "r",
+            PauseKind::KeyRefused => "k",
+            PauseKind::QueueUnknown => "q",
+        }
+    }
+
+    fn from_code(code: &str) -> PauseKind {
+        match code {
+            "k" => PauseKind::KeyRefused,
+            "q" => PauseKind::QueueUnknown,
+            _ => PauseKind::RateLimited,
+        }
+    }
+}
+
+/// What a worker may do about a paused (or not) key or queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Not paused: claim and send.
+    Open,
+    /// Paused: claim nothing; ask again after this long.
+    Wait(Duration),
+    /// The pause ran out and this caller holds the fleet's one probe for the next interval:
+    /// claim and send one request. Its answer resumes ([`RateLimiter::resume`]) or re-pauses.
+    Probe,
+}
+
+/// A pause in force, as `status` and the paused gauge show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PauseInfo {
+    /// `key:<key id>` or `queue:<queue id>`.
+    pub name: String,
+    pub kind: PauseKind,
+    /// Until the next probe (or the end of a 429 pause); 0 while a probe is out.
+    pub remaining_ms: u64,
+    pub reason: String,
+}
+
+/// The pause table entry name of an API key (by id) or a queue.
+pub fn key_pause(key: &str) -> String {
+    format!("key:{key}")
+}
+
+pub fn queue_pause(queue: &str) -> String {
+    format!("queue:{queue}")
+}
+
+type Turns = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+fn turn_of(turns: &Turns, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    turns
+        .lock()
+        .expect("turns lock")
+        .entry(key.to_string())
+        .or_default()
+        .clone()
+}
+
+#[cfg(test)]
+mod tests;
