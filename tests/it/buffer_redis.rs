@@ -215,8 +215,7 @@ async fn redis_with_a_pending_undecodable_entry(holder: &str) -> (Fixture, Vec<C
         unreachable!()
     };
     let good1 = store_cases(&f.buffer, vec![case(QUEUE_A, "c", 1)]).await;
-    let client = ::redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = server.connection().await;
     let stream = format!("{{casegate}}:q:{QUEUE_A}");
     let bad: String = ::redis::cmd("XADD")
         .arg(&stream)

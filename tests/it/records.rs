@@ -107,8 +107,7 @@ async fn an_undecodable_redis_entry_moves_to_the_dead_letters_and_its_neighbours
     let mut options = GatewayOptions::embedded(&[("src.yaml", &yaml)]);
     options.backend = Backend::Redis(redis.url());
     let gateway = TestGateway::start(options).await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis.connection().await;
     let raw: &[u8] = b"\xff\xfe not json at all";
     for id in 1..=2 {
         let answer = gateway

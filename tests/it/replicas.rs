@@ -79,8 +79,7 @@ async fn a_webhook_is_acknowledged_only_once_the_configured_replicas_have_it() {
     assert_eq!(answer.status, 503, "no replica confirmed the write");
     assert!(answer.body["error"].is_string(), "{}", answer.body);
 
-    let client = redis::Client::open(replica.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = replica.connection().await;
     let _: () = redis::cmd("REPLICAOF")
         .arg("127.0.0.1")
         .arg(primary.port())
@@ -120,8 +119,7 @@ async fn a_retried_webhook_is_not_acknowledged_as_a_duplicate_before_a_replica_h
         let url = replica.url();
         let port = primary.port();
         async move {
-            let client = redis::Client::open(url).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let mut conn = crate::support::redis_server::connect(&url).await;
             let _: () = redis::cmd("REPLICAOF")
                 .arg("127.0.0.1")
                 .arg(port)

@@ -30,11 +30,7 @@ fn options(redis: &RedisServer, sandbox: &TestSandbox) -> GatewayOptions {
 }
 
 async fn connection(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    redis.connection().await
 }
 
 /// Total calls in `INFO commandstats` (commands inside scripts included).

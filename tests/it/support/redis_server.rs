@@ -61,6 +61,12 @@ impl RedisServer {
         self.port
     }
 
+    /// A connection for the test's own commands, patient enough for large setup pipelines
+    /// (the server fsyncs every write: `appendfsync always`).
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        connect(&self.url()).await
+    }
+
     pub fn url(&self) -> String {
         match &self.password {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
@@ -209,4 +215,17 @@ async fn answers_ping(port: u16, password: Option<String>) -> bool {
     })
     .await
     .unwrap_or(false)
+}
+
+/// A connection to `url` for a test's own commands: a generous response timeout, since a setup
+/// pipeline of thousands of writes on a loaded machine takes longer than the client's default.
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(60)));
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
 }
