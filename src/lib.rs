@@ -164,6 +164,8 @@ pub async fn run_with_clock(
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        // No new connections first; then the ones that never sent a byte may end.
+        handle.pause().await;
         let _ = stop_connections.send(true);
         if let Some(admin) = admin_handle {
             admin.stop(true).await;

@@ -63,8 +63,10 @@ impl<T> HeadDeadline<T> {
             timeout,
             done: false,
             stopping: Some(Box::pin(async move {
-                // A dropped sender means the gateway is going away too.
-                let _ = stop.wait_for(|stop| *stop).await;
+                // A dropped sender without a stop is not a stop: keep serving.
+                if stop.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             })),
         }
     }
@@ -132,23 +134,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadline<T> {
                 Poll::Pending => Poll::Pending,
             };
         }
-        if let Some(stopping) = this.stopping.as_mut()
-            && stopping.as_mut().poll(cx).is_ready()
-        {
-            // Shutting down before the first byte: end the stream, nothing is lost.
-            this.stopping = None;
-            this.deadline = None;
-            this.done = true;
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.stopping = None;
-            if this.deadline.is_some() {
-                let fresh = buf.filled()[before..].to_vec();
-                this.scan(&fresh);
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.stopping = None;
+                if this.deadline.is_some() {
+                    let fresh = buf.filled()[before..].to_vec();
+                    this.scan(&fresh);
+                }
             }
+            // Read first, so bytes already waiting are always served; only a connection with
+            // nothing sent ends when shutdown begins.
+            Poll::Pending => {
+                if let Some(stopping) = this.stopping.as_mut()
+                    && stopping.as_mut().poll(cx).is_ready()
+                {
+                    this.stopping = None;
+                    this.deadline = None;
+                    this.done = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            _ => {}
         }
         read
     }
@@ -225,6 +233,34 @@ mod tests {
         let n = busy.read(&mut chunk).await.unwrap();
         assert_eq!(&chunk[..n], b"Host: x\r\n\r\n");
         drop(silent_client);
+    }
+
+    #[tokio::test]
+    async fn a_request_already_waiting_when_shutdown_begins_is_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (stop, stopping) = watch::channel(false);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = HeadDeadline::new(server, Duration::from_secs(3600), stopping);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        stop.send(true).unwrap();
+        let mut chunk = [0u8; 64];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..n], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stop_sender_is_not_a_shutdown() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (stop, stopping) = watch::channel(false);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = HeadDeadline::new(server, Duration::from_secs(3600), stopping);
+        drop(stop);
+        let mut chunk = [0u8; 64];
+        let waiting = tokio::time::timeout(Duration::from_millis(50), conn.read(&mut chunk)).await;
+        assert!(waiting.is_err(), "still open, waiting for the request");
+        client.write_all(b"GET /").await.unwrap();
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..n], b"GET /");
     }
 
     #[test]
