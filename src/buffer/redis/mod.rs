@@ -447,7 +447,13 @@ impl RedisBuffer {
         for record in records.iter().chain(dead_letters) {
             invocation.arg(record.as_slice());
         }
-        let reply: Value = self.invoke("enqueue", &invocation).await?;
+        // A write that consumes a dead letter is not retried here: had the first attempt run,
+        // the retry would find the letter gone.
+        let reply: Value = if consume_dead_letter.is_none() {
+            self.invoke_reconnecting("enqueue", &invocation).await?
+        } else {
+            self.invoke("enqueue", &invocation).await?
+        };
         let mut parts = into_array(reply).into_iter();
         match parts.next().as_ref().and_then(as_string).as_deref() {
             Some("stored") => {
@@ -474,6 +480,31 @@ impl RedisBuffer {
         let mut conn = self.conn.clone();
         self.timed(operation, async {
             invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Like [`Self::invoke`], but a first attempt that meets a dropped connection (Redis
+    /// restarted since this connection's last use, or it broke mid-request) is made once more
+    /// on the connection the manager re-makes, within the same operation timeout. Without it,
+    /// every HTTP worker's first webhook after a Redis restart would be refused although Redis
+    /// is back.
+    ///
+    /// For the ingress write only: it is exactly the retry a provider makes after a 503, made
+    /// sooner. Where the first attempt ran and its answer was lost, the webhook's dedupe mark
+    /// makes the second a duplicate; a webhook without a mark may be stored twice, as it would
+    /// be on the provider's retry (at-least-once).
+    async fn invoke_reconnecting<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BufferError> {
+        let mut conn = self.conn.clone();
+        self.timed(operation, async {
+            match invocation.invoke_async(&mut conn).await {
+                Err(e) if connection_lost(&e) => invocation.invoke_async(&mut conn).await,
+                answer => answer,
+            }
         })
         .await
     }
@@ -524,6 +555,12 @@ impl RedisBuffer {
     fn seen_key(&self, source: &str, delivery_id: &str) -> String {
         format!("{{{}}}:seen:{source}:{delivery_id}", self.prefix)
     }
+}
+
+/// Whether `error` says the connection is gone (reset, closed, refused) rather than that Redis
+/// answered with an error: the connection manager re-makes the connection after such an error.
+fn connection_lost(error: &RedisError) -> bool {
+    error.is_connection_dropped() || error.is_unrecoverable_error()
 }
 
 /// What the write script did.

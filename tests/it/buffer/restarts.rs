@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use casegate::buffer::{Buffer, BufferError, EmbeddedBuffer, Enqueue, EnqueueOutcome};
 
-use super::{Fixture, QUEUE_A, case, dead_letter, ids, mark, store, store_cases};
+use super::{Backend, Fixture, QUEUE_A, case, dead_letter, ids, mark, store, store_cases};
 use crate::support::post_json;
 
 /// A restart of the buffer (for Redis: the server SIGKILLed and restarted on its AOF); the
@@ -78,6 +78,35 @@ async fn a_restarted_redis_consumer_gets_its_own_pending_cases_back_at_once() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A connection broken by a Redis restart costs no refusal: the write that meets it is made
+/// again on the connection the manager re-makes, and its dedupe mark keeps that second attempt
+/// from storing anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_write_after_a_redis_restart_is_accepted() {
+    let mut f = Fixture::redis().await;
+    store_cases(&f.buffer, vec![case(QUEUE_A, "before", 0)]).await;
+    let Backend::Redis(server) = &mut f.backend else {
+        unreachable!("a Redis fixture")
+    };
+    server.restart().await;
+
+    let write = |id: &str| Enqueue {
+        dedupe: Some(mark("src", id, Duration::from_secs(600))),
+        cases: vec![case(QUEUE_A, "after", 1)],
+        dead_letters: Vec::new(),
+    };
+    let outcome = f.buffer.enqueue(write("after-restart")).await;
+    assert!(
+        matches!(outcome, Ok(EnqueueOutcome::Stored { ref case_ids, .. }) if case_ids.len() == 1),
+        "{outcome:?}"
+    );
+    assert!(matches!(
+        f.buffer.enqueue(write("after-restart")).await,
+        Ok(EnqueueOutcome::Duplicate)
+    ));
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
 }
 
 /// A real SIGKILL of a gateway process on the embedded buffer: every webhook it acknowledged is
