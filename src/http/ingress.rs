@@ -140,11 +140,20 @@ fn accepted(
         dead_letters = dead_letter_ids.len(),
         "webhook accepted"
     );
-    let mut body = json!({"accepted": case_ids.len(), "case_ids": case_ids});
-    if !dead_letter_ids.is_empty() {
-        body["dead_letter_ids"] = json!(dead_letter_ids);
-    }
-    HttpResponse::Accepted().json(body)
+    HttpResponse::Accepted().json(AcceptedBody {
+        accepted: case_ids.len(),
+        case_ids,
+        dead_letter_ids,
+    })
+}
+
+/// The body of a 202, serialized as it is (no intermediate `Value` per webhook).
+#[derive(serde::Serialize)]
+struct AcceptedBody<'a> {
+    accepted: usize,
+    case_ids: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dead_letter_ids: &'a [String],
 }
 
 fn count(source: &str, outcome: &'static str, reason: &'static str) {
