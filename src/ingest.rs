@@ -208,9 +208,12 @@ impl Ingestor {
         &self.buffer
     }
 
-    /// The clock stamping receipt times (also of dead-letter replays).
-    pub fn clock(&self) -> &Clock {
-        &self.clock
+    /// How dead letters are mapped again here: this ingest's clock and per-event bound.
+    pub fn remap(&self) -> crate::dlq::Remap {
+        crate::dlq::Remap {
+            clock: self.clock.clone(),
+            max_event_bytes: self.max_event_bytes,
+        }
     }
 
     /// The mapping set serving right now.

@@ -36,12 +36,15 @@ pub(super) async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Resu
             dry_run,
         } => {
             let mappings = load_mapping_set(&config)?;
+            let remap = dlq::Remap {
+                clock: system_clock(),
+                max_event_bytes: config.ingress.max_event_cases_bytes,
+            };
             match (selected(id, all, source.as_deref())?, dry_run) {
                 (Some(id), true) => {
                     let letter = dlq::show(&buffer, &id).await?;
                     let mapping = mappings.get(&letter.record.source);
-                    let preview =
-                        dlq::preview(&letter, mapping.map(|m| m.as_ref()), &system_clock());
+                    let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()), &remap);
                     print_previews(&[serde_json::to_value(preview).unwrap_or_default()]);
                 }
                 (None, true) => {
@@ -51,7 +54,7 @@ pub(super) async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Resu
                         let page = dlq::preview_page(
                             &buffer,
                             &mappings,
-                            &system_clock(),
+                            &remap,
                             source.as_deref(),
                             after.as_deref(),
                             dlq::PAGE,
@@ -66,14 +69,14 @@ pub(super) async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Resu
                     tally.finish();
                 }
                 (Some(id), false) => {
-                    let outcome = dlq::replay(&buffer, &mappings, &system_clock(), &id).await?;
+                    let outcome = dlq::replay(&buffer, &mappings, &remap, &id).await?;
                     out!("{}", pretty(&outcome));
                 }
                 (None, false) => {
                     let outcomes = dlq::replay_all(
                         &buffer,
                         &mappings,
-                        &system_clock(),
+                        &remap,
                         source.as_deref(),
                         |done, total, outcome| {
                             eprintln!(

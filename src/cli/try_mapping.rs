@@ -38,7 +38,11 @@ pub(super) async fn try_dead_letter(
             .get(&letter.record.source)
             .cloned(),
     };
-    match dlq::preview(&letter, mapping.as_deref(), &system_clock()) {
+    let remap = dlq::Remap {
+        clock: system_clock(),
+        max_event_bytes: config.ingress.max_event_cases_bytes,
+    };
+    match dlq::preview(&letter, mapping.as_deref(), &remap) {
         dlq::ReplayPreview::WouldEnqueue { cases, .. } => Ok(pretty(&cases)),
         dlq::ReplayPreview::WouldFilter { .. } => Ok(format!(
             "no rule matched: a replay of {id} would remove it and make no case"

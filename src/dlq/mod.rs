@@ -12,10 +12,18 @@ use crate::buffer::{Buffer, BufferError, CaseId};
 use crate::case::{CaseRecord, DeadLetter, DeadLetterKind};
 use crate::clock::Clock;
 use crate::inbound::{Headers, InboundRequest};
-use crate::mapping::{
-    CompiledMapping, DEFAULT_MAX_EVENT_CASES_BYTES, DeliveryIdFrom, MappingSet, Origin,
-};
+use crate::mapping::{CompiledMapping, DeliveryIdFrom, MappingSet, Origin};
 use crate::verify::Verified;
+
+/// How a replay maps a stored event again: the clock stamping its cases, and the bound on one
+/// event's cases that ingest applies (`ingress.max_event_cases_bytes`), so a replay accepts what
+/// a fresh delivery of the event would (an event dead-lettered for its size replays once the
+/// bound was raised).
+#[derive(Clone)]
+pub struct Remap {
+    pub clock: Clock,
+    pub max_event_bytes: usize,
+}
 
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -139,7 +147,7 @@ pub async fn show(buffer: &Buffer, id: &str) -> Result<DeadLetter, DlqError> {
 pub fn plan(
     letter: &DeadLetter,
     mapping: Option<&CompiledMapping>,
-    clock: &Clock,
+    remap: &Remap,
 ) -> Result<Vec<CaseRecord>, String> {
     match &letter.record.kind {
         DeadLetterKind::Refused { case, .. } => Ok(vec![case.clone()]),
@@ -185,11 +193,11 @@ pub fn plan(
             ));
             let origin = Origin {
                 request_id: request_id.as_deref().unwrap_or("replay"),
-                received_at_ms: crate::clock::unix_ms(clock()),
+                received_at_ms: crate::clock::unix_ms((remap.clock)()),
                 delivery_id: DeliveryIdFrom::Stored(delivery_id.as_deref()),
             };
             let mapped = mapping
-                .map_event(&request, format, &origin, DEFAULT_MAX_EVENT_CASES_BYTES)
+                .map_event(&request, format, &origin, remap.max_event_bytes)
                 .map_err(|e| format!("stored payload cannot be read: {e}"))?;
             mapped.cases.map_err(|failure| failure.to_string())
         }
@@ -200,10 +208,10 @@ pub fn plan(
 pub fn preview(
     letter: &DeadLetter,
     mapping: Option<&CompiledMapping>,
-    clock: &Clock,
+    remap: &Remap,
 ) -> ReplayPreview {
     let id = letter.id.clone();
-    match plan(letter, mapping, clock) {
+    match plan(letter, mapping, remap) {
         Err(reason) => ReplayPreview::StillFailing { id, reason },
         Ok(cases) if cases.is_empty() => ReplayPreview::WouldFilter { id },
         Ok(cases) => ReplayPreview::WouldEnqueue {
@@ -232,7 +240,7 @@ pub struct PreviewPage {
 pub async fn preview_page(
     buffer: &Buffer,
     mappings: &MappingSet,
-    clock: &Clock,
+    remap: &Remap,
     source: Option<&str>,
     after: Option<&str>,
     limit: usize,
@@ -249,7 +257,7 @@ pub async fn preview_page(
             continue;
         }
         let mapping = mappings.get(&letter.record.source);
-        dry_run.push(preview(&letter, mapping.map(|m| m.as_ref()), clock));
+        dry_run.push(preview(&letter, mapping.map(|m| m.as_ref()), remap));
     }
     Ok(PreviewPage { dry_run, next })
 }
@@ -258,13 +266,13 @@ pub async fn preview_page(
 pub async fn replay(
     buffer: &Buffer,
     mappings: &MappingSet,
-    clock: &Clock,
+    remap: &Remap,
     id: &str,
 ) -> Result<ReplayOutcome, DlqError> {
     let letter = show(buffer, id).await?;
     let id = letter.id.clone();
     let mapping = mappings.get(&letter.record.source);
-    let cases = match plan(&letter, mapping.map(|m| m.as_ref()), clock) {
+    let cases = match plan(&letter, mapping.map(|m| m.as_ref()), remap) {
         Ok(cases) => cases,
         Err(reason) => return Ok(ReplayOutcome::StillFailing { id, reason }),
     };
@@ -284,7 +292,7 @@ pub async fn replay(
 pub async fn replay_all(
     buffer: &Buffer,
     mappings: &MappingSet,
-    clock: &Clock,
+    remap: &Remap,
     source: Option<&str>,
     mut progress: impl FnMut(usize, usize, &ReplayOutcome),
 ) -> Result<Vec<ReplayOutcome>, DlqError> {
@@ -304,7 +312,7 @@ pub async fn replay_all(
                 continue;
             }
             drop(letter);
-            let outcome = replay(buffer, mappings, clock, &id).await?;
+            let outcome = replay(buffer, mappings, remap, &id).await?;
             progress(outcomes.len() + 1, total, &outcome);
             outcomes.push(outcome);
         }
@@ -361,22 +369,62 @@ mod tests {
 
     const QUEUE: &str = "4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d";
 
-    #[test]
-    fn a_replayed_mapping_failure_is_stamped_by_the_injected_clock() {
-        let mapping = CompiledMapping::compile(
+    fn mapping() -> CompiledMapping {
+        CompiledMapping::compile(
             Path::new("mappings/test-source.yaml"),
             "verify: {scheme: none}\nrules:\n  - name: all\n    queue: ${QUEUE}\n    title: '{{ $.name }}'\n    data: {name: $.name}\n",
             &Env::from_pairs([("QUEUE", QUEUE)]),
         )
-        .unwrap();
-        let letter = DeadLetter {
+        .unwrap()
+    }
+
+    fn remap(clock: Clock, max_event_bytes: usize) -> Remap {
+        Remap {
+            clock,
+            max_event_bytes,
+        }
+    }
+
+    #[test]
+    fn a_replay_applies_the_configured_bound_on_an_event_s_cases() {
+        let name = "n".repeat(4000);
+        let letter = letter(&format!(r#"{{"name":"{name}"}}"#));
+        let clock = crate::clock::system_clock();
+        let refused = plan(&letter, Some(&mapping()), &remap(clock.clone(), 2000));
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|reason| reason.contains("2000")),
+            "{refused:?}"
+        );
+        let cases = plan(&letter, Some(&mapping()), &remap(clock, 64 * 1024)).unwrap();
+        assert_eq!(cases[0].data, format!(r#"{{"name":"{name}"}}"#));
+    }
+
+    #[test]
+    fn a_replayed_mapping_failure_is_stamped_by_the_injected_clock() {
+        let letter = letter(r#"{"name":"n-1"}"#);
+        let at = UNIX_EPOCH + Duration::from_millis(1_234_567);
+        let clock: Clock = Arc::new(move || at);
+        let cases = plan(&letter, Some(&mapping()), &remap(clock, 1024 * 1024)).unwrap();
+        assert_eq!(cases.len(), 1);
+        assert_eq!(cases[0].title, "n-1");
+        assert_eq!(cases[0].meta.received_at_ms, 1_234_567);
+        assert_eq!(cases[0].meta.request_id, "req-7");
+        assert_eq!(cases[0].meta.delivery_id.as_deref(), Some("d-7"));
+        // Not the wall clock.
+        assert!(crate::clock::unix_ms(SystemTime::now()) > 1_234_567);
+    }
+
+    fn letter(payload: &str) -> DeadLetter {
+        DeadLetter {
             id: "1".into(),
             record: DeadLetterRecord {
                 source: "test-source".into(),
                 reason: "rule `all`: title: missing".into(),
                 created_at_ms: 1,
                 kind: DeadLetterKind::MappingFailure {
-                    payload: r#"{"name":"n-1"}"#.into(),
+                    payload: payload.into(),
                     headers: vec![("content-type".into(), "application/json".into())],
                     mapping_file: "test-source.yaml".into(),
                     mapping_version: "v".into(),
@@ -385,16 +433,6 @@ mod tests {
                     delivery_id: Some("d-7".into()),
                 },
             },
-        };
-        let at = UNIX_EPOCH + Duration::from_millis(1_234_567);
-        let clock: Clock = Arc::new(move || at);
-        let cases = plan(&letter, Some(&mapping), &clock).unwrap();
-        assert_eq!(cases.len(), 1);
-        assert_eq!(cases[0].title, "n-1");
-        assert_eq!(cases[0].meta.received_at_ms, 1_234_567);
-        assert_eq!(cases[0].meta.request_id, "req-7");
-        assert_eq!(cases[0].meta.delivery_id.as_deref(), Some("d-7"));
-        // Not the wall clock.
-        assert!(crate::clock::unix_ms(SystemTime::now()) > 1_234_567);
+        }
     }
 }

@@ -131,13 +131,17 @@ async fn replay_one(
             .await
             .map_err(|e| dlq_error(e, &state))?;
         let mapping = mappings.get(&letter.record.source);
-        let preview = dlq::preview(&letter, mapping.map(|m| m.as_ref()), state.ingestor.clock());
+        let preview = dlq::preview(
+            &letter,
+            mapping.map(|m| m.as_ref()),
+            &state.ingestor.remap(),
+        );
         return Ok(HttpResponse::Ok().json(preview));
     }
     let outcome = dlq::replay(
         state.ingestor.buffer(),
         &mappings,
-        state.ingestor.clock(),
+        &state.ingestor.remap(),
         &id,
     )
     .await
@@ -156,7 +160,7 @@ async fn replay_all(
         let page = dlq::preview_page(
             state.ingestor.buffer(),
             &mappings,
-            state.ingestor.clock(),
+            &state.ingestor.remap(),
             filter.source.as_deref(),
             filter.after.as_deref(),
             filter.limit.unwrap_or(dlq::PAGE),
@@ -168,7 +172,7 @@ async fn replay_all(
     let outcomes = dlq::replay_all(
         state.ingestor.buffer(),
         &mappings,
-        state.ingestor.clock(),
+        &state.ingestor.remap(),
         filter.source.as_deref(),
         |_, _, _| {},
     )
