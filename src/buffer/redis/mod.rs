@@ -447,13 +447,13 @@ impl RedisBuffer {
         for record in records.iter().chain(dead_letters) {
             invocation.arg(record.as_slice());
         }
-        // A write that consumes a dead letter is not retried here: had the first attempt run,
-        // the retry would find the letter gone.
-        let reply: Value = if consume_dead_letter.is_none() {
-            self.invoke_reconnecting("enqueue", &invocation).await?
-        } else {
-            self.invoke("enqueue", &invocation).await?
+        // A write that consumes a dead letter is not retried: had the first attempt run, the
+        // retry would find the letter gone.
+        let lost = match consume_dead_letter {
+            None => LostConnection::RetryOnce,
+            Some(_) => LostConnection::Fail,
         };
+        let reply: Value = self.invoke_with("enqueue", &invocation, lost).await?;
         let mut parts = into_array(reply).into_iter();
         match parts.next().as_ref().and_then(as_string).as_deref() {
             Some("stored") => {
@@ -477,32 +477,22 @@ impl RedisBuffer {
         operation: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, BufferError> {
-        let mut conn = self.conn.clone();
-        self.timed(operation, async {
-            invocation.invoke_async(&mut conn).await
-        })
-        .await
+        self.invoke_with(operation, invocation, LostConnection::Fail)
+            .await
     }
 
-    /// Like [`Self::invoke`], but a first attempt that meets a dropped connection (Redis
-    /// restarted since this connection's last use, or it broke mid-request) is made once more
-    /// on the connection the manager re-makes, within the same operation timeout. Without it,
-    /// every HTTP worker's first webhook after a Redis restart would be refused although Redis
-    /// is back.
-    ///
-    /// For the ingress write only: it is exactly the retry a provider makes after a 503, made
-    /// sooner. Where the first attempt ran and its answer was lost, the webhook's dedupe mark
-    /// makes the second a duplicate; a webhook without a mark may be stored twice, as it would
-    /// be on the provider's retry (at-least-once).
-    async fn invoke_reconnecting<T: redis::FromRedisValue>(
+    async fn invoke_with<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
+        lost: LostConnection,
     ) -> Result<T, BufferError> {
         let mut conn = self.conn.clone();
         self.timed(operation, async {
             match invocation.invoke_async(&mut conn).await {
-                Err(e) if connection_lost(&e) => invocation.invoke_async(&mut conn).await,
+                Err(e) if lost == LostConnection::RetryOnce && connection_lost(&e) => {
+                    invocation.invoke_async(&mut conn).await
+                }
                 answer => answer,
             }
         })
@@ -555,6 +545,20 @@ impl RedisBuffer {
     fn seen_key(&self, source: &str, delivery_id: &str) -> String {
         format!("{{{}}}:seen:{source}:{delivery_id}", self.prefix)
     }
+}
+
+/// What a script invocation does when it meets a dropped connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LostConnection {
+    /// Answers `Unavailable`; the connection manager reconnects for the next operation.
+    Fail,
+    /// Runs once more on the connection the manager re-makes, within the same operation
+    /// timeout. Without it, every HTTP worker's first webhook after a Redis restart would be
+    /// refused although Redis is back. For the ingress write only: it is the retry a provider
+    /// makes after a 503, made sooner; where the first attempt ran and its answer was lost, the
+    /// webhook's dedupe mark makes the second a duplicate, and a webhook without a mark may be
+    /// stored twice, as on the provider's retry (at-least-once).
+    RetryOnce,
 }
 
 /// Whether `error` says the connection is gone (reset, closed, refused) rather than that Redis
