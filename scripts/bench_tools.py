@@ -297,7 +297,13 @@ def table(results, machine_file):
         # reference is BENCH_CPU_BASELINE_US (the figure of an earlier commit), target a third of it.
         # One figure for both rows, or one per backend: "redis=338,embedded=471".
         spec = os.environ.get("BENCH_CPU_BASELINE_US") or "0"
-        baselines = dict(p.split("=", 1) for p in spec.split(",")) if "=" in spec else {}
+        baselines = {}
+        if "=" in spec:
+            for part in spec.split(","):
+                name, sep, value = part.partition("=")
+                if not sep:
+                    sys.exit(f"BENCH_CPU_BASELINE_US: {part!r} is not backend=us")
+                baselines[name.strip()] = value.strip()
         for name, r in (("redis", b), ("embedded", c)):
             if "cpu_us_per_request" not in r:
                 continue

@@ -16,9 +16,7 @@ use crate::env::Env;
 use crate::inbound::{Headers, InboundRequest};
 use crate::ingest::BodyFormat;
 use crate::mapping::examples::run_examples;
-use crate::mapping::{
-    CompiledMapping, DEFAULT_MAX_EVENT_CASES_BYTES, DeliveryIdFrom, MappingSet, Origin,
-};
+use crate::mapping::{CompiledMapping, DeliveryIdFrom, MappingSet, Origin};
 use crate::verify::Verified;
 use casegate_sandbox::SandboxConfig;
 
@@ -170,10 +168,23 @@ pub async fn run(cli: Cli) -> ExitCode {
             mapping,
             payload,
             headers,
+            config,
             ..
         } => match (mapping, payload) {
             (Some(mapping), Some(payload)) => {
-                try_mapping(&mapping, &payload, &headers, &Env::from_process())
+                // The bound on one event's cases is the gateway's, so `try` refuses what ingest
+                // would dead-letter for its size.
+                load_config(config.as_deref(), &Overrides::default())
+                    .map_err(CliError::from)
+                    .and_then(|config| {
+                        try_mapping(
+                            &mapping,
+                            &payload,
+                            &headers,
+                            &Env::from_process(),
+                            config.ingress.max_event_cases_bytes,
+                        )
+                    })
                     .map(|output| out!("{output}"))
             }
             _ => Err("give a mapping file and a payload, or --dead-letter ID".into()),

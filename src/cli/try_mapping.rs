@@ -77,6 +77,7 @@ pub fn try_mapping(
     payload_file: &Path,
     headers: &[String],
     env: &Env,
+    max_event_bytes: usize,
 ) -> Result<String, CliError> {
     let text = std::fs::read_to_string(mapping_file).map_err(file_error(mapping_file))?;
     let mapping = CompiledMapping::compile(mapping_file, &text, env)?;
@@ -100,12 +101,7 @@ pub fn try_mapping(
         delivery_id: DeliveryIdFrom::Event,
     };
     let mapped = mapping
-        .map_event(
-            &request,
-            BodyFormat::Json,
-            &origin,
-            DEFAULT_MAX_EVENT_CASES_BYTES,
-        )
+        .map_event(&request, BodyFormat::Json, &origin, max_event_bytes)
         .map_err(|e| format!("{}: not JSON: {e}", payload_file.display()))?;
     let cases = mapped.cases.map_err(|e| {
         format!("mapping failed: {e} (the event would go to the dead-letter store)")

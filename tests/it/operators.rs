@@ -534,6 +534,42 @@ async fn printing_commands_exit_quietly_on_a_closed_pipe_and_name_unknown_variab
     );
 }
 
+/// `casegate try` applies the gateway's bound on one event's cases, so it refuses what ingest
+/// would dead-letter for its size.
+#[test]
+fn try_applies_the_configured_bound_on_an_event_s_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("m.yaml");
+    std::fs::write(&mapping, fixed(&queue(9))).unwrap();
+    let payload = dir.path().join("p.json");
+    std::fs::write(&payload, format!(r#"{{"id": "{}"}}"#, "x".repeat(300))).unwrap();
+    let try_with = |bound: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_casegate"))
+            .args(["try"])
+            .arg(&mapping)
+            .arg(&payload)
+            .current_dir(dir.path())
+            .env("CASEGATE_INGRESS__MAX_EVENT_CASES_BYTES", bound)
+            .output()
+            .unwrap()
+    };
+    let refused = try_with("200");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mapping failed") && stderr.contains("200"),
+        "{stderr}"
+    );
+    let accepted = try_with("65536");
+    let stdout = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(stdout.contains(&"x".repeat(300)), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_written_to_a_file_carry_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();

@@ -561,10 +561,11 @@ enum LostConnection {
     RetryOnce,
 }
 
-/// Whether `error` says the connection is gone (reset, closed, refused) rather than that Redis
-/// answered with an error: the connection manager re-makes the connection after such an error.
+/// Whether `error` says the connection is gone (reset, closed, refused, ended) before an answer
+/// came: the connection manager re-makes the connection after such an error. Not a timeout (the
+/// script may be running), nor an answer that could not be read (it ran).
 fn connection_lost(error: &RedisError) -> bool {
-    error.is_connection_dropped() || error.is_unrecoverable_error()
+    error.is_connection_dropped()
 }
 
 /// What the write script did.
