@@ -36,10 +36,7 @@ pub(super) async fn dlq(config_file: Option<PathBuf>, action: DlqAction) -> Resu
             dry_run,
         } => {
             let mappings = load_mapping_set(&config)?;
-            let remap = dlq::Remap {
-                clock: system_clock(),
-                max_event_bytes: config.ingress.max_event_cases_bytes,
-            };
+            let remap = remap(&config);
             match (selected(id, all, source.as_deref())?, dry_run) {
                 (Some(id), true) => {
                     let letter = dlq::show(&buffer, &id).await?;

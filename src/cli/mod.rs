@@ -241,6 +241,15 @@ fn load_mapping_set(config: &Config) -> Result<MappingSet, CliError> {
     MappingSet::load_dir(&config.mappings, &config.env).map_err(CliError::Mappings)
 }
 
+/// How the CLI maps dead letters again: the wall clock and the configured bound on one event's
+/// cases, as the gateway would.
+fn remap(config: &Config) -> dlq::Remap {
+    dlq::Remap {
+        clock: system_clock(),
+        max_event_bytes: config.ingress.max_event_cases_bytes,
+    }
+}
+
 /// Loads the configuration for a subcommand, reading `config/casegate.toml` when it exists and
 /// no file was named.
 pub fn load_config(

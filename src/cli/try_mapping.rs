@@ -38,11 +38,7 @@ pub(super) async fn try_dead_letter(
             .get(&letter.record.source)
             .cloned(),
     };
-    let remap = dlq::Remap {
-        clock: system_clock(),
-        max_event_bytes: config.ingress.max_event_cases_bytes,
-    };
-    match dlq::preview(&letter, mapping.as_deref(), &remap) {
+    match dlq::preview(&letter, mapping.as_deref(), &remap(&config)) {
         dlq::ReplayPreview::WouldEnqueue { cases, .. } => Ok(pretty(&cases)),
         dlq::ReplayPreview::WouldFilter { .. } => Ok(format!(
             "no rule matched: a replay of {id} would remove it and make no case"
