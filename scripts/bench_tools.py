@@ -56,6 +56,11 @@ def wrk_result(out_file, results, name, *extra):
         accepted = max(r["requests"] - r["non_2xx"], 1)
         r["cpu_us_per_request"] = r["cpu_ticks"] / os.sysconf("SC_CLK_TCK") * 1e6 / accepted
         cpu = f", server CPU {r['cpu_us_per_request']:.0f} us/request"
+        if "redis_cpu_ticks" in r:
+            # Redis's share: it runs on the same CPUs, so it bounds the Redis run's req/s too.
+            r["redis_cpu_us_per_request"] = (
+                r["redis_cpu_ticks"] / os.sysconf("SC_CLK_TCK") * 1e6 / accepted)
+            cpu += f", redis-server CPU {r['redis_cpu_us_per_request']:.0f} us/request"
     json.dump(r, open(os.path.join(results, name + ".json"), "w"), indent=1)
     print(
         f"  {name}: {r['rps']:.0f} req/s, p50 {r['p50_us']/1000:.2f} ms, p99 {r['p99_us']/1000:.2f} ms, "
@@ -314,6 +319,9 @@ def table(results, machine_file):
                 f"bare {a.get('cpu_us_per_request', 0):.0f} us/request{base}",
                 f"{us / baseline:.2f}x" if baseline else "-", "<= 0.33x" if baseline else "-",
                 us <= baseline / 3 if baseline else None)
+        if "redis_cpu_us_per_request" in b:
+            row("redis-server CPU per accepted webhook", f"{b['redis_cpu_us_per_request']:.0f} us",
+                f"gateway {b.get('cpu_us_per_request', 0):.0f} us", "-", "-", None)
         for name, r in (("redis", b), ("embedded", c)):
             for p in ("p50", "p99"):
                 row(f"ingest {p} latency, {name} (saturated)", fmt_ms(r[p + "_us"]),

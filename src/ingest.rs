@@ -8,8 +8,9 @@
 //!
 //! Before anything else, a source whose secret is a public `${VAR:-default}` is refused (503)
 //! unless development mode allows it. Where the scheme signs no timestamp, the dedupe mark also
-//! covers a digest of the body, so a captured request replayed with a fresh delivery id is a
-//! duplicate. Large bodies are verified on the blocking pool so their HMAC does not stall the
+//! covers a fingerprint of the body, so a captured request replayed with a fresh delivery id is a
+//! duplicate: the verified MAC where the scheme's MAC covers exactly the body (Shopify, GitHub,
+//! WooCommerce; no second pass over the body), else its SHA-256. Large bodies are verified on the blocking pool so their HMAC does not stall the
 //! HTTP worker's other connections.
 
 use std::sync::Arc;
@@ -300,10 +301,14 @@ impl Ingestor {
         mapped: MappedEvent,
     ) -> Enqueue {
         let MappedEvent { delivery_id, cases } = mapped;
-        let body_digest = mapping
-            .verifier
-            .signs_no_timestamp()
-            .then(|| format!("body:{}", hex::encode(Sha256::digest(&verified.get().body))));
+        let body_digest =
+            mapping
+                .verifier
+                .signs_no_timestamp()
+                .then(|| match verified.body_mac() {
+                    Some(mac) => format!("mac:{}", hex::encode(mac)),
+                    None => format!("body:{}", hex::encode(Sha256::digest(&verified.get().body))),
+                });
         let stored_id = delivery_id.as_deref().map(bounded_delivery_id);
         let ttl = mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl);
         let dedupe = match (stored_id, body_digest) {

@@ -34,7 +34,8 @@ pub(super) struct Github {
 }
 
 impl Github {
-    pub(super) fn verify(&self, request: &InboundRequest) -> Result<(), VerifyError> {
+    /// Returns the verified MAC, which covers exactly the body.
+    pub(super) fn verify(&self, request: &InboundRequest) -> Result<Vec<u8>, VerifyError> {
         let header = super::required_header(request, SIGNATURE_HEADER)?;
         let hex_tag = header
             .trim()
@@ -42,7 +43,7 @@ impl Github {
             .ok_or_else(|| VerifyError::bad_format(SIGNATURE_HEADER, "expected sha256=<hex>"))?;
         let tag = hex::decode(hex_tag)
             .map_err(|_| VerifyError::bad_format(SIGNATURE_HEADER, "not hex"))?;
-        super::check_hmac_sha256(&self.keys, &[&request.body], &[&tag])
+        super::matching_hmac_sha256(&self.keys, &[&request.body], &[&tag])
     }
 
     pub(super) fn sign(&self, request: &mut InboundRequest) {

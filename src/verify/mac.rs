@@ -83,11 +83,21 @@ pub(super) fn check_hmac_sha256<T: AsRef<[u8]>>(
     parts: &[&[u8]],
     tags: &[T],
 ) -> Result<(), VerifyError> {
-    if any_hmac_sha256_matches(keys, parts, tags) {
-        Ok(())
-    } else {
-        Err(VerifyError::Mismatch)
-    }
+    matching_hmac_sha256(keys, parts, tags).map(drop)
+}
+
+/// [`check_hmac_sha256`] that also returns the MAC that matched, for a scheme whose MAC covers
+/// exactly the body: equal bodies under the same secret have equal MACs, so ingest can use it
+/// as the body's fingerprint instead of hashing the body a second time.
+pub(super) fn matching_hmac_sha256<T: AsRef<[u8]>>(
+    keys: &[Key],
+    parts: &[&[u8]],
+    tags: &[T],
+) -> Result<Vec<u8>, VerifyError> {
+    matching_tag(keys, tags, SHA256_TAG_LEN, |key| {
+        hmac_sha256_bytes(key, parts)
+    })
+    .ok_or(VerifyError::Mismatch)
 }
 
 /// True when any key's HMAC-SHA256 of `parts` equals any of `tags`.
@@ -111,21 +121,36 @@ pub(super) fn any_tag_matches<T: AsRef<[u8]>>(
     tag_len: usize,
     mac: impl Fn(&Key) -> Vec<u8>,
 ) -> bool {
+    matching_tag(keys, tags, tag_len, mac).is_some()
+}
+
+/// [`any_tag_matches`] returning the first matching key's MAC. Which key matched is not
+/// secret (the sender chose it), so picking it out after all comparisons ran leaks nothing.
+fn matching_tag<T: AsRef<[u8]>>(
+    keys: &[Key],
+    tags: &[T],
+    tag_len: usize,
+    mac: impl Fn(&Key) -> Vec<u8>,
+) -> Option<Vec<u8>> {
     let tags: Vec<&[u8]> = tags
         .iter()
         .map(AsRef::as_ref)
         .filter(|tag| tag.len() == tag_len)
         .collect();
     if tags.is_empty() {
-        return false;
+        return None;
     }
-    let mut matched = subtle::Choice::from(0);
+    let mut found = None;
     for key in keys {
         count_mac();
         let computed = mac(key);
+        let mut matched = subtle::Choice::from(0);
         for tag in &tags {
             matched |= subtle::ConstantTimeEq::ct_eq(computed.as_slice(), *tag);
         }
+        if bool::from(matched) && found.is_none() {
+            found = Some(computed);
+        }
     }
-    bool::from(matched)
+    found
 }

@@ -62,7 +62,7 @@ pub use zendesk::ZendeskSpec;
 
 use mac::{
     Key, any_hmac_sha256_matches, any_tag_matches, check_candidate_count, check_hmac_sha256,
-    hmac_sha256_bytes,
+    hmac_sha256_bytes, matching_hmac_sha256,
 };
 
 /// The `verify:` block of a mapping file, tagged by `scheme`:
@@ -187,25 +187,34 @@ impl Verifier {
         request: InboundRequest,
         now: SystemTime,
     ) -> Result<Verified<InboundRequest>, VerifyError> {
-        self.check(&request, now)?;
-        Ok(Verified(request))
+        let body_mac = self.check(&request, now)?;
+        Ok(Verified {
+            value: request,
+            body_mac,
+        })
     }
 
-    fn check(&self, request: &InboundRequest, now: SystemTime) -> Result<(), VerifyError> {
-        match &*self.scheme {
-            Scheme::Shopify(s) => s.verify(request),
+    /// Checks the request; for the schemes whose MAC covers exactly the body, returns it.
+    fn check(
+        &self,
+        request: &InboundRequest,
+        now: SystemTime,
+    ) -> Result<Option<Vec<u8>>, VerifyError> {
+        let body_only = match &*self.scheme {
+            Scheme::Shopify(s) => return s.verify(request).map(Some),
+            Scheme::Github(s) => return s.verify(request).map(Some),
+            Scheme::Woocommerce(s) => return s.verify(request).map(Some),
             Scheme::Stripe(s) => s.verify(request, now),
-            Scheme::Github(s) => s.verify(request),
             Scheme::Hubspot(s) => s.verify(request, now),
             Scheme::StandardWebhooks(s) => s.verify(request, now),
             Scheme::Slack(s) => s.verify(request, now),
             Scheme::Zendesk(s) => s.verify(request, now),
-            Scheme::Woocommerce(s) => s.verify(request),
             Scheme::Hmac(s) => s.verify(request, now),
             Scheme::Basic(s) => s.verify(request),
             Scheme::Token(s) => s.verify(request),
             Scheme::None => Ok(()),
-        }
+        };
+        body_only.map(|()| None)
     }
 
     /// Computes and inserts the headers the provider would send for `request`, using the FIRST
@@ -320,29 +329,48 @@ fn names(list: &[&str]) -> Vec<String> {
 /// private), so the mapper, which accepts only `Verified` requests, cannot be handed an
 /// unverified payload by mistake.
 #[derive(Debug, Clone)]
-pub struct Verified<T>(T);
+pub struct Verified<T> {
+    value: T,
+    /// The verified MAC where the scheme's MAC covers exactly the body (Shopify, GitHub,
+    /// WooCommerce); see [`Verified::body_mac`].
+    body_mac: Option<Vec<u8>>,
+}
 
 impl<T> Verified<T> {
     pub fn get(&self) -> &T {
-        &self.0
+        &self.value
     }
 
     pub fn into_inner(self) -> T {
-        self.0
+        self.value
+    }
+
+    /// The MAC that verified the body, when the scheme's MAC covers exactly the body: equal
+    /// for equal bodies under one secret, unforgeable without it, so it fingerprints the body
+    /// for the dedupe mark at no extra cost. `None` for every other scheme and for input that
+    /// was not verified here.
+    pub fn body_mac(&self) -> Option<&[u8]> {
+        self.body_mac.as_deref()
     }
 
     /// Wraps a value WITHOUT checking it. Only for replaying dead letters that were verified
     /// when they were first received (their signature headers were stripped before storage, so
     /// they cannot be checked again). Any other use defeats the point of this type.
     pub fn previously_verified(value: T) -> Self {
-        Verified(value)
+        Verified {
+            value,
+            body_mac: None,
+        }
     }
 
     /// Wraps a value WITHOUT checking it, for input the operator supplies on the local machine
     /// (`casegate try` on a sample, a mapping's examples, tests and benchmarks). Never for
     /// anything received over the network.
     pub fn trusted_local_input(value: T) -> Self {
-        Verified(value)
+        Verified {
+            value,
+            body_mac: None,
+        }
     }
 }
 

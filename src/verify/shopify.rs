@@ -32,12 +32,13 @@ pub(super) struct Shopify {
 }
 
 impl Shopify {
-    pub(super) fn verify(&self, request: &InboundRequest) -> Result<(), VerifyError> {
+    /// Returns the verified MAC, which covers exactly the body.
+    pub(super) fn verify(&self, request: &InboundRequest) -> Result<Vec<u8>, VerifyError> {
         let header = super::required_header(request, SIGNATURE_HEADER)?;
         let tag = STANDARD
             .decode(header.trim())
             .map_err(|_| VerifyError::bad_format(SIGNATURE_HEADER, "not base64"))?;
-        super::check_hmac_sha256(&self.keys, &[&request.body], &[&tag])
+        super::matching_hmac_sha256(&self.keys, &[&request.body], &[&tag])
     }
 
     pub(super) fn sign(&self, request: &mut InboundRequest) {

@@ -483,6 +483,48 @@ fn a_verified_request_hands_back_exactly_what_was_received() {
 }
 
 #[test]
+fn the_body_mac_is_the_signing_secret_s_mac_over_exactly_the_body() {
+    use hmac::{KeyInit, Mac};
+    let body = br#"{"id":820982911946154508}"#;
+    let expected = |secret: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        mac.finalize().into_bytes().to_vec()
+    };
+    for scheme in ["shopify", "github", "woocommerce"] {
+        // During a rotation both secrets verify; the MAC is that of the one that signed.
+        let rotating = verifier(&format!(
+            "{{ scheme: {scheme}, secrets: [new-one, old-one] }}"
+        ));
+        for secret in ["new-one", "old-one"] {
+            let signer = verifier(&format!("{{ scheme: {scheme}, secrets: [{secret}] }}"));
+            let mut req = request(&[], body);
+            signer.sign(&mut req, at(0));
+            let verified = rotating.verify(req, at(0)).unwrap();
+            assert_eq!(
+                verified.body_mac(),
+                Some(expected(secret).as_slice()),
+                "{scheme} signed with {secret}"
+            );
+        }
+    }
+    // Schemes whose MAC covers more than the body (or that have none) leave the fingerprint to
+    // ingest's own digest, as does input that was not verified here.
+    for (name, yaml) in every_scheme() {
+        if ["shopify", "github", "woocommerce"].contains(&name) {
+            continue;
+        }
+        let v = build(&yaml, &Env::default()).unwrap();
+        let mut req = request(&[], body);
+        v.sign(&mut req, at(1_700_000_000));
+        let verified = v.verify(req, at(1_700_000_000)).unwrap();
+        assert_eq!(verified.body_mac(), None, "{name}");
+    }
+    let local = Verified::trusted_local_input(request(&[], body));
+    assert_eq!(local.body_mac(), None);
+}
+
+#[test]
 fn verifiers_and_verified_requests_can_be_shared_across_worker_threads() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<Verifier>();

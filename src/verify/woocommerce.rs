@@ -47,7 +47,8 @@ pub(super) struct Woocommerce {
 }
 
 impl Woocommerce {
-    pub(super) fn verify(&self, request: &InboundRequest) -> Result<(), VerifyError> {
+    /// Returns the verified MAC, which covers exactly the body.
+    pub(super) fn verify(&self, request: &InboundRequest) -> Result<Vec<u8>, VerifyError> {
         let Some(header) = request.headers.get(SIGNATURE_HEADER) else {
             return Err(if is_creation_ping(&request.body) {
                 VerifyError::UnsignedPing
@@ -58,7 +59,7 @@ impl Woocommerce {
         let tag = STANDARD
             .decode(header.trim())
             .map_err(|_| VerifyError::bad_format(SIGNATURE_HEADER, "not base64"))?;
-        super::check_hmac_sha256(&self.keys, &[&request.body], &[&tag])
+        super::matching_hmac_sha256(&self.keys, &[&request.body], &[&tag])
     }
 
     pub(super) fn sign(&self, request: &mut InboundRequest) {

@@ -275,6 +275,42 @@ async fn a_captured_body_replayed_with_a_fresh_delivery_id_is_a_duplicate_on_red
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_again_under_a_token_with_a_fresh_id_is_a_duplicate() {
+    // A token signs nothing: the body's fingerprint is its own SHA-256, not a MAC.
+    let mapping = format!(
+        "verify: {{scheme: token, header: X-Token, secrets: [tok-hostile]}}\n\
+         delivery_id: {{header: X-Delivery}}\n{}",
+        rule()
+    );
+    let gateway = TestGateway::start(GatewayOptions::embedded(&[("tok.yaml", &mapping)])).await;
+    let body = json!({"id": 2001}).to_string();
+    let headers: Headers = [
+        ("content-type", "application/json"),
+        ("x-token", "tok-hostile"),
+        ("x-delivery", "d-1"),
+    ]
+    .into_iter()
+    .collect();
+    let first = gateway.post("tok", &headers, body.clone()).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let again = gateway
+        .post("tok", &with(&headers, "x-delivery", "d-2"), body.clone())
+        .await;
+    assert_eq!(
+        (again.status, &again.body),
+        (200, &json!({"duplicate": true}))
+    );
+    let other = gateway
+        .post(
+            "tok",
+            &with(&headers, "x-delivery", "d-3"),
+            json!({"id": 2002}).to_string(),
+        )
+        .await;
+    assert_eq!(other.status, 202, "{}", other.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timestamped_schemes_accept_the_same_body_signed_again() {
     // Stripe signs its timestamp: the same body re-signed later is a new delivery, not a replay.
     let mapping = stripe_mapping();
