@@ -15,17 +15,29 @@ use crate::inbound::{Headers, InboundRequest};
 use crate::ingest::{IngestError, IngestOutcome, body_format};
 use crate::prometheus;
 
+/// The `{source}` of `POST /hooks/{source}`: one non-empty path segment after the `/hooks`
+/// scope. Anything else under `/hooks` is no endpoint at all.
+fn source_of(request: &HttpRequest) -> Option<&str> {
+    if request.method() != actix_web::http::Method::POST {
+        return None;
+    }
+    let source = request.match_info().unprocessed().strip_prefix('/')?;
+    (!source.is_empty() && !source.contains('/')).then_some(source)
+}
+
 /// Longest request id taken from an incoming `X-Request-Id`.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 pub async fn receive(
     request: HttpRequest,
-    source: web::Path<String>,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let Some(source) = source_of(&request) else {
+        return super::not_found().await;
+    };
     let request_id = request_id(&request);
-    let mapping = state.ingestor.mapping(&source).map_err(|e| {
+    let mapping = state.ingestor.mapping(source).map_err(|e| {
         // Not the requested name: strangers must not be able to mint label values.
         count("unknown", "invalid", "unknown_source");
         ApiError::from_ingest(e, state.retry_after)

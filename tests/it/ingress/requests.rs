@@ -157,6 +157,15 @@ async fn bad_bodies_get_specific_json_errors() {
         (wrong_method.status, wrong_method.body["error"].as_str()),
         (404, Some("not_found"))
     );
+    // Only one segment after /hooks names a source.
+    for path in ["", "src/extra", "src/"] {
+        let answer = gateway.post(path, &json_with(&[]), "{}").await;
+        assert_eq!(
+            (answer.status, answer.body["error"].as_str()),
+            (404, Some("not_found")),
+            "/hooks/{path}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
