@@ -342,6 +342,34 @@ impl Expr {
         }
     }
 
+    /// Writes [`Expr::value`] as compact JSON without copying what it selects; `None` (and
+    /// nothing written) when it has no value.
+    pub fn write_value(&self, scope: Scope<'_>, out: &mut Vec<u8>) -> Option<()> {
+        let write = |out: &mut Vec<u8>, value: &Value| {
+            // Writing a `Value` into a `Vec` cannot fail.
+            let _ = serde_json::to_writer(&mut *out, value);
+        };
+        match self.resolve(scope) {
+            Resolved::Nodes(nodes) => match nodes.as_slice() {
+                [one] => write(out, one),
+                many => {
+                    out.push(b'[');
+                    for (i, node) in many.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write(out, node);
+                    }
+                    out.push(b']');
+                }
+            },
+            Resolved::Literal(value) => write(out, value),
+            Resolved::Null => out.extend_from_slice(b"null"),
+            Resolved::Nothing => return None,
+        }
+        Some(())
+    }
+
     pub fn render(&self, scope: Scope<'_>, missing: Missing) -> Result<String, RenderError> {
         let start = match self.resolve(scope) {
             Resolved::Nodes(mut nodes) if nodes.len() == 1 => Current::One(nodes.remove(0)),

@@ -163,3 +163,55 @@ fn the_shipped_mappings_prune_and_the_test_mapping_reads_everything_it_needs() {
         compile(&PRUNABLE.replace("'$.items[*].name ?? null'", "'$.items[?@.sku == $.name]'"));
     assert!(root.keep.is_all());
 }
+
+/// `include:` merged into each kind of data: an object whose members sort around the added
+/// ones (and one of the same name, which they replace), a path selecting an object, a
+/// template, an array and a literal.
+const INCLUDES: &str = r#"
+verify: {scheme: token, header: x-token, secrets: [t]}
+rules:
+  - name: around
+    queue: QUEUE
+    title: x
+    data: {z: '$.name ?? null', a: '$.customer ?? null', _headers: kept?, _a: '$.items[*].sku ?? []', __: 1, _casegate: replaced, 'é': '{{ $.status ?? "" }}'}
+    include: {headers: [X-A, X-Token, X-Missing], meta: true}
+  - {name: selected, queue: QUEUE, title: x, data: '$.customer ?? null', include: {meta: true}}
+  - {name: text, queue: QUEUE, title: x, data: '{{ $.name ?? "" }}', include: {headers: [X-A]}}
+  - {name: listed, queue: QUEUE, title: x, data: ['$.total ?? null', 2], include: {meta: true}}
+  - {name: literal, queue: QUEUE, title: x, data: 7}
+  - {name: missing, queue: QUEUE, title: x, data: {b: {c: $.nowhere}}, include: {meta: true}}
+"#;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The data written straight from the payload is, byte for byte (or error for error), what
+    /// serializing the rendered value gives, for every rule of the test and shipped mappings.
+    #[test]
+    fn data_written_in_place_is_the_rendered_value_serialized(
+        payload in prop_oneof![payload(), provider_payload()],
+    ) {
+        let headers: Headers = [("X-A", "1\u{1}\""), ("X-Token", "t")].into_iter().collect();
+        let input = EventInput {
+            payload: &payload,
+            headers: &headers,
+            request_id: "r\"",
+            delivery_id: Some("d"),
+            received_at_ms: 1,
+        };
+        let includes = compile(INCLUDES);
+        for mapping in PRUNE_MAPPINGS.iter().chain([&includes]) {
+            for rule in &mapping.rules {
+                for event_type in [None, Some("t")] {
+                    let scope = Scope::of(&payload);
+                    let written = mapping.case_data(rule, scope, &input, event_type);
+                    let included = mapping.included(rule, &input, event_type);
+                    let serialized = mapping
+                        .data_value(rule, scope, included)
+                        .map(|value| serde_json::to_string(&value).unwrap());
+                    prop_assert_eq!(written, serialized, "{} {}", mapping.file, rule.name);
+                }
+            }
+        }
+    }
+}
