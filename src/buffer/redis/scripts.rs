@@ -39,7 +39,9 @@ local m = tonumber(ARGV[4])
 local cases = {}
 for i = 1, n do
   local id = redis.call('XADD', KEYS[5 + i], '*', 'r', ARGV[4 + n + i])
-  local ms = tonumber(string.match(id, '^(%d+)'))
+  -- The entry id's milliseconds as the digits themselves: a Lua number would be formatted
+  -- back into text (printf of a double) for each ZADD.
+  local ms = string.match(id, '^(%d+)')
   redis.call('ZADD', KEYS[1], ms, ARGV[4 + i])
   redis.call('ZADD', KEYS[5], 'NX', ms, ARGV[4 + i])
   cases[i] = id
