@@ -370,10 +370,12 @@ def table(results, machine_file):
     m1 = R.get("rss_backlog_1m")
     if none and m1:
         ref = max(m["vmhwm_kib"] for m in none)
+        spread = ref - min(m["vmhwm_kib"] for m in none)
         ratio = m1["vmhwm_kib"] / ref
         runs = "/".join(f"{m['vmhwm_kib'] / 1024:.1f}" for m in none)
         row("peak RSS, 1M cases in Redis", f"{m1['vmhwm_kib'] / 1024:.1f} MiB",
-            f"100k: {runs} MiB", f"{ratio:.3f}x", "<= 100k", m1["vmhwm_kib"] <= ref)
+            f"100k: {runs} MiB", f"{ratio:.3f}x", "<= 100k + spread",
+            m1["vmhwm_kib"] <= ref + spread)
 
     head = ("figure", "value", "reference", "ratio", "target", "result")
     widths = [max(len(str(r[k])) for r in rows + [head]) for k in range(6)]

@@ -8,9 +8,10 @@
 //!
 //! Before anything else, a source whose secret is a public `${VAR:-default}` is refused (503)
 //! unless development mode allows it. Where the scheme signs no timestamp, the dedupe mark also
-//! covers a fingerprint of the body, so a captured request replayed with a fresh delivery id is a
-//! duplicate: the verified MAC where the scheme's MAC covers exactly the body (Shopify, GitHub,
-//! WooCommerce; no second pass over the body), else its SHA-256. Large bodies are verified on the blocking pool so their HMAC does not stall the
+//! covers a fingerprint of the body, so a captured request replayed with a fresh delivery id is
+//! a duplicate: the SHA-256 of the verified MAC where the scheme's MAC covers exactly the body
+//! (Shopify, GitHub, WooCommerce: 32 bytes hashed instead of the whole body a second time), else
+//! the body's SHA-256. Large bodies are verified on the blocking pool so their HMAC does not stall the
 //! HTTP worker's other connections.
 
 use std::sync::Arc;
@@ -306,7 +307,9 @@ impl Ingestor {
                 .verifier
                 .signs_no_timestamp()
                 .then(|| match verified.body_mac() {
-                    Some(mac) => format!("mac:{}", hex::encode(mac)),
+                    // Hashed, not stored as it is: the MAC is the request's valid signature, and
+                    // the store must not hold what would let a copy of the body be sent again.
+                    Some(mac) => format!("mac:{}", hex::encode(Sha256::digest(mac))),
                     None => format!("body:{}", hex::encode(Sha256::digest(&verified.get().body))),
                 });
         let stored_id = delivery_id.as_deref().map(bounded_delivery_id);

@@ -581,8 +581,12 @@ impl DataTemplate {
                         separate(out, name);
                         let _ = serde_json::to_writer(&mut *out, value);
                     }
-                    // A member of the same name is replaced by the extra one.
+                    // A member of the same name is replaced by the extra one, but still rendered:
+                    // its failure fails the data, as it did when the value was built first.
                     if extra.peek().is_some_and(|(name, _)| *name == key.as_str()) {
+                        template
+                            .write(scope, &[], &mut Vec::new())
+                            .map_err(|e| format!("{key}: {e}"))?;
                         continue;
                     }
                     separate(out, key);

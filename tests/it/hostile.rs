@@ -272,6 +272,22 @@ async fn a_captured_body_replayed_with_a_fresh_delivery_id_is_a_duplicate_on_red
     let mut options = GatewayOptions::embedded(&[("shop.yaml", &mapping)]);
     options.backend = Backend::Redis(redis.url());
     a_replayed_body_with_a_fresh_id_is_a_duplicate_on(options).await;
+    // The body's mark is a hash of the verified MAC, never the signature itself: a store
+    // reader must not get what would let the body be sent again, signed.
+    let body = json!({"id": 1001, "total": "10.00"}).to_string();
+    let signature = {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"shpss_hostile").unwrap();
+        mac.update(body.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*seen*")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert!(keys.iter().any(|k| k.contains(":mac:")), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains(&signature)), "{keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,8 @@
 //!   all). Older versions kept `{casegate}:queues`, a plain set; it is folded into these two on
 //!   first use.
 //! - `{casegate}:seen:<source>:<delivery_id>`: dedupe mark, a plain string with a `PX` expiry
-//!   (`<delivery_id>` is also `body:<sha256>` for the body-digest mark of an unstamped scheme).
+//!   (`<delivery_id>` is also the body's fingerprint for an unstamped scheme: `mac:<sha256 of the
+//!   verified MAC>` where the MAC covers exactly the body, else `body:<sha256 of the body>`).
 //!   Unambiguous because the mapping loader allows only letters, digits, `-` and `_` in source
 //!   names.
 //! - `{casegate}:consumer:<name>`: the lease on a consumer name, a random nonce with a `PX`
