@@ -171,6 +171,44 @@ async fn a_worker_buffer_writes_over_its_own_connection_into_the_same_queues() {
     assert!(!format!("{own:?}").contains("w0rker-pass"));
 }
 
+/// A worker's buffer connects as soon as the worker takes it, not on its first webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_buffer_connects_when_the_worker_takes_it() {
+    let server = RedisServer::start().await;
+    let shared = RedisBuffer::connect(&server.url(), "casegate", OP_TIMEOUT)
+        .await
+        .unwrap();
+    shared.ping().await.unwrap();
+    let clients = |server: &RedisServer| {
+        redis_cli(server, &["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| l.contains("cmd=") && !l.contains("cmd=client"))
+            .count()
+    };
+    let before = clients(&server);
+    let shared = casegate::buffer::Buffer::Redis(shared);
+    let worker = shared.for_worker();
+    eventually(
+        "the worker's own connection is open",
+        Duration::from_secs(5),
+        || async {
+            let now = clients(&server);
+            if now == before + 1 {
+                Ok(())
+            } else {
+                Err(format!("{now} clients, {before} before"))
+            }
+        },
+    )
+    .await;
+    worker.ping().await.unwrap();
+    assert_eq!(
+        clients(&server),
+        before + 1,
+        "the same connection serves it"
+    );
+}
+
 fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
     let out = std::process::Command::new("redis-cli")
         .args(["-p", &server.port().to_string()])
