@@ -23,7 +23,7 @@ pub fn check_within(dir: &Path, env: &Env, max_event_bytes: usize) -> ExitCode {
     };
     let mut failed = 0;
     for mapping in set.iter() {
-        let results = run_examples(mapping, env);
+        let results = run_examples(mapping, env, max_event_bytes);
         let failures: Vec<_> = results
             .iter()
             .filter_map(|r| r.failure.as_deref().map(|f| (&r.name, f)))

@@ -19,20 +19,30 @@ pub struct ExampleResult {
     pub failure: Option<String>,
 }
 
-/// Runs every example of `mapping`.
+/// Runs every example of `mapping` as ingest would map it, with at most `max_event_bytes` of
+/// cases per event (`ingress.max_event_cases_bytes`).
 /// Expected queues may be written `${ENV}` like the rules' queues, resolved against `env`.
-pub fn run_examples(mapping: &CompiledMapping, env: &Env) -> Vec<ExampleResult> {
+pub fn run_examples(
+    mapping: &CompiledMapping,
+    env: &Env,
+    max_event_bytes: usize,
+) -> Vec<ExampleResult> {
     mapping
         .examples
         .iter()
         .map(|example| ExampleResult {
             name: example.name.clone(),
-            failure: run_one(mapping, example, env).err(),
+            failure: run_one(mapping, example, env, max_event_bytes).err(),
         })
         .collect()
 }
 
-fn run_one(mapping: &CompiledMapping, example: &ExampleSpec, env: &Env) -> Result<(), String> {
+fn run_one(
+    mapping: &CompiledMapping,
+    example: &ExampleSpec,
+    env: &Env,
+    max_event_bytes: usize,
+) -> Result<(), String> {
     let text = match (&example.payload, &example.payload_file) {
         (Some(payload), None) => payload.to_string(),
         (None, Some(file)) => {
@@ -66,7 +76,10 @@ fn run_one(mapping: &CompiledMapping, example: &ExampleSpec, env: &Env) -> Resul
         let input = EventInput::new(&request, payload)
             .request_id("example")
             .delivery_id(delivery_id.as_deref());
-        (delivery_id.clone(), mapping.apply(&input))
+        (
+            delivery_id.clone(),
+            mapping.apply_within(&input, max_event_bytes),
+        )
     };
     let (full, partial) = (run(&payload), run(&pruned));
     if full != partial {
@@ -179,6 +192,7 @@ mod tests {
                 "  - {name: one, payload: {n: 1, l: x}, expect: [{title: T 1, rule: r, data: {n: 1}, labels: [{key: k, value: x}]}]}\n  - {name: filtered, payload: {}, expect: []}\n  - {name: failing, payload: {boom: 1}, expect_error: '$.missing'}\n  - {name: queue, payload: {n: 2}, expect: [{title: T 2, queue: '${Q:-4f9c3c1e-5b0a-4c8e-9d51-2a7f0e6b1c3d}'}]}\n",
             ),
             &Env::default(),
+            crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES,
         );
         assert_eq!(
             results.iter().filter(|r| r.failure.is_some()).count(),
@@ -189,12 +203,30 @@ mod tests {
     }
 
     #[test]
+    fn examples_run_under_the_given_bound_on_an_event_s_cases() {
+        let example = mapping(
+            "  - {name: one, payload: {n: 1}, expect: [{title: T 1, rule: r, data: {n: 1}}]}\n",
+        );
+        let within = |bytes| run_examples(&example, &Env::default(), bytes);
+        assert_eq!(
+            within(crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES)[0].failure,
+            None
+        );
+        let failure = within(16)[0].failure.clone().unwrap();
+        assert!(
+            failure.contains("exceed 16 bytes (ingress.max_event_cases_bytes)"),
+            "{failure}"
+        );
+    }
+
+    #[test]
     fn mismatches_show_expected_and_actual() {
         let results = run_examples(
             &mapping(
                 "  - {name: wrong, payload: {n: 1}, expect: [{title: T 2, data: {n: 2, extra: true}}]}\n  - {name: count, payload: {}, expect: [{title: x}]}\n  - {name: noerr, payload: {n: 1}, expect_error: boom}\n",
             ),
             &Env::default(),
+            crate::mapping::DEFAULT_MAX_EVENT_CASES_BYTES,
         );
         let wrong = results[0].failure.as_deref().unwrap();
         assert!(wrong.contains("case 0 title:\n- T 2\n+ T 1"), "{wrong}");
