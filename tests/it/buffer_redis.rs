@@ -148,15 +148,8 @@ async fn a_worker_buffer_writes_over_its_own_connection_into_the_same_queues() {
         .await
         .unwrap();
     shared.ping().await.unwrap();
-    let clients = |server: &RedisServer| {
-        redis_cli(
-            server,
-            &["-a", "w0rker-pass", "--no-auth-warning", "CLIENT", "LIST"],
-        )
-        .lines()
-        .filter(|l| l.contains("cmd=") && !l.contains("cmd=client"))
-        .count()
-    };
+    let clients =
+        |server: &RedisServer| clients(server, &["-a", "w0rker-pass", "--no-auth-warning"]);
     let before = clients(&server);
     let own = shared.with_own_connection().unwrap();
     assert_eq!(clients(&server), before, "opened lazily: no connection yet");
@@ -179,12 +172,7 @@ async fn a_worker_buffer_connects_when_the_worker_takes_it() {
         .await
         .unwrap();
     shared.ping().await.unwrap();
-    let clients = |server: &RedisServer| {
-        redis_cli(server, &["CLIENT", "LIST"])
-            .lines()
-            .filter(|l| l.contains("cmd=") && !l.contains("cmd=client"))
-            .count()
-    };
+    let clients = |server: &RedisServer| clients(server, &[]);
     let before = clients(&server);
     let shared = casegate::buffer::Buffer::Redis(shared);
     let worker = shared.for_worker();
@@ -207,6 +195,16 @@ async fn a_worker_buffer_connects_when_the_worker_takes_it() {
         before + 1,
         "the same connection serves it"
     );
+}
+
+/// Clients of `server` that sent a command other than `CLIENT` (the buffer's connections, not
+/// redis-cli's own); `auth` goes before the command.
+fn clients(server: &RedisServer, auth: &[&str]) -> usize {
+    let args: Vec<&str> = auth.iter().copied().chain(["CLIENT", "LIST"]).collect();
+    redis_cli(server, &args)
+        .lines()
+        .filter(|l| l.contains("cmd=") && !l.contains("cmd=client"))
+        .count()
 }
 
 fn redis_cli(server: &RedisServer, args: &[&str]) -> String {
