@@ -36,6 +36,44 @@ pub(super) async fn a_repeated_delivery_is_a_duplicate_and_writes_nothing(f: Fix
     );
 }
 
+/// A webhook caught by its body's mark under a fresh delivery id writes nothing, not even that
+/// delivery id's mark: the id can still bring a new body later.
+pub(super) async fn a_duplicate_caught_by_one_mark_leaves_its_other_mark_unwritten(f: Fixture) {
+    let with = |delivery_id: &str, digest: &str, n: u64| {
+        let mut dedupe = mark("shopify", delivery_id, Duration::from_secs(60));
+        dedupe.body_digest = Some(digest.into());
+        Enqueue {
+            dedupe: Some(dedupe),
+            cases: vec![case(QUEUE_A, "c", n)],
+            dead_letters: vec![],
+        }
+    };
+    store(&f.buffer, with("d-1", "mac:body-a", 1)).await;
+    assert_eq!(
+        f.buffer
+            .enqueue(with("d-2", "mac:body-a", 2))
+            .await
+            .unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+    assert!(matches!(
+        f.buffer
+            .enqueue(with("d-2", "mac:body-b", 3))
+            .await
+            .unwrap(),
+        EnqueueOutcome::Stored { .. }
+    ));
+    // And the body's mark is still the first one's: body a under a third id is a duplicate.
+    assert_eq!(
+        f.buffer
+            .enqueue(with("d-3", "mac:body-a", 4))
+            .await
+            .unwrap(),
+        EnqueueOutcome::Duplicate
+    );
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
+}
+
 pub(super) async fn the_same_delivery_id_from_another_source_is_not_a_duplicate(f: Fixture) {
     for source in ["github", "stripe"] {
         let batch = Enqueue {

@@ -150,6 +150,7 @@ contract!(
     reclaim_hands_over_the_cases_of_a_dead_consumer_only_after_the_idle_time,
     a_repeated_delivery_is_a_duplicate_and_writes_nothing,
     the_same_delivery_id_from_another_source_is_not_a_duplicate,
+    a_duplicate_caught_by_one_mark_leaves_its_other_mark_unwritten,
     a_dedupe_mark_expires_after_its_ttl,
     concurrent_repeats_of_one_delivery_store_it_once,
     a_multi_case_multi_queue_enqueue_is_written_whole,
