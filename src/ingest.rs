@@ -11,8 +11,8 @@
 //! covers a fingerprint of the body, so a captured request replayed with a fresh delivery id is
 //! a duplicate: the SHA-256 of the verified MAC where the scheme's MAC covers exactly the body
 //! (Shopify, GitHub, WooCommerce: 32 bytes hashed instead of the whole body a second time), else
-//! the body's SHA-256. Large bodies are verified on the blocking pool so their HMAC does not stall the
-//! HTTP worker's other connections.
+//! the body's SHA-256. Large bodies are verified on the blocking pool so their HMAC does not
+//! stall the HTTP worker's other connections.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -200,7 +200,7 @@ impl Verifier {
         request: &InboundRequest,
         now: SystemTime,
     ) -> Result<Option<Vec<u8>>, VerifyError> {
-        let body_only = match &*self.scheme {
+        let checked = match &*self.scheme {
             Scheme::Shopify(s) => return s.verify(request).map(Some),
             Scheme::Github(s) => return s.verify(request).map(Some),
             Scheme::Woocommerce(s) => return s.verify(request).map(Some),
@@ -214,7 +214,7 @@ impl Verifier {
             Scheme::Token(s) => s.verify(request),
             Scheme::None => Ok(()),
         };
-        body_only.map(|()| None)
+        checked.map(|()| None)
     }
 
     /// Computes and inserts the headers the provider would send for `request`, using the FIRST
