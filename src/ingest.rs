@@ -280,8 +280,7 @@ impl Ingestor {
             }
             EnqueueOutcome::Stored { case_ids, .. } => {
                 for queue in queues {
-                    metrics::counter!(crate::prometheus::CASES_ENQUEUED, "queue" => queue)
-                        .increment(1);
+                    crate::prometheus::count_enqueued(&queue);
                 }
                 if let Some(wake) = &self.wake {
                     wake.notify_one();

@@ -4,6 +4,8 @@
 //! name). Labels never carry user-controlled text beyond configured names (sources, queues), so
 //! a stranger posting to random URLs cannot grow the series count.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -104,6 +106,49 @@ pub fn set_buffer_gauges(stats: &[(String, Option<(u64, f64)>)]) {
         metrics::gauge!(BUFFER_DEPTH, "queue" => queue.clone()).set(depth as f64);
         metrics::gauge!(BUFFER_OLDEST_AGE, "queue" => queue.clone()).set(age);
     }
+}
+
+/// Counter handles by source, for one `(outcome, reason)`.
+type BySource = HashMap<String, metrics::Counter>;
+
+thread_local! {
+    /// This thread's handles on the per-webhook counters, by their labels: counting a webhook
+    /// or a case then builds no label strings and skips the registry's lookup. Every label
+    /// comes from the loaded mappings (or is fixed), so the maps stay as small as those.
+    static WEBHOOK_COUNTERS: RefCell<HashMap<(&'static str, &'static str), BySource>> =
+        RefCell::default();
+    static ENQUEUED_COUNTERS: RefCell<HashMap<String, metrics::Counter>> = RefCell::default();
+}
+
+/// Adds one to `casegate_webhooks_total{source, outcome, reason}`. `source` must be a loaded
+/// mapping's source (or a fixed name): never text a sender chose.
+pub fn count_webhook(source: &str, outcome: &'static str, reason: &'static str) {
+    // The recorder is in place before any handle is kept, or the handle would record nothing.
+    handle();
+    WEBHOOK_COUNTERS.with_borrow_mut(|counters| {
+        let by_source = counters.entry((outcome, reason)).or_default();
+        match by_source.get(source) {
+            Some(counter) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!(WEBHOOKS, "source" => source.to_string(), "outcome" => outcome, "reason" => reason);
+                counter.increment(1);
+                by_source.insert(source.to_string(), counter);
+            }
+        }
+    });
+}
+
+/// Adds one to `casegate_cases_enqueued_total{queue}`, for a queue of a loaded mapping.
+pub fn count_enqueued(queue: &str) {
+    handle();
+    ENQUEUED_COUNTERS.with_borrow_mut(|counters| match counters.get(queue) {
+        Some(counter) => counter.increment(1),
+        None => {
+            let counter = metrics::counter!(CASES_ENQUEUED, "queue" => queue.to_string());
+            counter.increment(1);
+            counters.insert(queue.to_string(), counter);
+        }
+    });
 }
 
 /// Installs the process-wide recorder once and returns its handle.

@@ -169,8 +169,7 @@ struct AcceptedBody<'a> {
 }
 
 fn count(source: &str, outcome: &'static str, reason: &'static str) {
-    metrics::counter!(prometheus::WEBHOOKS, "source" => source.to_string(), "outcome" => outcome, "reason" => reason)
-        .increment(1);
+    prometheus::count_webhook(source, outcome, reason);
 }
 
 /// Reads the body chunk by chunk and stops as soon as it passes `limit`, so an oversize or
