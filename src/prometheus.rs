@@ -114,7 +114,9 @@ type BySource = HashMap<String, metrics::Counter>;
 thread_local! {
     /// This thread's handles on the per-webhook counters, by their labels: counting a webhook
     /// or a case then builds no label strings and skips the registry's lookup. Every label
-    /// comes from the loaded mappings (or is fixed), so the maps stay as small as those.
+    /// comes from a mapping loaded since start (or is fixed), never from a request, so the maps
+    /// hold no more series than the registry itself. The recorder has no idle timeout: a series
+    /// is never dropped, so a kept handle never counts into one that is no longer exported.
     static WEBHOOK_COUNTERS: RefCell<HashMap<(&'static str, &'static str), BySource>> =
         RefCell::default();
     static ENQUEUED_COUNTERS: RefCell<HashMap<String, metrics::Counter>> = RefCell::default();
@@ -154,6 +156,7 @@ pub fn count_enqueued(queue: &str) {
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
+        // No idle timeout: count_webhook and count_enqueued keep handles on their series.
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(BATCH_SIZE.into()),

@@ -185,18 +185,16 @@ impl Buffer {
     /// ([`RedisBuffer::with_own_connection`]), the shared one if that cannot be opened; the
     /// embedded buffer already groups every worker's writes into one commit.
     ///
-    /// Called on the worker's runtime, it connects right away there (where the connection's
-    /// driving task must live), so the worker's first webhook does not wait for the handshake.
+    /// Called on the worker's runtime (it must be: the connection's tasks are spawned there),
+    /// it connects right away, so the worker's first webhook does not wait for the handshake.
     pub fn for_worker(&self) -> Buffer {
         match self {
             Buffer::Redis(redis) => match redis.with_own_connection() {
                 Ok(own) => {
-                    if tokio::runtime::Handle::try_current().is_ok() {
-                        let warm = own.clone();
-                        // A failure only means the first operation connects; the shared
-                        // connection already reports an unreachable Redis.
-                        tokio::spawn(async move { warm.ping().await });
-                    }
+                    let warm = own.clone();
+                    // A failure only means the first operation connects; the shared connection
+                    // already reports an unreachable Redis.
+                    tokio::spawn(async move { warm.ping().await });
                     Buffer::Redis(own)
                 }
                 Err(error) => {

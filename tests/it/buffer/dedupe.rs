@@ -63,7 +63,7 @@ pub(super) async fn a_duplicate_caught_by_one_mark_leaves_its_other_mark_unwritt
             .unwrap(),
         EnqueueOutcome::Stored { .. }
     ));
-    // And the body's mark is still the first one's: body a under a third id is a duplicate.
+    // And body a is still marked: under a third id it is a duplicate too.
     assert_eq!(
         f.buffer
             .enqueue(with("d-3", "mac:body-a", 4))
