@@ -301,16 +301,16 @@ impl Ingestor {
         mapped: MappedEvent,
     ) -> Enqueue {
         let MappedEvent { delivery_id, cases } = mapped;
-        let body_digest =
-            mapping
-                .verifier
-                .signs_no_timestamp()
-                .then(|| match verified.body_mac() {
-                    // Hashed, not stored as it is: the MAC is the request's valid signature, and
-                    // the store must not hold what would let a copy of the body be sent again.
-                    Some(mac) => format!("mac:{}", hex::encode(Sha256::digest(mac))),
-                    None => format!("body:{}", hex::encode(Sha256::digest(&verified.get().body))),
-                });
+        let body_digest = mapping.verifier.signs_no_timestamp().then(|| {
+            // The MAC is hashed, not stored as it is: it is the request's valid
+            // signature, and the store must not hold what would let a copy of the body
+            // be sent again.
+            let (kind, fingerprinted): (&str, &[u8]) = match verified.body_mac() {
+                Some(mac) => ("mac", mac),
+                None => ("body", &verified.get().body),
+            };
+            format!("{kind}:{}", hex::encode(Sha256::digest(fingerprinted)))
+        });
         let stored_id = delivery_id.as_deref().map(bounded_delivery_id);
         let ttl = mapping.dedupe_ttl.unwrap_or(self.default_dedupe_ttl);
         let dedupe = match (stored_id, body_digest) {

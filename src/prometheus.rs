@@ -129,28 +129,37 @@ pub fn count_webhook(source: &str, outcome: &'static str, reason: &'static str) 
     handle();
     WEBHOOK_COUNTERS.with_borrow_mut(|counters| {
         let by_source = counters.entry((outcome, reason)).or_default();
-        match by_source.get(source) {
-            Some(counter) => counter.increment(1),
-            None => {
-                let counter = metrics::counter!(WEBHOOKS, "source" => source.to_string(), "outcome" => outcome, "reason" => reason);
-                counter.increment(1);
-                by_source.insert(source.to_string(), counter);
-            }
-        }
+        increment_kept(by_source, source, || {
+            metrics::counter!(WEBHOOKS, "source" => source.to_string(), "outcome" => outcome, "reason" => reason)
+        });
     });
 }
 
 /// Adds one to `casegate_cases_enqueued_total{queue}`, for a queue of a loaded mapping.
 pub fn count_enqueued(queue: &str) {
     handle();
-    ENQUEUED_COUNTERS.with_borrow_mut(|counters| match counters.get(queue) {
-        Some(counter) => counter.increment(1),
-        None => {
-            let counter = metrics::counter!(CASES_ENQUEUED, "queue" => queue.to_string());
-            counter.increment(1);
-            counters.insert(queue.to_string(), counter);
-        }
+    ENQUEUED_COUNTERS.with_borrow_mut(|counters| {
+        increment_kept(
+            counters,
+            queue,
+            || metrics::counter!(CASES_ENQUEUED, "queue" => queue.to_string()),
+        );
     });
+}
+
+/// Adds one to the counter kept under `label`, registering it with `register` the first time.
+fn increment_kept(
+    kept: &mut HashMap<String, metrics::Counter>,
+    label: &str,
+    register: impl FnOnce() -> metrics::Counter,
+) {
+    if let Some(counter) = kept.get(label) {
+        counter.increment(1);
+        return;
+    }
+    let counter = register();
+    counter.increment(1);
+    kept.insert(label.to_string(), counter);
 }
 
 /// Installs the process-wide recorder once and returns its handle.

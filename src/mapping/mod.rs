@@ -544,12 +544,8 @@ impl DataTemplate {
         extra: &[(&str, &Value)],
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
-        let string = |out: &mut Vec<u8>, text: &str| {
-            // Writing a `str` into a `Vec` cannot fail.
-            let _ = serde_json::to_writer(&mut *out, text);
-        };
         match self {
-            DataTemplate::Path(expr) if expr.has_filters() => string(
+            DataTemplate::Path(expr) if expr.has_filters() => write_json(
                 out,
                 &expr
                     .render(scope, Missing::Fail)
@@ -558,7 +554,7 @@ impl DataTemplate {
             DataTemplate::Path(expr) => expr
                 .write_value(scope, out)
                 .ok_or_else(|| matched_nothing(expr))?,
-            DataTemplate::Text(template) => string(
+            DataTemplate::Text(template) => write_json(
                 out,
                 &template
                     .render(scope, Missing::Fail)
@@ -572,14 +568,14 @@ impl DataTemplate {
                     if !std::mem::take(&mut first) {
                         out.push(b',');
                     }
-                    string(out, key);
+                    write_json(out, key);
                     out.push(b':');
                 };
                 for (key, template) in fields {
                     while let Some((name, value)) = extra.next_if(|(name, _)| *name < key.as_str())
                     {
                         separate(out, name);
-                        let _ = serde_json::to_writer(&mut *out, value);
+                        write_json(out, *value);
                     }
                     // A member of the same name is replaced by the extra one, but still rendered:
                     // its failure fails the data, as it did when the value was built first.
@@ -596,7 +592,7 @@ impl DataTemplate {
                 }
                 for (name, value) in extra {
                     separate(out, name);
-                    let _ = serde_json::to_writer(&mut *out, value);
+                    write_json(out, *value);
                 }
                 out.push(b'}');
             }
@@ -610,12 +606,16 @@ impl DataTemplate {
                 }
                 out.push(b']');
             }
-            DataTemplate::Literal(value) => {
-                let _ = serde_json::to_writer(&mut *out, value);
-            }
+            DataTemplate::Literal(value) => write_json(out, value),
         }
         Ok(())
     }
+}
+
+/// Appends `value` as compact JSON, as `serde_json::to_string` writes it.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Serializing a JSON value or a string into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn matched_nothing(expr: &Expr) -> String {

@@ -345,10 +345,7 @@ impl Expr {
     /// Writes [`Expr::value`] as compact JSON without copying what it selects; `None` (and
     /// nothing written) when it has no value.
     pub fn write_value(&self, scope: Scope<'_>, out: &mut Vec<u8>) -> Option<()> {
-        let write = |out: &mut Vec<u8>, value: &Value| {
-            // Writing a `Value` into a `Vec` cannot fail.
-            let _ = serde_json::to_writer(&mut *out, value);
-        };
+        let write = super::write_json::<Value>;
         match self.resolve(scope) {
             Resolved::Nodes(nodes) => match nodes.as_slice() {
                 [one] => write(out, one),

@@ -48,27 +48,24 @@ pub(super) async fn a_duplicate_caught_by_one_mark_leaves_its_other_mark_unwritt
             dead_letters: vec![],
         }
     };
+    let enqueue = async |delivery_id, digest, n| {
+        f.buffer
+            .enqueue(with(delivery_id, digest, n))
+            .await
+            .unwrap()
+    };
     store(&f.buffer, with("d-1", "mac:body-a", 1)).await;
     assert_eq!(
-        f.buffer
-            .enqueue(with("d-2", "mac:body-a", 2))
-            .await
-            .unwrap(),
+        enqueue("d-2", "mac:body-a", 2).await,
         EnqueueOutcome::Duplicate
     );
     assert!(matches!(
-        f.buffer
-            .enqueue(with("d-2", "mac:body-b", 3))
-            .await
-            .unwrap(),
+        enqueue("d-2", "mac:body-b", 3).await,
         EnqueueOutcome::Stored { .. }
     ));
     // And body a is still marked: under a third id it is a duplicate too.
     assert_eq!(
-        f.buffer
-            .enqueue(with("d-3", "mac:body-a", 4))
-            .await
-            .unwrap(),
+        enqueue("d-3", "mac:body-a", 4).await,
         EnqueueOutcome::Duplicate
     );
     assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
