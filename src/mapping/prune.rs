@@ -39,12 +39,67 @@ pub enum Keep {
     Members {
         /// Object members by name, each with what is kept of it. Every entry already includes
         /// `each`, so a member's tree is `members[name]`, else `each`.
-        members: BTreeMap<String, Keep>,
+        members: Members,
         /// What is kept of every array element and of every object member not named in
         /// `members` (`[*]`, `.*`, `[N]`); `None`: objects keep only `members`, arrays are
         /// kept whole.
         each: Option<Box<Keep>>,
     },
+}
+
+/// The kept members of an object, by name.
+///
+/// Most member names of a payload are not kept (a Shopify order has 76 top-level members, a
+/// mapping reads about 20), and every one of them is looked up. A 64-bit mask of a cheap
+/// signature of each kept name (its length, first and last byte) turns most of the others away
+/// before the map is searched: the lookup was 4 % of the CPU per webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    names: BTreeMap<String, Keep>,
+    signatures: u64,
+}
+
+impl Members {
+    /// The kept member `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Keep> {
+        if self.signatures & signature(name) == 0 {
+            return None;
+        }
+        self.names.get(name)
+    }
+
+    /// The kept member `name`, added with `missing()` if it is not kept yet.
+    fn get_or_insert_with(&mut self, name: &str, missing: impl FnOnce() -> Keep) -> &mut Keep {
+        self.signatures |= signature(name);
+        self.names.entry(name.to_string()).or_insert_with(missing)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Keep> {
+        self.names.values_mut()
+    }
+
+    /// The kept names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(String::as_str)
+    }
+}
+
+impl std::ops::Index<&str> for Members {
+    type Output = Keep;
+
+    fn index(&self, name: &str) -> &Keep {
+        self.get(name).expect("a kept member")
+    }
+}
+
+/// One bit of 64 for a member name: equal names always share it.
+fn signature(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let (first, last) = match (bytes.first(), bytes.last()) {
+        (Some(&first), Some(&last)) => (first as usize, last as usize),
+        _ => (0, 0),
+    };
+    1 << ((bytes.len() * 31 + first + last * 7) % 64)
 }
 
 /// One step of a path's prefix that the keep tree follows.
@@ -94,7 +149,7 @@ impl Keep {
     /// Keeps nothing (a mapping that reads no path).
     pub fn nothing() -> Keep {
         Keep::Members {
-            members: BTreeMap::new(),
+            members: Members::default(),
             each: None,
         }
     }
@@ -118,8 +173,9 @@ impl Keep {
         match segments.split_first() {
             None => *self = Keep::All,
             Some((Segment::Name(name), rest)) => members
-                .entry(name.clone())
-                .or_insert_with(|| each.as_deref().cloned().unwrap_or_else(Keep::nothing))
+                .get_or_insert_with(name, || {
+                    each.as_deref().cloned().unwrap_or_else(Keep::nothing)
+                })
                 .insert(rest),
             Some((Segment::Each, rest)) => {
                 each.get_or_insert_with(|| Box::new(Keep::nothing()))
@@ -232,7 +288,7 @@ impl<'de> DeserializeSeed<'de> for Pruned<'_> {
     }
 }
 
-struct PrunedVisitor<'k>(&'k BTreeMap<String, Keep>, Option<&'k Keep>);
+struct PrunedVisitor<'k>(&'k Members, Option<&'k Keep>);
 
 impl<'de> Visitor<'de> for PrunedVisitor<'_> {
     type Value = Value;
@@ -293,7 +349,7 @@ impl<'de> Visitor<'de> for PrunedVisitor<'_> {
 }
 
 /// A member name: the kept member's name and keep tree, or `None` for a member to skip.
-struct KeyOf<'k>(&'k BTreeMap<String, Keep>, Option<&'k Keep>);
+struct KeyOf<'k>(&'k Members, Option<&'k Keep>);
 
 impl<'de, 'k> DeserializeSeed<'de> for KeyOf<'k> {
     type Value = Option<(String, &'k Keep)>;
@@ -422,6 +478,22 @@ mod tests {
         assert_eq!(value, json!({"m": {"p": {"n": 1, "z": 0}}}));
         let value = from_str(text, &keep(&["$.items[1].y[0]"])).unwrap();
         assert_eq!(value, json!({"items": [{}, {"y": [4]}, 5]}));
+    }
+
+    #[test]
+    fn a_name_sharing_a_kept_names_signature_is_still_skipped() {
+        // Same length, first and last byte as `name`: past the signature mask, turned away by
+        // the map itself.
+        assert_eq!(signature("name"), signature("nane"));
+        // The empty name has a signature too (`$['']` reads it).
+        let text = r#"{"nane": 1, "name": 2, "": 3, "other": 4}"#;
+        let value = from_str(text, &keep(&["$.name", "$['']"])).unwrap();
+        assert_eq!(value, json!({"name": 2, "": 3}));
+        let Keep::Members { members, .. } = keep(&["$.name", "$['']"]) else {
+            panic!("members kept")
+        };
+        assert_eq!(members.keys().collect::<Vec<_>>(), ["", "name"]);
+        assert!(members.get("nane").is_none());
     }
 
     #[test]

@@ -31,8 +31,9 @@ if ttl > 0 then
     end
     return {'duplicate'}
   end
-  redis.call('SET', KEYS[3], '1', 'PX', ttl)
-  redis.call('SET', KEYS[4], '1', 'PX', ttl)
+  -- The ttl as sent (digits): a Lua number would be formatted back into text for each SET.
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
 end
 local n = tonumber(ARGV[3])
 local m = tonumber(ARGV[4])

@@ -138,7 +138,7 @@ fn the_shipped_mappings_prune_and_the_test_mapping_reads_everything_it_needs() {
     let prune::Keep::Members { members, .. } = &prunable.keep else {
         panic!("PRUNABLE keeps everything")
     };
-    let names: Vec<&str> = members.keys().map(String::as_str).collect();
+    let names: Vec<&str> = members.keys().collect();
     assert_eq!(
         names,
         [
