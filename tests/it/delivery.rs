@@ -114,6 +114,72 @@ async fn a_backlog_drains_in_full_batches_at_the_configured_rate_without_429s() 
     );
 }
 
+/// The API counts a request when it reaches the API's limiter, which can be well after casegate
+/// sent it (a queue in front of the API, a slow network). Here each request of the first window
+/// waits 700 ms before the API counts it and the later ones do not wait: paced from its send,
+/// the sixth request would be counted 3.6 s after the first, inside the API's 4 s window, and
+/// refused with 429. Paced from each answer, it waits for the first one's answer plus a window.
+async fn requests_the_api_counted_late_still_leave_a_full_window(backend: Backend) {
+    let sandbox = TestSandbox::start(5, Duration::from_secs(4)).await;
+    sandbox.sandbox.set_faults(Faults {
+        latency_ms: 700,
+        ..Faults::default()
+    });
+    let redis_url = match &backend {
+        Backend::Redis(url) => Some(url.clone()),
+        Backend::Embedded => None,
+    };
+    let mut options = options(&sandbox, backend, 5);
+    options
+        .settings
+        .retain(|(key, _)| key != "CASEGATE_DELIVERY__WINDOW_SECS");
+    for (key, value) in [
+        ("CASEGATE_DELIVERY__WINDOW_SECS", "4"),
+        ("CASEGATE_DELIVERY__MARGIN_MS", "300"),
+        ("CASEGATE_DELIVERY__MAX_BATCH", "1"),
+    ] {
+        options.settings.push((key.into(), value.into()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = match redis_url {
+        Some(url) => Buffer::Redis(
+            RedisBuffer::connect(&url, "casegate", Duration::from_secs(2))
+                .await
+                .unwrap(),
+        ),
+        None => Buffer::Embedded(EmbeddedBuffer::open(&dir.path().join("buffer.redb")).unwrap()),
+    };
+    backlog(&buffer, (0..10).map(case)).await;
+    drop(buffer);
+    let _gateway = TestGateway::start_in(options, dir).await;
+    eventually(
+        "the API counted the first window's five requests",
+        Duration::from_secs(20),
+        || async { sandbox.stats().accepted_requests >= 5 },
+    )
+    .await;
+    sandbox.sandbox.set_faults(Faults::default());
+    assert_delivered(&sandbox, 10, Duration::from_secs(30)).await;
+    assert_eq!(
+        sandbox.stats().rate_limited,
+        0,
+        "casegate's pacing caused a 429"
+    );
+    sandbox.assert_paced(5, Duration::from_secs(4));
+    assert_each_once(&sandbox.titles(QUEUE), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_api_counted_late_still_leave_a_full_window_embedded() {
+    requests_the_api_counted_late_still_leave_a_full_window(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_api_counted_late_still_leave_a_full_window_on_redis() {
+    let redis = RedisServer::start().await;
+    requests_the_api_counted_late_still_leave_a_full_window(Backend::Redis(redis.url())).await;
+}
+
 async fn casegate_drained(buffer: &Buffer) -> bool {
     buffer.stats(QUEUE).await.unwrap().depth == 0
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Gate, LimiterConfig, PauseInfo, PauseKind, Turns, turn_of};
+use super::{Gate, Grant, LimiterConfig, PauseInfo, PauseKind, Turns, turn_of};
 
 #[derive(Debug, Clone)]
 pub(super) struct LocalPause {
@@ -18,7 +18,8 @@ pub(super) struct LocalPause {
 
 #[derive(Default)]
 pub(super) struct KeyState {
-    grants: VecDeque<Instant>,
+    /// `(counted from, grant id)`, oldest first.
+    grants: VecDeque<(Instant, u64)>,
     paused_until: Option<Instant>,
 }
 
@@ -35,9 +36,9 @@ impl LocalLimiter {
     }
 
     /// Grants and returns `None`, or returns how long to wait before asking again.
-    pub fn try_acquire(&self, key: &str, now: Instant) -> Option<Duration> {
+    pub fn try_acquire(&self, grant: &Grant, now: Instant) -> Option<Duration> {
         let mut keys = self.keys.lock().expect("limiter lock");
-        let state = keys.entry(key.to_string()).or_default();
+        let state = keys.entry(grant.key.clone()).or_default();
         if let Some(until) = state.paused_until.filter(|until| *until > now) {
             return Some(until - now);
         }
@@ -45,20 +46,29 @@ impl LocalLimiter {
         while state
             .grants
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= span)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= span)
         {
             state.grants.pop_front();
         }
         if state.grants.len() < self.config.rate as usize {
-            state.grants.push_back(now);
+            state.grants.push_back((now, grant.id));
             return None;
         }
-        let oldest = *state.grants.front().expect("rate > 0 grants");
+        let (oldest, _) = *state.grants.front().expect("rate > 0 grants");
         Some(
             (oldest + span)
                 .saturating_duration_since(now)
                 .max(Duration::from_millis(1)),
         )
+    }
+
+    /// Counts `grant` from `now` on (added again if the window had already let it go).
+    pub fn settle(&self, grant: &Grant, now: Instant) {
+        let mut keys = self.keys.lock().expect("limiter lock");
+        let state = keys.entry(grant.key.clone()).or_default();
+        state.grants.retain(|(_, id)| *id != grant.id);
+        let at = state.grants.partition_point(|(t, _)| *t <= now);
+        state.grants.insert(at, (now, grant.id));
     }
 
     pub fn hold(&self, name: &str, kind: PauseKind, until: Instant, reason: &str) {

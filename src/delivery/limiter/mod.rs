@@ -3,7 +3,15 @@
 //!
 //! A sliding-window log is the strictest model: if no interval of length `window` holds more
 //! than `rate` grants, then no fixed window, sliding window or token bucket of that rate counts
-//! more either. A small `margin` is added to the window for clock skew and network jitter.
+//! more either. A small `margin` is added to the window for clock skew.
+//!
+//! A grant is logged when it is handed out and logged again when the API has answered its
+//! request ([`RateLimiter::settle`]): the API counts the request at some moment between the two,
+//! and only the answer bounds that moment from above. Counting from the send alone let a request
+//! that waited in the API's queue (a burst, a slow answer) be counted later than casegate
+//! thought, so a request sent one window after it could land inside the API's window: a 429 from
+//! casegate's own pacing. Counting from the answer holds each slot a round trip longer, which
+//! costs a few milliseconds per window.
 //! Keys are identified by a hash ([`key_id`]), never by the key itself.
 //!
 //! - `Local`: in-process state, for the embedded backend (one process owns the buffer).
@@ -38,6 +46,16 @@ pub struct LimiterConfig {
     pub rate: u32,
     pub window: Duration,
     pub margin: Duration,
+}
+
+/// One request's slot in its key's window, from [`RateLimiter::acquire`] to
+/// [`RateLimiter::settle`]. Dropped without settling (the request was never sent), it stays
+/// counted from when it was handed out.
+#[derive(Debug)]
+pub struct Grant {
+    key: String,
+    /// Tells this grant from the key's others in the log.
+    id: u64,
 }
 
 #[derive(Clone)]
@@ -81,21 +99,34 @@ impl RateLimiter {
 
     /// Waits until `key` may send one request, and counts it. Waiters of one key are served in
     /// arrival order, so queues sharing a key share its budget fairly.
-    pub async fn acquire(&self, key: &str) {
+    pub async fn acquire(&self, key: &str) -> Grant {
         let turn = match self {
             RateLimiter::Local(l) => l.turn(key),
             RateLimiter::Redis(r) => r.turn(key),
         };
         let _turn = turn.lock().await;
+        let grant = Grant {
+            key: key.to_string(),
+            id: rand::random(),
+        };
         loop {
             let wait = match self {
-                RateLimiter::Local(l) => l.try_acquire(key, Instant::now()),
-                RateLimiter::Redis(r) => r.try_acquire(key).await,
+                RateLimiter::Local(l) => l.try_acquire(&grant, Instant::now()),
+                RateLimiter::Redis(r) => r.try_acquire(&grant).await,
             };
             match wait {
-                None => return,
+                None => return grant,
                 Some(wait) => tokio::time::sleep(wait).await,
             }
+        }
+    }
+
+    /// Counts `grant` from now: its request has been answered (or failed), so the API counted it
+    /// at the latest now. Call it once the answer is in, whatever the answer.
+    pub async fn settle(&self, grant: Grant) {
+        match self {
+            RateLimiter::Local(l) => l.settle(&grant, Instant::now()),
+            RateLimiter::Redis(r) => r.settle(&grant).await,
         }
     }
 

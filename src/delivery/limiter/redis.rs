@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{Gate, LimiterConfig, PauseInfo, PauseKind, Turns, turn_of};
+use super::{Gate, Grant, LimiterConfig, PauseInfo, PauseKind, Turns, turn_of};
 
-/// KEYS: 1 grant log (sorted set), 2 pause marker. ARGV: 1 rate, 2 window+margin in µs, 3 a
-/// unique member suffix. Returns 0 when granted, else the µs to wait.
+/// KEYS: 1 grant log (sorted set), 2 pause marker. ARGV: 1 rate, 2 window+margin in µs, 3 the
+/// grant's id (its member). Returns 0 when granted, else the µs to wait.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -20,12 +20,26 @@ if paused > 0 then return paused * 1000 end
 local span = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.ceil(span / 1000) + 1000)
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1000, tonumber(oldest[2]) + span - now)
+",
+    )
+});
+
+/// KEYS: 1 grant log. ARGV: 1 the grant's id, 2 window+margin in µs. Counts the grant from now
+/// (added again if the window had already let it go).
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000) + 1000)
+return 0
 ",
     )
 });
@@ -135,8 +149,8 @@ impl RedisLimiter {
         )
     }
 
-    pub(super) async fn try_acquire(&self, key: &str) -> Option<Duration> {
-        let (log, pause) = self.keys(key);
+    pub(super) async fn try_acquire(&self, grant: &Grant) -> Option<Duration> {
+        let (log, pause) = self.keys(&grant.key);
         let span = (self.config.window + self.config.margin).as_micros() as u64;
         let mut conn = self.conn.clone();
         let mut invocation = ACQUIRE.key(log);
@@ -144,7 +158,7 @@ impl RedisLimiter {
             .key(pause)
             .arg(self.config.rate)
             .arg(span)
-            .arg(format!("{:016x}", rand::random::<u64>()));
+            .arg(format!("{:016x}", grant.id));
         match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<u64>(&mut conn)).await
         {
             Ok(Ok(0)) => None,
@@ -155,6 +169,21 @@ impl RedisLimiter {
                 Some(Duration::from_millis(500))
             }
             Err(_) => Some(Duration::from_millis(500)),
+        }
+    }
+
+    /// Counts `grant` from Redis' now. Without Redis the grant stays counted from when it was
+    /// handed out (as a replica of an older version counts it).
+    pub(super) async fn settle(&self, grant: &Grant) {
+        let (log, _) = self.keys(&grant.key);
+        let span = (self.config.window + self.config.margin).as_micros() as u64;
+        let mut conn = self.conn.clone();
+        let mut invocation = SETTLE.key(log);
+        invocation.arg(format!("{:016x}", grant.id)).arg(span);
+        if let Ok(Err(error)) =
+            tokio::time::timeout(self.op_timeout, invocation.invoke_async::<()>(&mut conn)).await
+        {
+            tracing::warn!(error = %error.kind_str(), "could not count a request from its answer");
         }
     }
 

@@ -13,6 +13,13 @@ fn limiter(rate: u32, window_ms: u64) -> LocalLimiter {
     }
 }
 
+fn grant(key: &str) -> Grant {
+    Grant {
+        key: key.to_string(),
+        id: rand::random(),
+    }
+}
+
 #[test]
 fn a_probed_pause_hands_out_one_probe_per_interval_and_a_429_pause_just_ends() {
     let limiter = limiter(100, 1_000);
@@ -70,7 +77,7 @@ fn a_key_gets_at_most_rate_grants_in_any_window() {
     // Ask every 10 ms for 10 s; record every grant.
     for step in 0..1_000u64 {
         let now = start + Duration::from_millis(step * 10);
-        if limiter.try_acquire("k", now).is_none() {
+        if limiter.try_acquire(&grant("k"), now).is_none() {
             grants.push(now);
         }
     }
@@ -95,22 +102,22 @@ fn a_key_gets_at_most_rate_grants_in_any_window() {
 fn the_wait_is_until_the_oldest_grant_leaves_the_window() {
     let limiter = limiter(2, 1_000);
     let t0 = Instant::now();
-    assert_eq!(limiter.try_acquire("k", t0), None);
+    assert_eq!(limiter.try_acquire(&grant("k"), t0), None);
     assert_eq!(
-        limiter.try_acquire("k", t0 + Duration::from_millis(300)),
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(300)),
         None
     );
     assert_eq!(
-        limiter.try_acquire("k", t0 + Duration::from_millis(400)),
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(400)),
         Some(Duration::from_millis(600))
     );
     assert_eq!(
-        limiter.try_acquire("other", t0 + Duration::from_millis(400)),
+        limiter.try_acquire(&grant("other"), t0 + Duration::from_millis(400)),
         None,
         "keys are independent"
     );
     assert_eq!(
-        limiter.try_acquire("k", t0 + Duration::from_millis(1_000)),
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_000)),
         None
     );
 }
@@ -122,10 +129,62 @@ fn a_pause_holds_the_whole_key_and_is_never_shortened() {
     limiter.pause("k", t0 + Duration::from_secs(5));
     limiter.pause("k", t0 + Duration::from_secs(1));
     assert_eq!(
-        limiter.try_acquire("k", t0 + Duration::from_secs(2)),
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_secs(2)),
         Some(Duration::from_secs(3))
     );
-    assert_eq!(limiter.try_acquire("k", t0 + Duration::from_secs(5)), None);
+    assert_eq!(
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_secs(5)),
+        None
+    );
+}
+
+#[test]
+fn a_settled_grant_counts_from_its_answer() {
+    // Two per second. The first request waits 400 ms in the API's queue before the API counts
+    // it; counted from its send, the third would go out at 1 s and land 0.6 s after it.
+    let limiter = limiter(2, 1_000);
+    let t0 = Instant::now();
+    let first = grant("k");
+    assert_eq!(limiter.try_acquire(&first, t0), None);
+    assert_eq!(
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(100)),
+        None
+    );
+    limiter.settle(&first, t0 + Duration::from_millis(400));
+    assert_eq!(
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_000)),
+        Some(Duration::from_millis(100)),
+        "counted from its send, the first would have left the window at 1 s"
+    );
+    assert_eq!(
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_100)),
+        None,
+        "the second (sent at 100 ms) left"
+    );
+    assert_eq!(
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_200)),
+        Some(Duration::from_millis(200)),
+        "the first, counted from its answer at 400 ms, leaves at 1.4 s"
+    );
+    assert_eq!(
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_400)),
+        None
+    );
+    // A grant the window already let go is counted again from its late answer.
+    let slow = grant("slow");
+    assert_eq!(limiter.try_acquire(&slow, t0), None);
+    assert_eq!(limiter.try_acquire(&grant("slow"), t0), None);
+    assert_eq!(
+        limiter.try_acquire(&grant("slow"), t0 + Duration::from_millis(1_000)),
+        None,
+        "both grants left the window"
+    );
+    limiter.settle(&slow, t0 + Duration::from_millis(1_500));
+    assert_eq!(
+        limiter.try_acquire(&grant("slow"), t0 + Duration::from_millis(1_600)),
+        Some(Duration::from_millis(400)),
+        "its late answer takes a slot again: full until the grant at 1 s leaves"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -137,10 +196,10 @@ async fn acquire_waits_in_virtual_time_and_serves_waiters_in_order() {
     });
     let start = Instant::now();
     for _ in 0..3 {
-        limiter.acquire("k").await;
+        let _unsent = limiter.acquire("k").await;
     }
     assert_eq!(Instant::now(), start, "the first three are immediate");
-    limiter.acquire("k").await;
+    let _unsent = limiter.acquire("k").await;
     assert_eq!(Instant::now() - start, Duration::from_secs(60));
 }
 

@@ -153,10 +153,10 @@ impl Worker {
             let now = Instant::now();
             if let Some(due) = self.suspects.iter().position(|s| s.due <= now) {
                 let suspect = self.suspects.remove(due).expect("just found");
-                self.inner().limiter.acquire(&suspect.key).await;
+                let grant = self.inner().limiter.acquire(&suspect.key).await;
                 let work = VecDeque::from([suspect.group]);
                 match self
-                    .send(&suspect.key, &suspect.secret, work, probing)
+                    .send(&suspect.key, &suspect.secret, work, probing, grant)
                     .await
                 {
                     Sent::Done => {}
@@ -257,7 +257,7 @@ impl Worker {
                     }
                 }
             }
-            self.inner().limiter.acquire(&key).await;
+            let grant = self.inner().limiter.acquire(&key).await;
             if self.stopping() {
                 self.carry = batch;
                 break;
@@ -269,7 +269,7 @@ impl Worker {
             let rest = batcher::cap_request_size(&mut batch, config.max_request_bytes);
             self.carry.splice(0..0, rest);
             let work = VecDeque::from([Group::new(batch)]);
-            match self.send(&key, &secret, work, probing).await {
+            match self.send(&key, &secret, work, probing, grant).await {
                 Sent::Done => {}
                 Sent::Paused(mut left) => {
                     left.append(&mut self.carry);

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::{MAX_SUSPECTS, Probing, Suspect, Worker};
 use crate::buffer::{BufferedCase, CaseId};
 use crate::case::CaseRecord;
-use crate::delivery::limiter::{PauseKind, key_pause, queue_pause};
+use crate::delivery::limiter::{Grant, PauseKind, key_pause, queue_pause};
 use crate::delivery::policy::{
     Action, AfterFailure, ApiAnswer, after_failure, decide, window_spent,
 };
@@ -74,29 +74,33 @@ impl Group {
 
 impl Worker {
     /// Sends `batch` until each case is acked or dead-lettered, or a pause or shutdown stops it.
-    /// The first request has its grant already.
+    /// The first request goes out on `grant`.
     pub(super) async fn send(
         &mut self,
         key: &str,
         secret: &Secret,
         mut work: VecDeque<Group>,
         mut probing: Probing,
+        grant: Grant,
     ) -> Sent {
         let inner = self.delivery.inner.clone();
         let config = &inner.config;
         let queue = self.queue.clone();
-        let mut granted = true;
+        let mut granted = Some(grant);
         while !work.is_empty() {
             if self.stopping() {
                 return Sent::Stopped;
             }
-            if !granted {
-                inner.limiter.acquire(key).await;
-                if self.stopping() {
-                    return Sent::Stopped;
+            let grant = match granted.take() {
+                Some(grant) => grant,
+                None => {
+                    let grant = inner.limiter.acquire(key).await;
+                    if self.stopping() {
+                        return Sent::Stopped;
+                    }
+                    grant
                 }
-            }
-            granted = false;
+            };
             let others = work.len() > 1;
             let group = work.front_mut().expect("not empty");
             if group.ambiguous {
@@ -105,6 +109,7 @@ impl Worker {
             }
             let records: Vec<&CaseRecord> = group.cases.iter().map(|c| &c.record).collect();
             let answer = inner.client.create_cases(secret, &queue, &records).await;
+            inner.limiter.settle(grant).await;
             if let Some(reset) = window_spent(&answer, inner.limiter.rate()) {
                 inner.limiter.pause(key, reset).await;
             }
