@@ -197,6 +197,7 @@ impl Delivery {
             rate: config.delivery.rate,
             window: config.delivery.window,
             margin: config.delivery.margin,
+            answer_within: config.duvo.request_timeout,
         };
         let limiter = match buffer {
             Buffer::Redis(redis) => {

@@ -168,6 +168,7 @@ async fn a_worker_with_nothing_to_send_hands_back_the_probe_of_its_paused_key() 
         rate: 100,
         window: Duration::from_secs(1),
         margin: Duration::ZERO,
+        answer_within: Duration::ZERO,
     };
     let limiter = RateLimiter::redis(limits, conn, prefix, timeout);
     let pause = key_pause(&key_id(&casegate::secret::Secret::new(

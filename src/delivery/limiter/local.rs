@@ -18,7 +18,7 @@ pub(super) struct LocalPause {
 
 #[derive(Default)]
 pub(super) struct KeyState {
-    /// `(counted from, grant id)`, oldest first.
+    /// `(counted from, grant id)`, oldest first; an unanswered grant counts from its timeout.
     grants: VecDeque<(Instant, u64)>,
     paused_until: Option<Instant>,
 }
@@ -51,7 +51,7 @@ impl LocalLimiter {
             state.grants.pop_front();
         }
         if state.grants.len() < self.config.rate as usize {
-            state.grants.push_back((now, grant.id));
+            insert_sorted(&mut state.grants, now + self.config.answer_within, grant.id);
             return None;
         }
         let (oldest, _) = *state.grants.front().expect("rate > 0 grants");
@@ -62,13 +62,12 @@ impl LocalLimiter {
         )
     }
 
-    /// Counts `grant` from `now` on (added again if the window had already let it go).
+    /// Counts `grant` from `now`, its answer, on.
     pub fn settle(&self, grant: &Grant, now: Instant) {
         let mut keys = self.keys.lock().expect("limiter lock");
         let state = keys.entry(grant.key.clone()).or_default();
         state.grants.retain(|(_, id)| *id != grant.id);
-        let at = state.grants.partition_point(|(t, _)| *t <= now);
-        state.grants.insert(at, (now, grant.id));
+        insert_sorted(&mut state.grants, now, grant.id);
     }
 
     pub fn hold(&self, name: &str, kind: PauseKind, until: Instant, reason: &str) {
@@ -136,4 +135,10 @@ impl LocalLimiter {
         let state = keys.entry(key.to_string()).or_default();
         state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
     }
+}
+
+/// Keeps the log ordered by when each grant counts from.
+fn insert_sorted(grants: &mut VecDeque<(Instant, u64)>, at: Instant, id: u64) {
+    let position = grants.partition_point(|(t, _)| *t <= at);
+    grants.insert(position, (at, id));
 }

@@ -5,13 +5,16 @@
 //! than `rate` grants, then no fixed window, sliding window or token bucket of that rate counts
 //! more either. A small `margin` is added to the window for clock skew.
 //!
-//! A grant is logged when it is handed out and logged again when the API has answered its
-//! request ([`RateLimiter::settle`]): the API counts the request at some moment between the two,
-//! and only the answer bounds that moment from above. Counting from the send alone let a request
-//! that waited in the API's queue (a burst, a slow answer) be counted later than casegate
-//! thought, so a request sent one window after it could land inside the API's window: a 429 from
-//! casegate's own pacing. Counting from the answer holds each slot a round trip longer, which
-//! costs a few milliseconds per window.
+//! The API counts a request at some moment between its send and its answer, and only the answer
+//! bounds that moment from above. So a grant is logged, when it is handed out, as if answered at
+//! the latest moment it can be (its request's timeout), and moved to the moment the answer
+//! arrived ([`RateLimiter::settle`]). A request without an answer (a timeout, a dropped
+//! connection) stays counted from its timeout; one that is never sent too. Counting from the
+//! send alone let a request that waited in front of the API (a burst, a slow answer) be counted
+//! later than casegate thought, so a request sent one window after it could land inside the
+//! API's window: a 429 from casegate's own pacing. Counting from the answer holds each slot one
+//! round trip longer per window: nothing under a fast API, the queueing time under a slow one.
+//! Replicas of versions that count from the send only (rolling upgrades) still can.
 //! Keys are identified by a hash ([`key_id`]), never by the key itself.
 //!
 //! - `Local`: in-process state, for the embedded backend (one process owns the buffer).
@@ -46,12 +49,16 @@ pub struct LimiterConfig {
     pub rate: u32,
     pub window: Duration,
     pub margin: Duration,
+    /// The longest a request waits for its answer (the API client's request timeout): until
+    /// then a grant cannot be known to have been counted.
+    pub answer_within: Duration,
 }
 
 /// One request's slot in its key's window, from [`RateLimiter::acquire`] to
-/// [`RateLimiter::settle`]. Dropped without settling (the request was never sent), it stays
-/// counted from when it was handed out.
+/// [`RateLimiter::settle`]. Dropped without settling (no answer, or never sent), it stays counted
+/// from its request's timeout.
 #[derive(Debug)]
+#[must_use = "settle the grant when its request is answered"]
 pub struct Grant {
     key: String,
     /// Tells this grant from the key's others in the log.
@@ -121,8 +128,9 @@ impl RateLimiter {
         }
     }
 
-    /// Counts `grant` from now: its request has been answered (or failed), so the API counted it
-    /// at the latest now. Call it once the answer is in, whatever the answer.
+    /// Counts `grant` from now: its request has been answered, so the API counted it at the
+    /// latest now. Call it when an HTTP answer (any status) arrives; a request that got none
+    /// stays counted from its timeout.
     pub async fn settle(&self, grant: Grant) {
         match self {
             RateLimiter::Local(l) => l.settle(&grant, Instant::now()),

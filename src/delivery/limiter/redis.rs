@@ -9,7 +9,8 @@ use redis::Script;
 use super::{Gate, Grant, LimiterConfig, PauseInfo, PauseKind, Turns, turn_of};
 
 /// KEYS: 1 grant log (sorted set), 2 pause marker. ARGV: 1 rate, 2 window+margin in µs, 3 the
-/// grant's id (its member). Returns 0 when granted, else the µs to wait.
+/// grant's id (its member), 4 how long its answer may take in µs (it counts from then until
+/// settled). Returns 0 when granted, else the µs to wait.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -20,8 +21,9 @@ if paused > 0 then return paused * 1000 end
 local span = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(span / 1000) + 1000)
+  local within = tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[1], now + within, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil((span + within) / 1000) + 1000)
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -30,15 +32,16 @@ return math.max(1000, tonumber(oldest[2]) + span - now)
     )
 });
 
-/// KEYS: 1 grant log. ARGV: 1 the grant's id, 2 window+margin in µs. Counts the grant from now
-/// (added again if the window had already let it go).
+/// KEYS: 1 grant log. ARGV: 1 the grant's id, 2 window+margin in µs, 3 how long an answer may
+/// take in µs. Counts the grant from now, its answer. The log lives as long as the latest
+/// unanswered grant of any replica can count (each was granted before now).
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000) + 1000)
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[2]) + tonumber(ARGV[3])) / 1000) + 1000)
 return 0
 ",
     )
@@ -158,7 +161,8 @@ impl RedisLimiter {
             .key(pause)
             .arg(self.config.rate)
             .arg(span)
-            .arg(format!("{:016x}", grant.id));
+            .arg(format!("{:016x}", grant.id))
+            .arg(self.config.answer_within.as_micros() as u64);
         match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<u64>(&mut conn)).await
         {
             Ok(Ok(0)) => None,
@@ -172,18 +176,27 @@ impl RedisLimiter {
         }
     }
 
-    /// Counts `grant` from Redis' now. Without Redis the grant stays counted from when it was
-    /// handed out (as a replica of an older version counts it).
+    /// Counts `grant` from Redis' now. Without Redis the grant stays counted from its timeout.
     pub(super) async fn settle(&self, grant: &Grant) {
         let (log, _) = self.keys(&grant.key);
         let span = (self.config.window + self.config.margin).as_micros() as u64;
         let mut conn = self.conn.clone();
         let mut invocation = SETTLE.key(log);
-        invocation.arg(format!("{:016x}", grant.id)).arg(span);
-        if let Ok(Err(error)) =
-            tokio::time::timeout(self.op_timeout, invocation.invoke_async::<()>(&mut conn)).await
+        invocation
+            .arg(format!("{:016x}", grant.id))
+            .arg(span)
+            .arg(self.config.answer_within.as_micros() as u64);
+        match tokio::time::timeout(self.op_timeout, invocation.invoke_async::<()>(&mut conn)).await
         {
-            tracing::warn!(error = %error.kind_str(), "could not count a request from its answer");
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.kind_str(), "could not count a request from its answer; it counts from its timeout");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "counting a request from its answer timed out; it counts from its timeout"
+                );
+            }
         }
     }
 

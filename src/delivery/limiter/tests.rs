@@ -6,6 +6,7 @@ fn limiter(rate: u32, window_ms: u64) -> LocalLimiter {
             rate,
             window: Duration::from_millis(window_ms),
             margin: Duration::ZERO,
+            answer_within: Duration::ZERO,
         },
         keys: Mutex::new(HashMap::new()),
         turns: Mutex::new(HashMap::new()),
@@ -154,7 +155,7 @@ fn a_settled_grant_counts_from_its_answer() {
     assert_eq!(
         limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_000)),
         Some(Duration::from_millis(100)),
-        "counted from its send, the first would have left the window at 1 s"
+        "the second is the oldest now: counted from its send, the first would have left at 1 s"
     );
     assert_eq!(
         limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_100)),
@@ -170,20 +171,30 @@ fn a_settled_grant_counts_from_its_answer() {
         limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(1_400)),
         None
     );
-    // A grant the window already let go is counted again from its late answer.
-    let slow = grant("slow");
+}
+
+#[test]
+fn an_unanswered_grant_holds_its_slot_until_its_timeout_and_a_window() {
+    // One per second; an answer may take up to 5 s.
+    let mut limiter = limiter(1, 1_000);
+    limiter.config.answer_within = Duration::from_secs(5);
+    let t0 = Instant::now();
+    let slow = grant("k");
     assert_eq!(limiter.try_acquire(&slow, t0), None);
-    assert_eq!(limiter.try_acquire(&grant("slow"), t0), None);
     assert_eq!(
-        limiter.try_acquire(&grant("slow"), t0 + Duration::from_millis(1_000)),
-        None,
-        "both grants left the window"
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_secs(3)),
+        Some(Duration::from_secs(3)),
+        "in flight for 3 s, it may still be counted at 5 s"
     );
-    limiter.settle(&slow, t0 + Duration::from_millis(1_500));
+    limiter.settle(&slow, t0 + Duration::from_secs(4));
     assert_eq!(
-        limiter.try_acquire(&grant("slow"), t0 + Duration::from_millis(1_600)),
-        Some(Duration::from_millis(400)),
-        "its late answer takes a slot again: full until the grant at 1 s leaves"
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(4_500)),
+        Some(Duration::from_millis(500)),
+        "answered at 4 s: free one window later"
+    );
+    assert_eq!(
+        limiter.try_acquire(&grant("k"), t0 + Duration::from_secs(5)),
+        None
     );
 }
 
@@ -193,6 +204,7 @@ async fn acquire_waits_in_virtual_time_and_serves_waiters_in_order() {
         rate: 3,
         window: Duration::from_secs(60),
         margin: Duration::ZERO,
+        answer_within: Duration::ZERO,
     });
     let start = Instant::now();
     for _ in 0..3 {

@@ -109,7 +109,9 @@ impl Worker {
             }
             let records: Vec<&CaseRecord> = group.cases.iter().map(|c| &c.record).collect();
             let answer = inner.client.create_cases(secret, &queue, &records).await;
-            inner.limiter.settle(grant).await;
+            if matches!(answer, ApiAnswer::Response { .. }) {
+                inner.limiter.settle(grant).await;
+            }
             if let Some(reset) = window_spent(&answer, inner.limiter.rate()) {
                 inner.limiter.pause(key, reset).await;
             }
