@@ -143,7 +143,7 @@ pub fn after_failure(
     }
 }
 
-/// Capped exponential backoff with equal jitter/// Capped exponential backoff with equal jitter: attempt `n` waits between half and all of
+/// Capped exponential backoff with equal jitter: attempt `n` waits between half and all of
 /// `min(max, base * 2^n)`, so retries of many batches spread out instead of arriving together.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {

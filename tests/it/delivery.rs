@@ -1,6 +1,8 @@
 //! Delivery end to end: real gateway, real buffers, the sandbox API enforcing the contract.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use casegate::buffer::{Buffer, EmbeddedBuffer, RedisBuffer};
@@ -178,6 +180,61 @@ async fn requests_the_api_counted_late_still_leave_a_full_window_embedded() {
 async fn requests_the_api_counted_late_still_leave_a_full_window_on_redis() {
     let redis = RedisServer::start().await;
     requests_the_api_counted_late_still_leave_a_full_window(Backend::Redis(redis.url())).await;
+}
+
+/// A request that fails ends at once: it counts for a window from its failure, not from the
+/// 30 s timeout it would have had in flight. So a key whose API dropped every connection for a
+/// while (more attempts than the window's five slots) sends again about a window after the API
+/// is back, not half a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_free_their_slots_a_window_after_they_fail() {
+    // An "API" that accepts each connection and closes it at once, counting the attempts.
+    let dropping = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = dropping.local_addr().unwrap().port();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let api_down = tokio::spawn(async move {
+        loop {
+            if let Ok((connection, _)) = dropping.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(connection);
+            }
+        }
+    });
+    let mut options = GatewayOptions::embedded(&[("src.yaml", &mapping())]);
+    for (key, value) in [
+        (
+            "CASEGATE_DUVO__BASE_URL",
+            format!("http://127.0.0.1:{port}/v1"),
+        ),
+        (
+            "CASEGATE_DUVO__API_KEY",
+            crate::support::sandbox::API_KEY.into(),
+        ),
+        ("CASEGATE_DUVO__REQUEST_TIMEOUT_SECS", "30".into()),
+        ("CASEGATE_DELIVERY__RATE", "5".into()),
+        ("CASEGATE_DELIVERY__WINDOW_SECS", "2".into()),
+        ("CASEGATE_DELIVERY__POLL_INTERVAL_MS", "20".into()),
+        ("CASEGATE_DELIVERY__BACKOFF_BASE_MS", "50".into()),
+        ("CASEGATE_DELIVERY__BACKOFF_MAX_SECS", "1".into()),
+        ("CASEGATE_DELIVERY__MAX_BATCH", "1".into()),
+    ] {
+        options.settings.push((key.into(), value));
+    }
+    let _gateway = TestGateway::start_in(options, embedded_backlog(3).await).await;
+    eventually(
+        "more failed attempts than the window has slots",
+        Duration::from_secs(20),
+        || async { attempts.load(Ordering::SeqCst) > 5 },
+    )
+    .await;
+    api_down.abort();
+    let _ = api_down.await;
+    let sandbox = TestSandbox::start_on(5, Duration::from_secs(2), port).await;
+    // A window (2.1 s) plus the capped backoff (1 s) and some slack; a failed attempt counted
+    // from its timeout would hold the key for 30 s.
+    assert_delivered(&sandbox, 3, Duration::from_secs(8)).await;
+    sandbox.assert_paced(5, Duration::from_secs(2));
 }
 
 async fn casegate_drained(buffer: &Buffer) -> bool {

@@ -18,7 +18,7 @@ pub(super) struct LocalPause {
 
 #[derive(Default)]
 pub(super) struct KeyState {
-    /// `(counted from, grant id)`, oldest first; an unanswered grant counts from its timeout.
+    /// `(counted from, grant id)`, oldest first; a grant in flight counts from its timeout.
     grants: VecDeque<(Instant, u64)>,
     paused_until: Option<Instant>,
 }
@@ -54,9 +54,11 @@ impl LocalLimiter {
             insert_sorted(&mut state.grants, now + self.config.answer_within, grant.id);
             return None;
         }
+        // An oldest grant still in flight frees its slot a window after it ends, which is now
+        // at the earliest.
         let (oldest, _) = *state.grants.front().expect("rate > 0 grants");
         Some(
-            (oldest + span)
+            (oldest.min(now) + span)
                 .saturating_duration_since(now)
                 .max(Duration::from_millis(1)),
         )

@@ -5,16 +5,17 @@
 //! than `rate` grants, then no fixed window, sliding window or token bucket of that rate counts
 //! more either. A small `margin` is added to the window for clock skew.
 //!
-//! The API counts a request at some moment between its send and its answer, and only the answer
-//! bounds that moment from above. So a grant is logged, when it is handed out, as if answered at
-//! the latest moment it can be (its request's timeout), and moved to the moment the answer
-//! arrived ([`RateLimiter::settle`]). A request without an answer (a timeout, a dropped
-//! connection) stays counted from its timeout; one that is never sent too. Counting from the
-//! send alone let a request that waited in front of the API (a burst, a slow answer) be counted
-//! later than casegate thought, so a request sent one window after it could land inside the
-//! API's window: a 429 from casegate's own pacing. Counting from the answer holds each slot one
-//! round trip longer per window: nothing under a fast API, the queueing time under a slow one.
-//! Replicas of versions that count from the send only (rolling upgrades) still can.
+//! The API counts a request at some moment between its send and its end (its answer, its
+//! timeout, its failed connection), and only the end bounds that moment from above. So a grant
+//! is logged, when it is handed out, as if the request ended at the latest moment it can (its
+//! timeout), and moved to the moment it did end ([`RateLimiter::settle`]); a grant never sent
+//! stays where it was logged. A key whose every slot is held by a request still in flight waits
+//! a window (a slot frees a window after an end, and none has ended yet) and looks again.
+//! Counting from the send alone let a request that waited in front of the API (a burst, a slow
+//! answer) be counted later than casegate thought, so a request sent one window after it could
+//! land inside the API's window: a 429 from casegate's own pacing. Counting from the end holds
+//! each slot one round trip longer per window: nothing under a fast API, the queueing time under
+//! a slow one. Replicas of versions that count from the send only (rolling upgrades) still can.
 //! Keys are identified by a hash ([`key_id`]), never by the key itself.
 //!
 //! - `Local`: in-process state, for the embedded backend (one process owns the buffer).
@@ -49,16 +50,16 @@ pub struct LimiterConfig {
     pub rate: u32,
     pub window: Duration,
     pub margin: Duration,
-    /// The longest a request waits for its answer (the API client's request timeout): until
-    /// then a grant cannot be known to have been counted.
+    /// The longest a request waits for its answer (the API client's request timeout): until it
+    /// ends, a grant counts from then.
     pub answer_within: Duration,
 }
 
 /// One request's slot in its key's window, from [`RateLimiter::acquire`] to
-/// [`RateLimiter::settle`]. Dropped without settling (no answer, or never sent), it stays counted
-/// from its request's timeout.
+/// [`RateLimiter::settle`]. Dropped without settling (never sent), it stays counted from the
+/// timeout its request would have had.
 #[derive(Debug)]
-#[must_use = "settle the grant when its request is answered"]
+#[must_use = "settle the grant when its request ends"]
 pub struct Grant {
     key: String,
     /// Tells this grant from the key's others in the log.
@@ -128,9 +129,8 @@ impl RateLimiter {
         }
     }
 
-    /// Counts `grant` from now: its request has been answered, so the API counted it at the
-    /// latest now. Call it when an HTTP answer (any status) arrives; a request that got none
-    /// stays counted from its timeout.
+    /// Counts `grant` from now: its request has ended (answered with any status, timed out or
+    /// failed), so the API counted it, if at all, by now.
     pub async fn settle(&self, grant: Grant) {
         match self {
             RateLimiter::Local(l) => l.settle(&grant, Instant::now()),

@@ -9,8 +9,8 @@ use redis::Script;
 use super::{Gate, Grant, LimiterConfig, PauseInfo, PauseKind, Turns, turn_of};
 
 /// KEYS: 1 grant log (sorted set), 2 pause marker. ARGV: 1 rate, 2 window+margin in µs, 3 the
-/// grant's id (its member), 4 how long its answer may take in µs (it counts from then until
-/// settled). Returns 0 when granted, else the µs to wait.
+/// grant's id (its member), 4 how long its request may take in µs (it counts from then until it
+/// ends). Returns 0 when granted, else the µs to wait.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -27,13 +27,14 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1000, tonumber(oldest[2]) + span - now)
+-- An oldest grant still in flight frees its slot a window after it ends: now at the earliest.
+return math.max(1000, math.min(tonumber(oldest[2]), now) + span - now)
 ",
     )
 });
 
-/// KEYS: 1 grant log. ARGV: 1 the grant's id, 2 window+margin in µs, 3 how long an answer may
-/// take in µs. Counts the grant from now, its answer. The log lives as long as the latest
+/// KEYS: 1 grant log. ARGV: 1 the grant's id, 2 window+margin in µs, 3 how long a request may
+/// take in µs. Counts the grant from now, its request's end. The log lives as long as the latest
 /// unanswered grant of any replica can count (each was granted before now).
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -176,7 +177,8 @@ impl RedisLimiter {
         }
     }
 
-    /// Counts `grant` from Redis' now. Without Redis the grant stays counted from its timeout.
+    /// Counts `grant` from Redis' now. Without Redis the grant stays counted from its request's
+    /// timeout.
     pub(super) async fn settle(&self, grant: &Grant) {
         let (log, _) = self.keys(&grant.key);
         let span = (self.config.window + self.config.margin).as_micros() as u64;

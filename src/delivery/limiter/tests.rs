@@ -174,18 +174,20 @@ fn a_settled_grant_counts_from_its_answer() {
 }
 
 #[test]
-fn an_unanswered_grant_holds_its_slot_until_its_timeout_and_a_window() {
-    // One per second; an answer may take up to 5 s.
+fn a_grant_in_flight_holds_its_slot_until_a_window_after_its_end() {
+    // One per second; a request may take up to 5 s.
     let mut limiter = limiter(1, 1_000);
     limiter.config.answer_within = Duration::from_secs(5);
     let t0 = Instant::now();
     let slow = grant("k");
     assert_eq!(limiter.try_acquire(&slow, t0), None);
-    assert_eq!(
-        limiter.try_acquire(&grant("k"), t0 + Duration::from_secs(3)),
-        Some(Duration::from_secs(3)),
-        "in flight for 3 s, it may still be counted at 5 s"
-    );
+    for at in [1, 3, 4] {
+        assert_eq!(
+            limiter.try_acquire(&grant("k"), t0 + Duration::from_secs(at)),
+            Some(Duration::from_secs(1)),
+            "still in flight at {at} s: a window from now at the earliest"
+        );
+    }
     limiter.settle(&slow, t0 + Duration::from_secs(4));
     assert_eq!(
         limiter.try_acquire(&grant("k"), t0 + Duration::from_millis(4_500)),

@@ -109,9 +109,7 @@ impl Worker {
             }
             let records: Vec<&CaseRecord> = group.cases.iter().map(|c| &c.record).collect();
             let answer = inner.client.create_cases(secret, &queue, &records).await;
-            if matches!(answer, ApiAnswer::Response { .. }) {
-                inner.limiter.settle(grant).await;
-            }
+            inner.limiter.settle(grant).await;
             if let Some(reset) = window_spent(&answer, inner.limiter.rate()) {
                 inner.limiter.pause(key, reset).await;
             }

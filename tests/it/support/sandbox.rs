@@ -26,6 +26,23 @@ impl TestSandbox {
     /// Likewise, accepting `api_key`: a key no other test uses, for tests that read the
     /// process-wide metrics of that key.
     pub async fn start_with_key(rate: u32, window: Duration, api_key: &str) -> TestSandbox {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        TestSandbox::serve(rate, window, api_key, listener)
+    }
+
+    /// A sandbox on `port`, which nothing listened on so far (a gateway pointed there saw its
+    /// connections refused).
+    pub async fn start_on(rate: u32, window: Duration, port: u16) -> TestSandbox {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        TestSandbox::serve(rate, window, API_KEY, listener)
+    }
+
+    fn serve(
+        rate: u32,
+        window: Duration,
+        api_key: &str,
+        listener: std::net::TcpListener,
+    ) -> TestSandbox {
         let config = SandboxConfig {
             api_key: api_key.into(),
             rate,
@@ -33,7 +50,6 @@ impl TestSandbox {
             ..SandboxConfig::default()
         };
         let sandbox = Sandbox::new(config);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(casegate_sandbox::serve_until(
