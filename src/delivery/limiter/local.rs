@@ -64,7 +64,7 @@ impl LocalLimiter {
         )
     }
 
-    /// Counts `grant` from `now`, its answer, on.
+    /// Counts `grant` from `now`, its request's end, on.
     pub fn settle(&self, grant: &Grant, now: Instant) {
         let mut keys = self.keys.lock().expect("limiter lock");
         let state = keys.entry(grant.key.clone()).or_default();

@@ -7,15 +7,16 @@
 //!
 //! The API counts a request at some moment between its send and its end (its answer, its
 //! timeout, its failed connection), and only the end bounds that moment from above. So a grant
-//! is logged, when it is handed out, as if the request ended at the latest moment it can (its
-//! timeout), and moved to the moment it did end ([`RateLimiter::settle`]); a grant never sent
-//! stays where it was logged. A key whose every slot is held by a request still in flight waits
+//! is logged, when it is handed out, as if the request ended at the latest moment it can (the
+//! grant's [`Grant::deadline`], by which the worker abandons it), and moved to the moment it did
+//! end ([`RateLimiter::settle`]); a grant never sent stays where it was logged. A key whose every slot is held by a request still in flight waits
 //! a window (a slot frees a window after an end, and none has ended yet) and looks again.
 //! Counting from the send alone let a request that waited in front of the API (a burst, a slow
 //! answer) be counted later than casegate thought, so a request sent one window after it could
 //! land inside the API's window: a 429 from casegate's own pacing. Counting from the end holds
 //! each slot one round trip longer per window: nothing under a fast API, the queueing time under
-//! a slow one. Replicas of versions that count from the send only (rolling upgrades) still can.
+//! a slow one. Replicas of versions that count from the send only (rolling upgrades) still can,
+//! and their shorter expiry of the shared log can drop newer replicas' grants still in flight.
 //! Keys are identified by a hash ([`key_id`]), never by the key itself.
 //!
 //! - `Local`: in-process state, for the embedded backend (one process owns the buffer).
@@ -50,8 +51,8 @@ pub struct LimiterConfig {
     pub rate: u32,
     pub window: Duration,
     pub margin: Duration,
-    /// The longest a request waits for its answer (the API client's request timeout): until it
-    /// ends, a grant counts from then.
+    /// The longest a request may take from its grant to its end (the API client's request
+    /// timeout; [`Grant::deadline`] enforces it): until it ends, a grant counts from then.
     pub answer_within: Duration,
 }
 
@@ -64,6 +65,16 @@ pub struct Grant {
     key: String,
     /// Tells this grant from the key's others in the log.
     id: u64,
+    /// When its request must have ended: the end the log assumes until it is settled.
+    deadline: Instant,
+}
+
+impl Grant {
+    /// Its request must have ended by then (answered or abandoned), or the log, which counts it
+    /// from this end until it is settled, would count it from too early should settling fail.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 #[derive(Clone)]
@@ -99,10 +110,7 @@ impl RateLimiter {
 
     /// Requests allowed per window.
     pub fn rate(&self) -> u32 {
-        match self {
-            RateLimiter::Local(l) => l.config.rate,
-            RateLimiter::Redis(r) => r.config.rate,
-        }
+        self.config().rate
     }
 
     /// Waits until `key` may send one request, and counts it. Waiters of one key are served in
@@ -113,19 +121,34 @@ impl RateLimiter {
             RateLimiter::Redis(r) => r.turn(key),
         };
         let _turn = turn.lock().await;
-        let grant = Grant {
+        let mut grant = Grant {
             key: key.to_string(),
             id: rand::random(),
+            deadline: Instant::now(),
         };
+        let answer_within = self.config().answer_within;
         loop {
+            // Taken before the limiter logs the grant, so the deadline is never later than the
+            // end the log assumes.
+            let asked = Instant::now();
             let wait = match self {
-                RateLimiter::Local(l) => l.try_acquire(&grant, Instant::now()),
+                RateLimiter::Local(l) => l.try_acquire(&grant, asked),
                 RateLimiter::Redis(r) => r.try_acquire(&grant).await,
             };
             match wait {
-                None => return grant,
+                None => {
+                    grant.deadline = asked + answer_within;
+                    return grant;
+                }
                 Some(wait) => tokio::time::sleep(wait).await,
             }
+        }
+    }
+
+    fn config(&self) -> &LimiterConfig {
+        match self {
+            RateLimiter::Local(l) => &l.config,
+            RateLimiter::Redis(r) => &r.config,
         }
     }
 

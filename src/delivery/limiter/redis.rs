@@ -16,12 +16,18 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local span = tonumber(ARGV[2])
+local within = tonumber(ARGV[4])
+-- Already granted by an earlier call whose answer was lost: the same grant, logged again.
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + within, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil((span + within) / 1000) + 1000)
+  return 0
+end
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return paused * 1000 end
-local span = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  local within = tonumber(ARGV[4])
   redis.call('ZADD', KEYS[1], now + within, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.ceil((span + within) / 1000) + 1000)
   return 0

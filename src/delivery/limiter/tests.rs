@@ -18,6 +18,7 @@ fn grant(key: &str) -> Grant {
     Grant {
         key: key.to_string(),
         id: rand::random(),
+        deadline: Instant::now(),
     }
 }
 
@@ -198,6 +199,28 @@ fn a_grant_in_flight_holds_its_slot_until_a_window_after_its_end() {
         limiter.try_acquire(&grant("k"), t0 + Duration::from_secs(5)),
         None
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_is_due_to_end_its_request_by_the_end_the_log_assumes() {
+    let limiter = RateLimiter::local(LimiterConfig {
+        rate: 1,
+        window: Duration::from_secs(1),
+        margin: Duration::ZERO,
+        answer_within: Duration::from_secs(5),
+    });
+    let start = Instant::now();
+    let first = limiter.acquire("k").await;
+    assert_eq!(first.deadline(), start + Duration::from_secs(5));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    limiter.settle(first).await;
+    let second = limiter.acquire("k").await;
+    assert_eq!(
+        Instant::now(),
+        start + Duration::from_secs(3),
+        "a window after the first request ended"
+    );
+    assert_eq!(second.deadline(), start + Duration::from_secs(8));
 }
 
 #[tokio::test(start_paused = true)]

@@ -108,7 +108,17 @@ impl Worker {
                     .increment(group.cases.len() as u64);
             }
             let records: Vec<&CaseRecord> = group.cases.iter().map(|c| &c.record).collect();
-            let answer = inner.client.create_cases(secret, &queue, &records).await;
+            let answer = match tokio::time::timeout_at(
+                grant.deadline(),
+                inner.client.create_cases(secret, &queue, &records),
+            )
+            .await
+            {
+                Ok(answer) => answer,
+                Err(_) => ApiAnswer::Transport(
+                    "no answer within the request timeout since its grant".into(),
+                ),
+            };
             inner.limiter.settle(grant).await;
             if let Some(reset) = window_spent(&answer, inner.limiter.rate()) {
                 inner.limiter.pause(key, reset).await;

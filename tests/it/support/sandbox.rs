@@ -30,8 +30,8 @@ impl TestSandbox {
         TestSandbox::serve(rate, window, api_key, listener)
     }
 
-    /// A sandbox on `port`, which nothing listened on so far (a gateway pointed there saw its
-    /// connections refused).
+    /// A sandbox on `port`, free again after whatever listened there before (an "API" that
+    /// dropped every connection, say).
     pub async fn start_on(rate: u32, window: Duration, port: u16) -> TestSandbox {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         TestSandbox::serve(rate, window, API_KEY, listener)

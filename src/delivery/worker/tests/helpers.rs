@@ -121,7 +121,7 @@ pub(super) fn limits(rate: u32, window: Duration) -> LimiterConfig {
         rate,
         window,
         margin: Duration::ZERO,
-        answer_within: Duration::ZERO,
+        answer_within: Duration::from_secs(30),
     }
 }
 
