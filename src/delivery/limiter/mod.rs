@@ -5,18 +5,19 @@
 //! than `rate` grants, then no fixed window, sliding window or token bucket of that rate counts
 //! more either. A small `margin` is added to the window for clock skew.
 //!
-//! The API counts a request at some moment between its send and its end (its answer, its
-//! timeout, its failed connection), and only the end bounds that moment from above. So a grant
-//! is logged, when it is handed out, as if the request ended at the latest moment it can (the
-//! grant's [`Grant::deadline`], by which the worker abandons it), and moved to the moment it did
-//! end ([`RateLimiter::settle`]); a grant never sent stays where it was logged. A key whose every slot is held by a request still in flight waits
-//! a window (a slot frees a window after an end, and none has ended yet) and looks again.
-//! Counting from the send alone let a request that waited in front of the API (a burst, a slow
-//! answer) be counted later than casegate thought, so a request sent one window after it could
-//! land inside the API's window: a 429 from casegate's own pacing. Counting from the end holds
-//! each slot one round trip longer per window: nothing under a fast API, the queueing time under
-//! a slow one. Replicas of versions that count from the send only (rolling upgrades) still can,
-//! and their shorter expiry of the shared log can drop newer replicas' grants still in flight.
+//! The API counts a request at some moment between its send and its end (its answer, its timeout,
+//! its failed connection), and only the end bounds that moment from above. So a grant is logged,
+//! when it is handed out, as if the request ended at the latest moment it can (the grant's
+//! [`Grant::deadline`], by which the worker abandons it), and moved to the moment it did end
+//! ([`RateLimiter::settle`]); a grant never sent stays where it was logged. A key whose every slot
+//! is held by a request still in flight waits a window (a slot frees a window after an end, and
+//! none has ended yet) and looks again. Counting from the send alone let a request that waited in
+//! front of the API (a burst, a slow answer) be counted later than casegate thought, so a request
+//! sent one window after it could land inside the API's window: a 429 from casegate's own pacing.
+//! Counting from the end holds each slot one round trip longer per window: nothing under a fast
+//! API, the queueing time under a slow one. Replicas of versions that count from the send only
+//! (rolling upgrades) still can, and their shorter expiry of the shared log can drop newer
+//! replicas' grants still in flight.
 //! Keys are identified by a hash ([`key_id`]), never by the key itself.
 //!
 //! - `Local`: in-process state, for the embedded backend (one process owns the buffer).
