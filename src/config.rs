@@ -85,6 +85,8 @@ pub struct BufferConfig {
     pub wait_replicas: u32,
     /// How long a queue stays registered after it last held a case (Redis).
     pub queue_retention: Duration,
+    /// Most dedupe marks the embedded buffer indexes in memory.
+    pub dedupe_index_marks: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +413,7 @@ impl Config {
                 retry_after: Duration::from_secs(raw.buffer.retry_after_secs.max(1)),
                 wait_replicas: raw.buffer.wait_replicas,
                 queue_retention: Duration::from_secs(raw.buffer.queue_retention_secs.max(1)),
+                dedupe_index_marks: raw.buffer.dedupe_index_marks,
             },
             duvo: DuvoConfig {
                 base_url,

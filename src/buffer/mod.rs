@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use embedded::EmbeddedBuffer;
+pub use embedded::{DEFAULT_DEDUPE_INDEX_MARKS, EmbeddedBuffer, EmbeddedOptions};
 pub use redis::RedisBuffer;
 
 use crate::case::{CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord};
@@ -209,9 +209,12 @@ impl Buffer {
     /// Opens the backend `config` names.
     pub async fn open(config: &BufferConfig) -> Result<Buffer, BufferError> {
         Ok(match config.backend {
-            BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open_with_timeout(
+            BufferBackendKind::Embedded => Buffer::Embedded(EmbeddedBuffer::open_with(
                 &config.path,
-                config.op_timeout,
+                EmbeddedOptions {
+                    op_timeout: config.op_timeout,
+                    dedupe_index_marks: config.dedupe_index_marks,
+                },
             )?),
             BufferBackendKind::Redis | BufferBackendKind::RedisCluster => Buffer::Redis(
                 RedisBuffer::connect_to(

@@ -67,6 +67,7 @@ pub(super) struct RawBuffer {
     pub(super) retry_after_secs: u64,
     pub(super) wait_replicas: u32,
     pub(super) queue_retention_secs: u64,
+    pub(super) dedupe_index_marks: usize,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +125,9 @@ impl std::fmt::Debug for RawBuffer {
             .field("key_prefix", &self.key_prefix)
             .field("op_timeout_ms", &self.op_timeout_ms)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("queue_retention_secs", &self.queue_retention_secs)
+            .field("dedupe_index_marks", &self.dedupe_index_marks)
             .finish()
     }
 }

@@ -6,11 +6,15 @@
 //!   decimal.
 //! - `queue_depths`: queue → number of buffered cases (kept in step with `cases`; a queue leaves
 //!   it when its last case goes).
-//! - `seen`: `(source, delivery_id)` → expiry in ms since the Unix epoch. A mark past its expiry
-//!   counts as absent; expired marks are purged at most once a minute.
+//! - `mark_log`: `(expiry in ms since the Unix epoch, sequence)` → `(source, delivery id or body
+//!   digest)`: the dedupe marks, found through an index in memory (see [`marks`]). Expired marks
+//!   leave it at the next commit.
+//! - `seen`: `(source, delivery id or body digest)` → expiry: the marks beyond the index's
+//!   capacity (and those of earlier versions). A mark past its expiry counts as absent; expired
+//!   marks are purged at most once a minute.
 //! - `dead_letters`: sequence → [`DeadLetterRecord`] as JSON; the [`DeadLetterId`] is the
 //!   sequence in decimal, so ids increase and list oldest-first.
-//! - `counters`: the next case and dead-letter sequences.
+//! - `counters`: the next case, dead-letter and mark sequences.
 //!
 //! Writes: one writer thread owns every write transaction. Callers send it a request and await
 //! the answer; the writer takes every request queued, applies them all in one transaction, commits
@@ -46,8 +50,10 @@ use tokio::time::Instant;
 
 mod claims;
 mod dead_letters;
+mod marks;
 mod writer;
 
+use marks::MarkIndex;
 use writer::{create_tables, run_writer};
 
 use super::{BufferError, BufferedCase, CaseId, Enqueue, EnqueueOutcome, QueueStats};
@@ -56,11 +62,13 @@ use crate::case::{CaseRecord, DeadLetter, DeadLetterId, DeadLetterRecord};
 const CASES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("cases");
 const QUEUE_DEPTHS: TableDefinition<&str, u64> = TableDefinition::new("queue_depths");
 const SEEN: TableDefinition<(&str, &str), u64> = TableDefinition::new("seen");
+const MARK_LOG: TableDefinition<(u64, u64), (&str, &str)> = TableDefinition::new("mark_log");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 const NEXT_CASE: &str = "next_case";
 const NEXT_DEAD_LETTER: &str = "next_dead_letter";
+const NEXT_MARK: &str = "next_mark";
 
 /// The page cache of the embedded store.
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
@@ -73,6 +81,31 @@ const QUEUE_CAPACITY: usize = 4096;
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How long a caller waits for its write's commit when no timeout is configured.
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Dedupe marks the index in memory takes when no capacity is configured
+/// (`buffer.dedupe_index_marks`).
+pub const DEFAULT_DEDUPE_INDEX_MARKS: usize = 1_000_000;
+
+/// How an embedded buffer is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    /// Longest wait for a write's commit (`buffer.op_timeout_ms`): past it the caller gets
+    /// [`BufferError::Unavailable`] (a webhook, 503), so a stuck disk never hangs ingress. The
+    /// write may still commit later; that is safe, as the sender's retry is then a duplicate or a
+    /// second delivery, never a loss.
+    pub op_timeout: Duration,
+    /// Most dedupe marks indexed in memory (`buffer.dedupe_index_marks`); beyond it, marks are
+    /// written to a slower on-disk index.
+    pub dedupe_index_marks: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            dedupe_index_marks: DEFAULT_DEDUPE_INDEX_MARKS,
+        }
+    }
+}
 
 /// Buffer files whose writer is held before each commit, to test a stuck disk. Empty in
 /// production; the writer checks it once per commit.
@@ -169,17 +202,11 @@ impl EmbeddedBuffer {
     /// writer thread. Synchronous: it runs once at startup, and opening may take a moment while
     /// redb repairs a file left by a crash.
     pub fn open(path: &Path) -> Result<EmbeddedBuffer, BufferError> {
-        Self::open_with_timeout(path, DEFAULT_OP_TIMEOUT)
+        Self::open_with(path, EmbeddedOptions::default())
     }
 
-    /// [`EmbeddedBuffer::open`] with the longest wait for a write's commit: past it the caller
-    /// gets [`BufferError::Unavailable`] (a webhook, 503), so a stuck disk never hangs ingress.
-    /// The write may still commit later; that is safe, as the sender's retry is then a
-    /// duplicate or a second delivery, never a loss.
-    pub fn open_with_timeout(
-        path: &Path,
-        op_timeout: Duration,
-    ) -> Result<EmbeddedBuffer, BufferError> {
+    /// [`EmbeddedBuffer::open`] with its settings.
+    pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<EmbeddedBuffer, BufferError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 BufferError::Unavailable(format!("cannot create {}: {e}", parent.display()))
@@ -196,13 +223,14 @@ impl EmbeddedBuffer {
         let txn = db.begin_write().map_err(unavailable)?;
         create_tables(&txn).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
+        let marks = MarkIndex::load(&db, options.dedupe_index_marks).map_err(unavailable)?;
         let db = Arc::new(db);
         let (writes, requests) = mpsc::channel(QUEUE_CAPACITY);
         let writer_db = db.clone();
         let writer_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("casegate-buffer-writer".into())
-            .spawn(move || run_writer(&writer_db, &writer_path, requests))
+            .spawn(move || run_writer(&writer_db, &writer_path, requests, marks))
             .map_err(|e| {
                 BufferError::Unavailable(format!("cannot start the buffer writer: {e}"))
             })?;
@@ -212,7 +240,7 @@ impl EmbeddedBuffer {
                 writes: Some(writes),
                 writer: Some(writer),
                 claims: Mutex::new(HashMap::new()),
-                op_timeout,
+                op_timeout: options.op_timeout,
             }),
         })
     }

@@ -2,7 +2,12 @@
 
 use super::*;
 
-pub(super) fn run_writer(db: &Database, path: &Path, mut requests: mpsc::Receiver<Job>) {
+pub(super) fn run_writer(
+    db: &Database,
+    path: &Path,
+    mut requests: mpsc::Receiver<Job>,
+    mut marks: MarkIndex,
+) {
     let mut last_purge: Option<std::time::Instant> = None;
     while let Some(first) = requests.blocking_recv() {
         while STALLED
@@ -30,8 +35,9 @@ pub(super) fn run_writer(db: &Database, path: &Path, mut requests: mpsc::Receive
         let purge = last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY);
         let (writes, replies): (Vec<Write>, Vec<_>) =
             group.into_iter().map(|job| (job.write, job.reply)).unzip();
-        match commit_group(db, &writes, purge) {
+        match commit_group(db, &writes, purge, &mut marks) {
             Ok(dones) => {
+                marks.committed();
                 if purge {
                     last_purge = Some(std::time::Instant::now());
                 }
@@ -40,6 +46,7 @@ pub(super) fn run_writer(db: &Database, path: &Path, mut requests: mpsc::Receive
                 }
             }
             Err(e) => {
+                marks.rolled_back();
                 tracing::error!(error = %e, requests = replies.len(), "embedded buffer commit failed");
                 for reply in replies {
                     let _ = reply.send(Err(unavailable(&e)));
@@ -55,6 +62,7 @@ pub(super) fn commit_group(
     db: &Database,
     writes: &[Write],
     purge: bool,
+    marks: &mut MarkIndex,
 ) -> Result<Vec<Done>, redb::Error> {
     let now = now_ms();
     let mut txn = db.begin_write()?;
@@ -64,12 +72,16 @@ pub(super) fn commit_group(
         let mut cases = txn.open_table(CASES)?;
         let mut depths = txn.open_table(QUEUE_DEPTHS)?;
         let mut seen = txn.open_table(SEEN)?;
+        let mut mark_log = txn.open_table(MARK_LOG)?;
         let mut dead = txn.open_table(DEAD_LETTERS)?;
         let mut counters = txn.open_table(COUNTERS)?;
         let mut next_case = counters.get(NEXT_CASE)?.map_or(1, |v| v.value());
         let mut next_dead = counters.get(NEXT_DEAD_LETTER)?.map_or(1, |v| v.value());
+        let mut next_mark = counters.get(NEXT_MARK)?.map_or(1, |v| v.value());
+        // Before any lookup: the index must hold live marks only.
+        marks.drop_expired(&mut mark_log, now)?;
         if purge {
-            seen.retain(|_, expires_at| expires_at > now)?;
+            marks.purge_seen(&mut seen, now)?;
         }
         for write in writes {
             let done = match write {
@@ -90,9 +102,7 @@ pub(super) fn commit_group(
                             // inside one group is caught too.
                             let mut seen_before = false;
                             for key in std::iter::once(delivery_id).chain(body_digest.as_ref()) {
-                                seen_before |= seen
-                                    .get((source.as_str(), key.as_str()))?
-                                    .is_some_and(|exp| exp.value() > now);
+                                seen_before |= marks.contains(&seen, source, key, now)?;
                             }
                             seen_before
                         }
@@ -105,8 +115,12 @@ pub(super) fn commit_group(
                     } else {
                         if let Some((source, delivery_id, body_digest, ttl_ms)) = dedupe {
                             for key in std::iter::once(delivery_id).chain(body_digest.as_ref()) {
-                                seen.insert(
-                                    (source.as_str(), key.as_str()),
+                                marks.insert(
+                                    &mut mark_log,
+                                    &mut seen,
+                                    &mut next_mark,
+                                    source,
+                                    key,
                                     now.saturating_add(*ttl_ms),
                                 )?;
                             }
@@ -177,6 +191,7 @@ pub(super) fn commit_group(
         }
         counters.insert(NEXT_CASE, next_case)?;
         counters.insert(NEXT_DEAD_LETTER, next_dead)?;
+        counters.insert(NEXT_MARK, next_mark)?;
     }
     txn.commit()?;
     Ok(dones)
@@ -204,6 +219,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(CASES)?;
     txn.open_table(QUEUE_DEPTHS)?;
     txn.open_table(SEEN)?;
+    txn.open_table(MARK_LOG)?;
     txn.open_table(DEAD_LETTERS)?;
     txn.open_table(COUNTERS)?;
     Ok(())

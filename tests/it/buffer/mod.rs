@@ -1,14 +1,16 @@
 //! The buffer contract, run unchanged against both backends: a real `redis-server` spawned per
 //! test (never the machine's Redis) and a redb file in a temp dir. Each contract test is an async
-//! fn taking a [`Fixture`]; `contract!` turns it into `buffer::redis::<name>` and
-//! `buffer::embedded::<name>`. The tests sit in files by subject (`claims`, `dedupe`,
+//! fn taking a [`Fixture`]; `contract!` turns it into `buffer::redis::<name>`,
+//! `buffer::embedded::<name>` and `buffer::embedded_marks_on_disk::<name>` (an index in memory
+//! for one dedupe mark, so the others take the on-disk path). The tests sit in files by subject (`claims`, `dedupe`,
 //! `dead_letters`, `restarts`); the fixture, the helpers and the contract's list stay here.
 
 use std::time::Duration;
 
 use casegate::buffer::redis::Topology;
 use casegate::buffer::{
-    Buffer, CaseId, DedupeMark, EmbeddedBuffer, Enqueue, EnqueueOutcome, RedisBuffer,
+    Buffer, CaseId, DedupeMark, EmbeddedBuffer, EmbeddedOptions, Enqueue, EnqueueOutcome,
+    RedisBuffer,
 };
 use casegate::case::{CaseMeta, CaseRecord, DeadLetterId, DeadLetterKind, DeadLetterRecord};
 
@@ -30,7 +32,8 @@ pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
 pub(crate) enum Backend {
     Redis(RedisServer),
-    Embedded(tempfile::TempDir),
+    /// A redb file, opened with this many dedupe marks indexed in memory.
+    Embedded(tempfile::TempDir, usize),
     /// A Redis Cluster shared by several tests, each under its own key prefix (hash tag).
     Cluster(
         std::sync::Arc<tokio::sync::Mutex<RedisCluster>>,
@@ -51,8 +54,8 @@ impl Fixture {
         Fixture { backend, buffer }
     }
 
-    async fn embedded() -> Fixture {
-        let backend = Backend::Embedded(tempfile::tempdir().expect("temp dir"));
+    async fn embedded(dedupe_index_marks: usize) -> Fixture {
+        let backend = Backend::Embedded(tempfile::tempdir().expect("temp dir"), dedupe_index_marks);
         let buffer = open(&backend).await;
         Fixture { backend, buffer }
     }
@@ -68,7 +71,7 @@ impl Fixture {
         match &mut backend {
             Backend::Redis(server) => server.restart().await,
             Backend::Cluster(cluster, _) => cluster.lock().await.restart_all().await,
-            Backend::Embedded(_) => {}
+            Backend::Embedded(..) => {}
         }
         let buffer = open(&backend).await;
         Fixture { backend, buffer }
@@ -93,9 +96,15 @@ pub(crate) async fn open(backend: &Backend) -> Buffer {
             .expect("connect to the redis cluster"),
         ),
         // A nested path: opening creates the missing directories.
-        Backend::Embedded(dir) => Buffer::Embedded(
-            EmbeddedBuffer::open(&dir.path().join("state").join("buffer.redb"))
-                .expect("open embedded buffer"),
+        Backend::Embedded(dir, dedupe_index_marks) => Buffer::Embedded(
+            EmbeddedBuffer::open_with(
+                &dir.path().join("state").join("buffer.redb"),
+                EmbeddedOptions {
+                    dedupe_index_marks: *dedupe_index_marks,
+                    ..EmbeddedOptions::default()
+                },
+            )
+            .expect("open embedded buffer"),
         ),
     }
 }
@@ -135,7 +144,16 @@ macro_rules! contract {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(super::Fixture::embedded().await).await;
+                    let fixture = super::Fixture::embedded(casegate::buffer::DEFAULT_DEDUPE_INDEX_MARKS);
+                    super::$test(fixture.await).await;
+                }
+            )*
+        }
+        mod embedded_marks_on_disk {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Fixture::embedded(1).await).await;
                 }
             )*
         }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use casegate::buffer::{Buffer, BufferError, EmbeddedBuffer, Enqueue, EnqueueOutcome};
+use casegate::buffer::{
+    Buffer, BufferError, EmbeddedBuffer, EmbeddedOptions, Enqueue, EnqueueOutcome,
+};
 
 use super::{Backend, Fixture, QUEUE_A, case, dead_letter, ids, mark, store, store_cases};
 use crate::support::post_json;
@@ -160,4 +162,50 @@ async fn the_embedded_buffer_is_unavailable_where_it_cannot_write() {
     );
     drop(open);
     EmbeddedBuffer::open(&path).expect("reopens once the first is dropped");
+}
+
+/// Dedupe marks are found wherever they were written, whatever the capacity of the index in
+/// memory when the buffer opens again: every live mark of the log is indexed at start (even
+/// past a lowered capacity), and the marks beyond it went to disk and are read from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dedupe_marks_survive_restarts_under_any_index_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.redb");
+    let open = |dedupe_index_marks| {
+        let options = EmbeddedOptions {
+            dedupe_index_marks,
+            ..EmbeddedOptions::default()
+        };
+        Buffer::Embedded(EmbeddedBuffer::open_with(&path, options).unwrap())
+    };
+    let webhook = |n: u64| Enqueue {
+        dedupe: Some(mark(
+            "github",
+            &format!("delivery-{n}"),
+            Duration::from_secs(600),
+        )),
+        cases: vec![case(QUEUE_A, "c", n)],
+        dead_letters: vec![],
+    };
+    let mut written = 0;
+    for capacity in [3, 0, 1_000, 2] {
+        let buffer = open(capacity);
+        for n in 0..written {
+            assert_eq!(
+                buffer.enqueue(webhook(n)).await.unwrap(),
+                EnqueueOutcome::Duplicate,
+                "delivery-{n}, reopened with an index for {capacity} marks"
+            );
+        }
+        for n in written..written + 5 {
+            store(&buffer, webhook(n)).await;
+            assert_eq!(
+                buffer.enqueue(webhook(n)).await.unwrap(),
+                EnqueueOutcome::Duplicate,
+                "delivery-{n} with an index for {capacity} marks"
+            );
+        }
+        written += 5;
+        assert_eq!(buffer.stats(QUEUE_A).await.unwrap().depth, written);
+    }
 }
