@@ -13,16 +13,21 @@
 //! mark whose fingerprint matches a live one is taken for a duplicate: with `n` live marks the
 //! chance per lookup is `n / 2^64`, about 5e-14 at a million marks.
 //!
-//! Memory is bounded by configuration (`buffer.dedupe_index_marks`, about 9 to 18 bytes per
-//! mark): past it a new mark goes to the `seen` B-tree as before, which is slower to write but
-//! found just the same. Marks written there by earlier versions are found too.
+//! Memory is bounded by configuration (`buffer.dedupe_index_marks`; a hash set of `u64` takes
+//! 10 to 21 bytes a mark, so the default 900,000 fits one table of 2^20 buckets, 9 MiB): past
+//! it a new mark goes to the `seen` B-tree as before, which is slower to write but found just
+//! the same. Marks written there by earlier versions are found too.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 
 use super::*;
 
-/// The live marks of the log, by fingerprint, plus what a failed commit must take back out.
+/// The marks of the log, by fingerprint, plus what a failed commit must undo.
+///
+/// Invariant: the index holds the fingerprint of every mark of the committed log (and of the
+/// current group's new marks), so a key with a live mark on disk is never accepted again; and
+/// after [`MarkIndex::drop_expired`] it holds live marks only, so an expired one never refuses.
 pub(super) struct MarkIndex {
     fingerprints: HashSet<u64>,
     /// Keys the fingerprints; drawn at random when the buffer opens.
@@ -31,26 +36,31 @@ pub(super) struct MarkIndex {
     capacity: usize,
     /// `seen` may hold a mark; when false, lookups skip it.
     seen_in_use: bool,
-    /// Fingerprints added since the last [`MarkIndex::committed`]; a failed commit removes them.
-    uncommitted: Vec<u64>,
+    /// Fingerprints added since the last [`MarkIndex::committed`]: a failed commit removes them.
+    added: Vec<u64>,
+    /// Fingerprints of expired marks taken out since then: a failed commit leaves those marks in
+    /// the log, so they come back (and leave again at the next group's `drop_expired`).
+    dropped: Vec<u64>,
 }
 
 impl MarkIndex {
-    /// Reads the live marks of the log (and whether `seen` holds any) from the committed state.
-    /// Every live mark of the log enters the index, even past `capacity` (after it was lowered),
-    /// as the index is the only way to find them.
+    /// Indexes every mark of the committed log, and notes whether `seen` holds any. Expired
+    /// marks enter too: the first group drops them from both, whatever the clock did meanwhile.
+    /// Every mark enters even past `capacity` (after it was lowered), as the index is the only
+    /// way to find them; a lowered capacity takes effect as the marks written before expire.
     pub(super) fn load(db: &Database, capacity: usize) -> Result<MarkIndex, redb::Error> {
-        let now = now_ms();
         let txn = db.begin_read()?;
         let log = txn.open_table(MARK_LOG)?;
+        let marks = usize::try_from(log.len()?).unwrap_or(usize::MAX);
         let mut index = MarkIndex {
-            fingerprints: HashSet::new(),
+            fingerprints: HashSet::with_capacity(marks.min(capacity.max(1))),
             keys: RandomState::new(),
             capacity,
             seen_in_use: !txn.open_table(SEEN)?.is_empty()?,
-            uncommitted: Vec::new(),
+            added: Vec::new(),
+            dropped: Vec::new(),
         };
-        for entry in log.range((now.saturating_add(1), 0)..)? {
+        for entry in log.iter()? {
             let (_, mark) = entry?;
             let (source, key) = mark.value();
             let fingerprint = index.fingerprint(source, key);
@@ -100,7 +110,7 @@ impl MarkIndex {
         *next_mark += 1;
         let fingerprint = self.fingerprint(source, key);
         if self.fingerprints.insert(fingerprint) {
-            self.uncommitted.push(fingerprint);
+            self.added.push(fingerprint);
         }
         Ok(())
     }
@@ -115,7 +125,9 @@ impl MarkIndex {
             let (_, mark) = entry?;
             let (source, key) = mark.value();
             let fingerprint = self.fingerprint(source, key);
-            self.fingerprints.remove(&fingerprint);
+            if self.fingerprints.remove(&fingerprint) {
+                self.dropped.push(fingerprint);
+            }
         }
         Ok(())
     }
@@ -133,18 +145,20 @@ impl MarkIndex {
         Ok(())
     }
 
-    /// The group's writes are on disk: its marks stay.
+    /// The group's writes are on disk.
     pub(super) fn committed(&mut self) {
-        self.uncommitted.clear();
+        self.added.clear();
+        self.dropped.clear();
     }
 
-    /// The group's commit failed: its marks were never written, so they leave the index. (A
-    /// `seen_in_use` or an expired mark's removal that the failed commit leaves behind only costs
-    /// a lookup or counts an expired mark as absent, as it is.)
+    /// The group's commit failed: its new marks were never written, and the expired marks it
+    /// took out are still in the log. (A `seen_in_use` the failed group cleared or set only
+    /// costs or saves a lookup until the next purge.)
     pub(super) fn rolled_back(&mut self) {
-        for fingerprint in self.uncommitted.drain(..) {
+        for fingerprint in self.added.drain(..) {
             self.fingerprints.remove(&fingerprint);
         }
+        self.fingerprints.extend(self.dropped.drain(..));
     }
 
     /// Live marks in the index.
@@ -291,5 +305,63 @@ mod tests {
             assert!(!index.contains(seen, "s", "lost", now).unwrap());
         });
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn a_mark_is_live_until_its_expiry_and_gone_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let mut index = MarkIndex::load(&db, 10).unwrap();
+        let expiry = now_ms() + 60_000;
+        let mut next = 1;
+        write(&db, |log, seen| {
+            index
+                .insert(log, seen, &mut next, "s", "k", expiry)
+                .unwrap();
+        });
+        index.committed();
+        write(&db, |log, seen| {
+            index.drop_expired(log, expiry - 1).unwrap();
+            assert!(index.contains(seen, "s", "k", expiry - 1).unwrap());
+        });
+        index.committed();
+        write(&db, |log, seen| {
+            index.drop_expired(log, expiry).unwrap();
+            assert!(!index.contains(seen, "s", "k", expiry).unwrap());
+        });
+        index.committed();
+        assert_eq!(log_len(&db), 0);
+    }
+
+    #[test]
+    fn a_failed_commit_puts_back_the_expired_marks_it_took_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let mut index = MarkIndex::load(&db, 10).unwrap();
+        let expiry = now_ms() + 60_000;
+        let mut next = 1;
+        write(&db, |log, seen| {
+            index
+                .insert(log, seen, &mut next, "s", "k", expiry)
+                .unwrap();
+        });
+        index.committed();
+        // A group runs after the expiry, then fails: the mark is still in the log.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(MARK_LOG).unwrap();
+            index.drop_expired(&mut log, expiry).unwrap();
+        }
+        txn.abort().unwrap();
+        index.rolled_back();
+        assert_eq!(log_len(&db), 1);
+        // Were the clock to step back below the expiry, the mark would still refuse.
+        write(&db, |log, seen| {
+            index.drop_expired(log, expiry - 1).unwrap();
+            assert!(index.contains(seen, "s", "k", expiry - 1).unwrap());
+        });
+        // And a reopened buffer indexes it too, whatever time it is.
+        let reopened = MarkIndex::load(&db, 10).unwrap();
+        assert_eq!(reopened.len(), 1);
     }
 }

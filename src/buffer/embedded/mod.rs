@@ -83,7 +83,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Dedupe marks the index in memory takes when no capacity is configured
 /// (`buffer.dedupe_index_marks`).
-pub const DEFAULT_DEDUPE_INDEX_MARKS: usize = 1_000_000;
+pub const DEFAULT_DEDUPE_INDEX_MARKS: usize = 900_000;
 
 /// How an embedded buffer is opened.
 #[derive(Debug, Clone, Copy)]
@@ -259,7 +259,8 @@ impl EmbeddedBuffer {
     pub async fn enqueue(&self, batch: Enqueue) -> Result<EnqueueOutcome, BufferError> {
         let write = Write::Enqueue {
             dedupe: batch.dedupe.map(|m| {
-                let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX);
+                // At least 1 ms, as on Redis (`PX 0` is an error there).
+                let ttl_ms = u64::try_from(m.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
                 (m.source, m.delivery_id, m.body_digest, ttl_ms)
             }),
             cases: batch

@@ -138,3 +138,21 @@ pub(super) async fn concurrent_repeats_of_one_delivery_store_it_once(f: Fixture)
     assert_eq!(stored, 1);
     assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 1);
 }
+
+/// A dedupe ttl of 0 is the shortest one (a millisecond): the mark expires right away.
+pub(super) async fn a_ttl_of_zero_expires_at_once(f: Fixture) {
+    let batch = |n| Enqueue {
+        dedupe: Some(mark("github", "delivery-1", Duration::ZERO)),
+        cases: vec![case(QUEUE_A, "c", n)],
+        dead_letters: vec![],
+    };
+    store(&f.buffer, batch(0)).await;
+    eventually("a repeat is stored again", DEADLINE, || async {
+        match f.buffer.enqueue(batch(1)).await.unwrap() {
+            EnqueueOutcome::Stored { .. } => Some(()),
+            EnqueueOutcome::Duplicate => None,
+        }
+    })
+    .await;
+    assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 2);
+}

@@ -1,9 +1,10 @@
 //! The buffer contract, run unchanged against both backends: a real `redis-server` spawned per
 //! test (never the machine's Redis) and a redb file in a temp dir. Each contract test is an async
 //! fn taking a [`Fixture`]; `contract!` turns it into `buffer::redis::<name>`,
-//! `buffer::embedded::<name>` and `buffer::embedded_marks_on_disk::<name>` (an index in memory
-//! for one dedupe mark, so the others take the on-disk path). The tests sit in files by subject (`claims`, `dedupe`,
-//! `dead_letters`, `restarts`); the fixture, the helpers and the contract's list stay here.
+//! `buffer::embedded::<name>` and `buffer::embedded_marks_on_disk::<name>` (no dedupe mark in
+//! memory: every one takes the on-disk index). The tests sit in files by subject (`claims`,
+//! `dedupe`, `dead_letters`, `restarts`); the fixture, the helpers and the contract's list stay
+//! here.
 
 use std::time::Duration;
 
@@ -153,7 +154,7 @@ macro_rules! contract {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(super::Fixture::embedded(1).await).await;
+                    super::$test(super::Fixture::embedded(0).await).await;
                 }
             )*
         }
@@ -170,6 +171,7 @@ contract!(
     the_same_delivery_id_from_another_source_is_not_a_duplicate,
     a_duplicate_caught_by_one_mark_leaves_its_other_mark_unwritten,
     a_dedupe_mark_expires_after_its_ttl,
+    a_ttl_of_zero_expires_at_once,
     concurrent_repeats_of_one_delivery_store_it_once,
     a_multi_case_multi_queue_enqueue_is_written_whole,
     dead_letters_can_be_listed_read_removed_and_replayed,

@@ -165,8 +165,9 @@ async fn the_embedded_buffer_is_unavailable_where_it_cannot_write() {
 }
 
 /// Dedupe marks are found wherever they were written, whatever the capacity of the index in
-/// memory when the buffer opens again: every live mark of the log is indexed at start (even
-/// past a lowered capacity), and the marks beyond it went to disk and are read from there.
+/// memory when the buffer opens again: every mark of the log is indexed at start (even past a
+/// lowered capacity), the marks beyond it went to disk and are read from there, and a mark that
+/// expired while the buffer was closed refuses nothing after it opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_dedupe_marks_survive_restarts_under_any_index_capacity() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,34 +179,59 @@ async fn embedded_dedupe_marks_survive_restarts_under_any_index_capacity() {
         };
         Buffer::Embedded(EmbeddedBuffer::open_with(&path, options).unwrap())
     };
-    let webhook = |n: u64| Enqueue {
-        dedupe: Some(mark(
-            "github",
-            &format!("delivery-{n}"),
-            Duration::from_secs(600),
-        )),
-        cases: vec![case(QUEUE_A, "c", n)],
-        dead_letters: vec![],
+    // Webhook n: its delivery id and its body digest, each a mark.
+    let webhook = |n: u64, delivery: &str, ttl: Duration| {
+        let mut dedupe = mark("shopify", &format!("{delivery}-{n}"), ttl);
+        dedupe.body_digest = Some(format!("mac:body-{n}"));
+        Enqueue {
+            dedupe: Some(dedupe),
+            cases: vec![case(QUEUE_A, "c", n)],
+            dead_letters: vec![],
+        }
     };
+    let long = Duration::from_secs(600);
+    let short = Duration::from_millis(300);
     let mut written = 0;
+    let mut expiring = Vec::new();
     for capacity in [3, 0, 1_000, 2] {
         let buffer = open(capacity);
         for n in 0..written {
-            assert_eq!(
-                buffer.enqueue(webhook(n)).await.unwrap(),
-                EnqueueOutcome::Duplicate,
-                "delivery-{n}, reopened with an index for {capacity} marks"
-            );
+            let outcome = buffer.enqueue(webhook(n, "resent", long)).await.unwrap();
+            if expiring.contains(&n) {
+                assert!(
+                    matches!(outcome, EnqueueOutcome::Stored { .. }),
+                    "body-{n}'s mark expired while closed, reopened with an index for {capacity}"
+                );
+            } else {
+                assert_eq!(
+                    outcome,
+                    EnqueueOutcome::Duplicate,
+                    "body-{n}, reopened with an index for {capacity} marks"
+                );
+            }
         }
+        expiring.clear();
         for n in written..written + 5 {
-            store(&buffer, webhook(n)).await;
+            let ttl = if n % 5 == 4 { short } else { long };
+            store(&buffer, webhook(n, "delivery", ttl)).await;
             assert_eq!(
-                buffer.enqueue(webhook(n)).await.unwrap(),
+                buffer.enqueue(webhook(n, "delivery", ttl)).await.unwrap(),
                 EnqueueOutcome::Duplicate,
                 "delivery-{n} with an index for {capacity} marks"
             );
+            if ttl == short {
+                expiring.push(n);
+            }
         }
         written += 5;
-        assert_eq!(buffer.stats(QUEUE_A).await.unwrap().depth, written);
+        drop(buffer);
+        // The wait is for the wall clock itself: the short marks expire while the file is closed.
+        tokio::time::sleep(short * 2).await;
     }
+    let buffer = open(1_000);
+    assert_eq!(
+        buffer.stats(QUEUE_A).await.unwrap().depth,
+        written + 3,
+        "each expired webhook was stored again once"
+    );
 }
