@@ -198,6 +198,21 @@ mod tests {
         out
     }
 
+    /// An index over a log that holds `marks` (keys of source "s"), committed.
+    fn with_marks(db: &Database, marks: &[(&str, u64)]) -> MarkIndex {
+        let mut index = MarkIndex::load(db, 10).unwrap();
+        let mut next = 1;
+        write(db, |log, seen| {
+            for (key, expiry) in marks {
+                index
+                    .insert(log, seen, &mut next, "s", key, *expiry)
+                    .unwrap();
+            }
+        });
+        index.committed();
+        index
+    }
+
     fn log_len(db: &Database) -> u64 {
         db.begin_read()
             .unwrap()
@@ -280,15 +295,9 @@ mod tests {
     fn a_rolled_back_group_leaves_no_mark_in_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir);
-        let mut index = MarkIndex::load(&db, 10).unwrap();
         let now = now_ms();
-        let mut next = 1;
-        write(&db, |log, seen| {
-            index
-                .insert(log, seen, &mut next, "s", "kept", now + 60_000)
-                .unwrap();
-        });
-        index.committed();
+        let mut index = with_marks(&db, &[("kept", now + 60_000)]);
+        let mut next = 2;
         let txn = db.begin_write().unwrap();
         {
             let mut log = txn.open_table(MARK_LOG).unwrap();
@@ -311,15 +320,8 @@ mod tests {
     fn a_mark_is_live_until_its_expiry_and_gone_at_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir);
-        let mut index = MarkIndex::load(&db, 10).unwrap();
         let expiry = now_ms() + 60_000;
-        let mut next = 1;
-        write(&db, |log, seen| {
-            index
-                .insert(log, seen, &mut next, "s", "k", expiry)
-                .unwrap();
-        });
-        index.committed();
+        let mut index = with_marks(&db, &[("k", expiry)]);
         write(&db, |log, seen| {
             index.drop_expired(log, expiry - 1).unwrap();
             assert!(index.contains(seen, "s", "k", expiry - 1).unwrap());
@@ -337,15 +339,8 @@ mod tests {
     fn a_failed_commit_puts_back_the_expired_marks_it_took_out() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir);
-        let mut index = MarkIndex::load(&db, 10).unwrap();
         let expiry = now_ms() + 60_000;
-        let mut next = 1;
-        write(&db, |log, seen| {
-            index
-                .insert(log, seen, &mut next, "s", "k", expiry)
-                .unwrap();
-        });
-        index.committed();
+        let mut index = with_marks(&db, &[("k", expiry)]);
         // A group runs after the expiry, then fails: the mark is still in the log.
         let txn = db.begin_write().unwrap();
         {
