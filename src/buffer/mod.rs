@@ -43,22 +43,26 @@ pub struct BufferedCase {
 /// rollback does not corrupt anything.
 pub const RECORD_VERSION: u64 = 1;
 
-/// Encodes a record as JSON with its format version `v` first.
+/// Encodes a record as JSON with its format version `v` first. The record is serialized straight
+/// after the version, then its opening brace becomes the separating comma: one buffer, one pass.
 pub fn encode_record(record: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
-    let json = serde_json::to_vec(record)?;
-    let mut out = Vec::with_capacity(json.len() + 8);
-    out.extend_from_slice(format!("{{\"v\":{RECORD_VERSION}").as_bytes());
-    match json.get(1..) {
-        Some(rest) if json.first() == Some(&b'{') => {
-            if rest != b"}" {
-                out.push(b',');
-            }
-            out.extend_from_slice(rest);
-            Ok(out)
+    const VERSION: &[u8] = b"{\"v\":1";
+    const _: () = assert!(RECORD_VERSION == 1, "VERSION spells out RECORD_VERSION");
+    let mut out = Vec::with_capacity(2048);
+    out.extend_from_slice(VERSION);
+    serde_json::to_writer(&mut out, record)?;
+    match out.get(VERSION.len()..) {
+        Some(b"{}") => {
+            out.truncate(VERSION.len());
+            out.push(b'}');
         }
+        Some([b'{', ..]) => out[VERSION.len()] = b',',
         // Not an object: stored as is (every record type is a struct, so this does not happen).
-        _ => Ok(json),
+        _ => {
+            out.drain(..VERSION.len());
+        }
     }
+    Ok(out)
 }
 
 /// Decodes a record written by [`encode_record`] (or by a build before versions, `v` absent).
@@ -412,6 +416,11 @@ mod record_tests {
             String::from_utf8_lossy(&encoded)
         );
         assert_eq!(decode_record::<Label>(&encoded).unwrap(), label);
+        assert_eq!(
+            encode_record(&serde_json::json!({})).unwrap(),
+            br#"{"v":1}"#
+        );
+        assert_eq!(encode_record(&[1, 2]).unwrap(), b"[1,2]");
         // Written before versions existed: no `v`, version 1.
         assert_eq!(
             decode_record::<Label>(br#"{"key":"k","value":"v"}"#).unwrap(),
