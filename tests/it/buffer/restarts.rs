@@ -190,9 +190,10 @@ async fn embedded_dedupe_marks_survive_restarts_under_any_index_capacity() {
         }
     };
     let long = Duration::from_secs(600);
-    let short = Duration::from_millis(300);
+    let short = Duration::from_secs(1);
     let mut written = 0;
     let mut expiring = Vec::new();
+    let mut late_repeats = 0;
     for capacity in [3, 0, 1_000, 2] {
         let buffer = open(capacity);
         for n in 0..written {
@@ -213,12 +214,20 @@ async fn embedded_dedupe_marks_survive_restarts_under_any_index_capacity() {
         expiring.clear();
         for n in written..written + 5 {
             let ttl = if n % 5 == 4 { short } else { long };
+            let stored_at = std::time::Instant::now();
             store(&buffer, webhook(n, "delivery", ttl)).await;
-            assert_eq!(
-                buffer.enqueue(webhook(n, "delivery", ttl)).await.unwrap(),
-                EnqueueOutcome::Duplicate,
-                "delivery-{n} with an index for {capacity} marks"
-            );
+            let repeat = buffer.enqueue(webhook(n, "delivery", ttl)).await.unwrap();
+            // A loaded machine may take longer than the short ttl over the two commits.
+            if matches!(repeat, EnqueueOutcome::Stored { .. }) {
+                assert!(stored_at.elapsed() >= ttl, "delivery-{n} stored twice");
+                late_repeats += 1;
+            } else {
+                assert_eq!(
+                    repeat,
+                    EnqueueOutcome::Duplicate,
+                    "delivery-{n} with an index for {capacity} marks"
+                );
+            }
             if ttl == short {
                 expiring.push(n);
             }
@@ -226,12 +235,12 @@ async fn embedded_dedupe_marks_survive_restarts_under_any_index_capacity() {
         written += 5;
         drop(buffer);
         // The wait is for the wall clock itself: the short marks expire while the file is closed.
-        tokio::time::sleep(short * 2).await;
+        tokio::time::sleep(short + Duration::from_millis(100)).await;
     }
     let buffer = open(1_000);
     assert_eq!(
         buffer.stats(QUEUE_A).await.unwrap().depth,
-        written + 3,
+        written + 3 + late_repeats,
         "each expired webhook was stored again once"
     );
 }
