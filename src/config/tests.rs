@@ -54,6 +54,11 @@ fn defaults_match_the_shipped_file() {
     assert_eq!(config.ingress.max_body_bytes, 5 * 1024 * 1024);
     assert_eq!(config.ingress.dedupe_ttl, Duration::from_secs(86_400));
     assert_eq!(config.buffer.backend, BufferBackendKind::Embedded);
+    // What `EmbeddedBuffer::open` uses without a configuration.
+    assert_eq!(
+        config.buffer.dedupe_index_marks,
+        crate::buffer::DEFAULT_DEDUPE_INDEX_MARKS
+    );
     assert_eq!(config.duvo.base_url, "https://api.duvo.ai/v2");
     assert!(config.duvo.api_key.is_none());
     assert!(config.admin_token.is_none());

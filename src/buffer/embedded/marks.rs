@@ -13,10 +13,12 @@
 //! mark whose fingerprint matches a live one is taken for a duplicate: with `n` live marks the
 //! chance per lookup is `n / 2^64`, about 5e-14 at a million marks.
 //!
-//! Memory is bounded by configuration (`buffer.dedupe_index_marks`; a hash set of `u64` takes
-//! 10 to 21 bytes a mark, so the default 900,000 fits one table of 2^20 buckets, 9 MiB): past
-//! it a new mark goes to the `seen` B-tree as before, which is slower to write but found just
-//! the same. Marks written there by earlier versions are found too.
+//! Memory is bounded by configuration (`buffer.dedupe_index_marks`). A hash set of `u64` costs
+//! 9 bytes a bucket, and as marks come and go it keeps its live marks under half its buckets
+//! (deleted slots are reclaimed by rehashing in place only below that), so the index takes up to
+//! about 21 bytes per mark of capacity: 9 MiB at the default 450,000. Past the capacity a new
+//! mark goes to the `seen` B-tree as before, which is slower to write but found just the same.
+//! Marks written there by earlier versions are found too.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
@@ -44,11 +46,21 @@ pub(super) struct MarkIndex {
 }
 
 impl MarkIndex {
-    /// Indexes every mark of the committed log, and notes whether `seen` holds any. Expired
-    /// marks enter too: the first group drops them from both, whatever the clock did meanwhile.
-    /// Every mark enters even past `capacity` (after it was lowered), as the index is the only
-    /// way to find them; a lowered capacity takes effect as the marks written before expire.
+    /// Removes the marks that expired while the buffer was closed, in a commit of their own (so
+    /// the first webhook's commit does not carry a downtime's worth of them), then indexes every
+    /// mark left in the log and notes whether `seen` holds any. Marks that expire before the
+    /// first group are indexed too and dropped by it, whatever the clock did meanwhile. Every
+    /// mark enters even past `capacity` (after it was lowered), as the index is the only way to
+    /// find them; a lowered capacity takes effect as the marks written before expire.
     pub(super) fn load(db: &Database, capacity: usize) -> Result<MarkIndex, redb::Error> {
+        let txn = db.begin_write()?;
+        {
+            let mut log = txn.open_table(MARK_LOG)?;
+            for entry in log.extract_from_if(..=(now_ms(), u64::MAX), |_, _| true)? {
+                entry?;
+            }
+        }
+        txn.commit()?;
         let txn = db.begin_read()?;
         let log = txn.open_table(MARK_LOG)?;
         let marks = usize::try_from(log.len()?).unwrap_or(usize::MAX);
@@ -152,13 +164,15 @@ impl MarkIndex {
     }
 
     /// The group's commit failed: its new marks were never written, and the expired marks it
-    /// took out are still in the log. (A `seen_in_use` the failed group cleared or set only
-    /// costs or saves a lookup until the next purge.)
+    /// took out are still in the log. New marks leave first, so a key that expired and came
+    /// again in the failed group keeps its old mark. `seen` may still hold what the group's purge
+    /// removed: it is read (and purged by the next group) until a purge finds it empty.
     pub(super) fn rolled_back(&mut self) {
         for fingerprint in self.added.drain(..) {
             self.fingerprints.remove(&fingerprint);
         }
         self.fingerprints.extend(self.dropped.drain(..));
+        self.seen_in_use = true;
     }
 
     /// Live marks in the index.
@@ -358,5 +372,43 @@ mod tests {
         // And a reopened buffer indexes it too, whatever time it is.
         let reopened = MarkIndex::load(&db, 10).unwrap();
         assert_eq!(reopened.len(), 1);
+    }
+
+    #[test]
+    fn a_key_that_expired_and_came_again_in_a_failed_group_keeps_its_old_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let expiry = now_ms() + 60_000;
+        let mut index = with_marks(&db, &[("k", expiry)]);
+        let mut next = 2;
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(MARK_LOG).unwrap();
+            let mut seen = txn.open_table(SEEN).unwrap();
+            index.drop_expired(&mut log, expiry).unwrap();
+            assert!(!index.contains(&seen, "s", "k", expiry).unwrap());
+            index
+                .insert(&mut log, &mut seen, &mut next, "s", "k", expiry + 60_000)
+                .unwrap();
+        }
+        txn.abort().unwrap();
+        index.rolled_back();
+        // The log still holds the old mark only; the index must still find it.
+        assert_eq!(log_len(&db), 1);
+        write(&db, |_, seen| {
+            assert!(index.contains(seen, "s", "k", expiry - 1).unwrap());
+        });
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn marks_that_expired_while_closed_leave_the_log_when_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let now = now_ms();
+        with_marks(&db, &[("gone", now - 1), ("kept", now + 60_000)]);
+        let index = MarkIndex::load(&db, 10).unwrap();
+        assert_eq!(log_len(&db), 1);
+        assert_eq!(index.len(), 1);
     }
 }

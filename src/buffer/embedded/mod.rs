@@ -83,7 +83,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Dedupe marks the index in memory takes when no capacity is configured
 /// (`buffer.dedupe_index_marks`).
-pub const DEFAULT_DEDUPE_INDEX_MARKS: usize = 900_000;
+pub const DEFAULT_DEDUPE_INDEX_MARKS: usize = 450_000;
 
 /// How an embedded buffer is opened.
 #[derive(Debug, Clone, Copy)]

@@ -139,7 +139,8 @@ pub(super) async fn concurrent_repeats_of_one_delivery_store_it_once(f: Fixture)
     assert_eq!(f.buffer.stats(QUEUE_A).await.unwrap().depth, 1);
 }
 
-/// A dedupe ttl of 0 is the shortest one (a millisecond): the mark expires right away.
+/// A dedupe ttl of 0 is the shortest one (a millisecond on both backends): a repeat is not
+/// refused for longer than a moment.
 pub(super) async fn a_ttl_of_zero_expires_at_once(f: Fixture) {
     let batch = |n| Enqueue {
         dedupe: Some(mark("github", "delivery-1", Duration::ZERO)),
