@@ -63,9 +63,10 @@ impl MarkIndex {
         txn.commit()?;
         let txn = db.begin_read()?;
         let log = txn.open_table(MARK_LOG)?;
+        // Every mark of the log enters, whatever the capacity.
         let marks = usize::try_from(log.len()?).unwrap_or(usize::MAX);
         let mut index = MarkIndex {
-            fingerprints: HashSet::with_capacity(marks.min(capacity.max(1))),
+            fingerprints: HashSet::with_capacity(marks),
             keys: RandomState::new(),
             capacity,
             seen_in_use: !txn.open_table(SEEN)?.is_empty()?,
@@ -194,9 +195,11 @@ mod tests {
         db
     }
 
-    /// Runs `f` in one write transaction with the two mark tables and commits it.
-    fn write<T>(
+    /// Runs `f` in one write transaction with the two mark tables, then commits it or, as a
+    /// failed group's commit would leave things, aborts it.
+    fn in_transaction<T>(
         db: &Database,
+        commit: bool,
         f: impl FnOnce(
             &mut redb::Table<'_, (u64, u64), (&str, &str)>,
             &mut redb::Table<'_, (&str, &str), u64>,
@@ -208,8 +211,22 @@ mod tests {
             let mut seen = txn.open_table(SEEN).unwrap();
             f(&mut log, &mut seen)
         };
-        txn.commit().unwrap();
+        if commit {
+            txn.commit().unwrap();
+        } else {
+            txn.abort().unwrap();
+        }
         out
+    }
+
+    fn write<T>(
+        db: &Database,
+        f: impl FnOnce(
+            &mut redb::Table<'_, (u64, u64), (&str, &str)>,
+            &mut redb::Table<'_, (&str, &str), u64>,
+        ) -> T,
+    ) -> T {
+        in_transaction(db, true, f)
     }
 
     /// An index over a log that holds `marks` (keys of source "s"), committed.
@@ -312,16 +329,12 @@ mod tests {
         let now = now_ms();
         let mut index = with_marks(&db, &[("kept", now + 60_000)]);
         let mut next = 2;
-        let txn = db.begin_write().unwrap();
-        {
-            let mut log = txn.open_table(MARK_LOG).unwrap();
-            let mut seen = txn.open_table(SEEN).unwrap();
+        in_transaction(&db, false, |log, seen| {
             index
-                .insert(&mut log, &mut seen, &mut next, "s", "lost", now + 60_000)
+                .insert(log, seen, &mut next, "s", "lost", now + 60_000)
                 .unwrap();
-            assert!(index.contains(&seen, "s", "lost", now).unwrap());
-        }
-        txn.abort().unwrap();
+            assert!(index.contains(seen, "s", "lost", now).unwrap());
+        });
         index.rolled_back();
         write(&db, |_, seen| {
             assert!(index.contains(seen, "s", "kept", now).unwrap());
@@ -356,12 +369,9 @@ mod tests {
         let expiry = now_ms() + 60_000;
         let mut index = with_marks(&db, &[("k", expiry)]);
         // A group runs after the expiry, then fails: the mark is still in the log.
-        let txn = db.begin_write().unwrap();
-        {
-            let mut log = txn.open_table(MARK_LOG).unwrap();
-            index.drop_expired(&mut log, expiry).unwrap();
-        }
-        txn.abort().unwrap();
+        in_transaction(&db, false, |log, _| {
+            index.drop_expired(log, expiry).unwrap();
+        });
         index.rolled_back();
         assert_eq!(log_len(&db), 1);
         // Were the clock to step back below the expiry, the mark would still refuse.
@@ -369,7 +379,7 @@ mod tests {
             index.drop_expired(log, expiry - 1).unwrap();
             assert!(index.contains(seen, "s", "k", expiry - 1).unwrap());
         });
-        // And a reopened buffer indexes it too, whatever time it is.
+        // And a reopened buffer indexes it too.
         let reopened = MarkIndex::load(&db, 10).unwrap();
         assert_eq!(reopened.len(), 1);
     }
@@ -381,17 +391,13 @@ mod tests {
         let expiry = now_ms() + 60_000;
         let mut index = with_marks(&db, &[("k", expiry)]);
         let mut next = 2;
-        let txn = db.begin_write().unwrap();
-        {
-            let mut log = txn.open_table(MARK_LOG).unwrap();
-            let mut seen = txn.open_table(SEEN).unwrap();
-            index.drop_expired(&mut log, expiry).unwrap();
-            assert!(!index.contains(&seen, "s", "k", expiry).unwrap());
+        in_transaction(&db, false, |log, seen| {
+            index.drop_expired(log, expiry).unwrap();
+            assert!(!index.contains(seen, "s", "k", expiry).unwrap());
             index
-                .insert(&mut log, &mut seen, &mut next, "s", "k", expiry + 60_000)
+                .insert(log, seen, &mut next, "s", "k", expiry + 60_000)
                 .unwrap();
-        }
-        txn.abort().unwrap();
+        });
         index.rolled_back();
         // The log still holds the old mark only; the index must still find it.
         assert_eq!(log_len(&db), 1);
